@@ -1,0 +1,1 @@
+//! Loss recovery building blocks: RTT estimation, congestion control and pacing.
