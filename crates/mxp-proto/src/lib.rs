@@ -6,8 +6,10 @@
 //! handshake floods — testable exactly and quickly in-process.
 
 pub mod coding;
+pub mod crypto;
 pub mod frame;
 pub mod message;
+pub mod packet;
 mod priority;
 pub mod ranges;
 pub mod recovery;
