@@ -1,1 +1,9 @@
 //! Loss recovery building blocks: RTT estimation, congestion control and pacing.
+
+mod congestion;
+mod pacing;
+mod rtt;
+
+pub use congestion::{Controller, NewReno, NewRenoConfig};
+pub use pacing::Pacer;
+pub use rtt::RttEstimator;
