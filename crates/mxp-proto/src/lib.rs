@@ -6,7 +6,12 @@
 //! handshake floods — testable exactly and quickly in-process.
 
 pub mod coding;
+pub mod config;
+mod connection;
 pub mod crypto;
+mod datagrams;
+mod endpoint;
+pub mod error;
 pub mod frame;
 pub mod message;
 pub mod packet;
@@ -14,7 +19,19 @@ mod priority;
 pub mod ranges;
 pub mod recovery;
 pub mod replay;
+mod scheduler;
 mod stream_id;
+mod streams;
+pub mod transport_params;
 
+pub use config::{EndpointConfig, RetryPolicy, ServerConfig, TransportConfig};
+pub use connection::{Connection, ConnectionStats, Event, Transmit};
+pub use crypto::{Keypair, PublicKey};
+pub use datagrams::{DatagramError, DatagramStats};
+pub use endpoint::{ConnectError, ConnectionHandle, Endpoint, EndpointStats, Incoming, Refusal};
+pub use error::{ConnectionError, TransportError, TransportErrorCode};
+pub use packet::keys::KeyRotation;
 pub use priority::Band;
+pub use scheduler::BandStats;
 pub use stream_id::{Dir, Side, StreamId};
+pub use streams::{FlowStats, OpenError, ReadError, StreamEvent, WriteError};

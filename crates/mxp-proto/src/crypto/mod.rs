@@ -22,6 +22,15 @@ pub const SAMPLE_LEN: usize = 16;
 /// Length of a traffic secret.
 pub const SECRET_LEN: usize = 32;
 
+/// Fills `buf` from the operating system's secure random source (connection
+/// ids, path challenges: values an off-path attacker must not guess).
+pub fn fill_random(buf: &mut [u8]) {
+    use ring::rand::SecureRandom;
+    ring::rand::SystemRandom::new()
+        .fill(buf)
+        .expect("OS random source available");
+}
+
 /// A packet failed authentication: it was corrupted, forged, or protected
 /// with keys this end no longer (or never) had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]

@@ -117,6 +117,13 @@ impl KeyState {
         &self.local
     }
 
+    /// [`seal_key`](Self::seal_key) together with the header-protection
+    /// key, for sealing one packet.
+    pub fn seal_keys(&mut self) -> (&PacketKey, &HeaderKey) {
+        self.sent_in_phase += 1;
+        (&self.local, &self.local_hp)
+    }
+
     /// Rotates if the policy says so and the peer has caught up with the
     /// current generation. Returns whether it rotated.
     pub fn maybe_rotate(&mut self, now: Instant, policy: &KeyRotation, grace: Duration) -> bool {
@@ -147,28 +154,35 @@ impl KeyState {
         self.phase_started = now;
     }
 
+    /// Whether a packet with this phase bit is protected with the current
+    /// generation (the common case: one decryption attempt, in place).
+    pub fn is_current_phase(&self, phase: bool) -> bool {
+        phase == self.phase
+    }
+
     /// Decrypts a packet's payload with the generation its phase bit and
     /// packet number point to. A packet that decrypts only with the next
-    /// generation rotates this end too.
-    pub fn open(
+    /// generation rotates this end too. `open` may be called twice (previous
+    /// generation, then next) when the phase bit differs from ours.
+    pub fn open<R, E: From<DecryptError>>(
         &mut self,
         now: Instant,
         grace: Duration,
         pn: u64,
         phase: bool,
-        open: impl Fn(&PacketKey) -> Result<std::ops::Range<usize>, DecryptError>,
-    ) -> Result<(std::ops::Range<usize>, Opened), DecryptError> {
+        mut open: impl FnMut(&PacketKey) -> Result<R, E>,
+    ) -> Result<(R, Opened), E> {
         if let Some(prev) = &self.prev_remote {
             if prev.discard_at.is_some_and(|t| now >= t) {
                 self.prev_remote = None;
             }
         }
         if phase == self.phase {
-            let range = open(&self.remote)?;
+            let out = open(&self.remote)?;
             if self.first_received_in_phase.is_none() {
                 self.first_received_in_phase = Some(pn);
             }
-            return Ok((range, Opened::Current));
+            return Ok((out, Opened::Current));
         }
         // The other phase: an older packet from the previous generation, or
         // the peer's first packet of the next one.
@@ -176,17 +190,17 @@ impl KeyState {
             .first_received_in_phase
             .is_some_and(|first| pn < first);
         if let Some(prev) = &self.prev_remote {
-            if let Ok(range) = open(&prev.key) {
-                return Ok((range, Opened::Previous));
+            if let Ok(out) = open(&prev.key) {
+                return Ok((out, Opened::Previous));
             }
         }
         if older {
-            return Err(DecryptError);
+            return Err(DecryptError.into());
         }
-        let range = open(&self.next_remote)?;
+        let out = open(&self.next_remote)?;
         self.rotate(now, grace);
         self.first_received_in_phase = Some(pn);
-        Ok((range, Opened::Rotated))
+        Ok((out, Opened::Rotated))
     }
 }
 
@@ -217,7 +231,7 @@ mod tests {
     fn recv(k: &mut KeyState, now: Instant, pn: u64, (ct, phase): &(Vec<u8>, bool)) -> Result<Opened, DecryptError> {
         k.open(now, GRACE, pn, *phase, |key| {
             let mut c = ct.clone();
-            key.open(pn, b"h", &mut c).map(|n| 0..n)
+            key.open(pn, b"h", &mut c)
         })
         .map(|(_, o)| o)
     }

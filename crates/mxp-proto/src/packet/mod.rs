@@ -63,6 +63,15 @@ pub const MIN_SHORT_LEN: usize = SHORT_PN_OFFSET + 4 + SAMPLE_LEN;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct ConnectionId(pub [u8; CID_LEN]);
 
+impl ConnectionId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        let mut id = [0u8; CID_LEN];
+        crate::crypto::fill_random(&mut id);
+        ConnectionId(id)
+    }
+}
+
 impl fmt::Debug for ConnectionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
@@ -186,6 +195,12 @@ pub enum PacketError {
     /// Authenticated, but reserved header bits were set.
     #[error("reserved header bits set")]
     ReservedBits,
+}
+
+impl From<crate::crypto::DecryptError> for PacketError {
+    fn from(_: crate::crypto::DecryptError) -> Self {
+        PacketError::Decrypt
+    }
 }
 
 impl From<UnexpectedEnd> for PacketError {

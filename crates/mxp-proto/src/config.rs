@@ -1,0 +1,175 @@
+//! Configuration of endpoints and connections, with defaults chosen for
+//! agent traffic inside a datacenter: RTTs of tens of microseconds, so no
+//! millisecond floors anywhere.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::Band;
+use crate::crypto::{Keypair, PublicKey};
+use crate::packet::keys::KeyRotation;
+
+/// Per-connection transport settings. Both ends may differ; limits that
+/// bind the peer are exchanged in the handshake.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Largest UDP payload this end sends or accepts. 1452 fits a 1500-byte
+    /// Ethernet MTU under IPv6; loopback and jumbo-frame fabrics can go higher.
+    pub max_udp_payload_size: u16,
+    /// RTT assumed before the first sample; sets the handshake retransmission
+    /// timer.
+    pub initial_rtt: Duration,
+    /// Longest this end delays an acknowledgement of non-urgent data. Urgent
+    /// (Critical-band) packets are acknowledged at once.
+    pub max_ack_delay: Duration,
+    /// Acknowledge at once after this many ack-eliciting packets.
+    pub ack_eliciting_threshold: u32,
+    /// Floor for loss-detection and probe timers. Microseconds, not the
+    /// 1 ms of RFC 9002, because datacenter RTTs are far below 1 ms.
+    pub timer_granularity: Duration,
+    /// Packets acknowledged after a packet before it is declared lost.
+    pub packet_threshold: u64,
+    /// Congestion window before any loss, in bytes.
+    pub initial_window: u64,
+    /// Spread packets over the RTT instead of bursting the whole window.
+    pub pacing: bool,
+    /// Close a connection on which nothing was received for this long.
+    pub idle_timeout: Duration,
+    /// Send a PING when nothing was sent for this long (keeps NAT bindings
+    /// and the peer's idle timer alive). `None`: never.
+    pub keep_alive_interval: Option<Duration>,
+    /// Give up on a handshake that has not completed after this long.
+    pub handshake_timeout: Duration,
+    /// Bytes a peer may send on one stream beyond what the application read.
+    pub stream_receive_window: u64,
+    /// Bytes a peer may send on all streams beyond what the application read.
+    pub receive_window: u64,
+    /// Bidirectional streams the peer may have open at once.
+    pub max_concurrent_bidi_streams: u64,
+    /// Unidirectional streams the peer may have open at once.
+    pub max_concurrent_uni_streams: u64,
+    /// Largest datagram payload accepted; 0 disables datagrams.
+    pub max_datagram_size: u16,
+    /// Bytes of received datagrams buffered for the application; the oldest
+    /// are dropped (and counted) beyond it.
+    pub datagram_receive_buffer: usize,
+    /// Bytes of outgoing datagrams buffered; the oldest are dropped (and
+    /// counted) beyond it.
+    pub datagram_send_buffer: usize,
+    /// When packet keys rotate.
+    pub key_rotation: KeyRotation,
+    /// Weighted-fair-queuing weight of each band, indexed by [`Band::index`].
+    pub band_weights: [u32; Band::COUNT],
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            max_udp_payload_size: 1452,
+            initial_rtt: Duration::from_millis(10),
+            max_ack_delay: Duration::from_micros(200),
+            ack_eliciting_threshold: 2,
+            timer_granularity: Duration::from_micros(10),
+            packet_threshold: 3,
+            initial_window: 32 * 1452,
+            pacing: true,
+            idle_timeout: Duration::from_secs(30),
+            keep_alive_interval: None,
+            handshake_timeout: Duration::from_secs(10),
+            stream_receive_window: 1 << 20,
+            receive_window: 16 << 20,
+            max_concurrent_bidi_streams: 4096,
+            max_concurrent_uni_streams: 4096,
+            max_datagram_size: 1200,
+            datagram_receive_buffer: 1 << 20,
+            datagram_send_buffer: 1 << 20,
+            key_rotation: KeyRotation::default(),
+            band_weights: [8, 4, 2, 1],
+        }
+    }
+}
+
+/// When a server makes clients prove their address before it spends a
+/// Diffie-Hellman operation on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RetryPolicy {
+    /// Never: every initiation is processed (subject to the rate limit).
+    Never,
+    /// When handshakes arrive faster than `handshake_rate / 2` per second or
+    /// more than `retry_pending_threshold` are waiting for confirmation.
+    #[default]
+    UnderLoad,
+    /// Always: one extra round trip, maximal flood resistance.
+    Always,
+}
+
+/// Policy for accepting connections.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Client static keys allowed to connect; `None` admits any client that
+    /// completes the handshake.
+    pub allowed_clients: Option<HashSet<PublicKey>>,
+    /// When to demand address validation first.
+    pub retry: RetryPolicy,
+    /// Handshakes (Diffie-Hellman operations) per second the server will
+    /// spend; excess initiations are dropped and counted.
+    pub handshake_rate: u32,
+    /// Handshakes allowed in a burst above the rate.
+    pub handshake_burst: u32,
+    /// Unconfirmed handshakes beyond which `UnderLoad` demands retry.
+    pub retry_pending_threshold: usize,
+    /// How long a retry token stays valid.
+    pub token_lifetime: Duration,
+    /// Initiations stamped further than this from the server's clock are
+    /// refused as replays; it bounds the replay-protection state.
+    pub max_clock_skew: Duration,
+    /// Most connections served at once; further initiations are dropped.
+    pub max_connections: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            allowed_clients: None,
+            retry: RetryPolicy::default(),
+            handshake_rate: 20_000,
+            handshake_burst: 1_000,
+            retry_pending_threshold: 256,
+            token_lifetime: Duration::from_secs(10),
+            max_clock_skew: Duration::from_secs(120),
+            max_connections: 100_000,
+        }
+    }
+}
+
+/// Everything an [`Endpoint`](crate::Endpoint) needs.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// This node's static identity: its server key, and its client key when
+    /// it connects out.
+    pub keypair: Keypair,
+    /// Settings for every connection of this endpoint.
+    pub transport: Arc<TransportConfig>,
+    /// Accept connections with this policy; `None` for a client-only node.
+    pub server: Option<Arc<ServerConfig>>,
+}
+
+impl EndpointConfig {
+    /// A client-only endpoint with default transport settings.
+    pub fn client(keypair: Keypair) -> Self {
+        EndpointConfig {
+            keypair,
+            transport: Arc::default(),
+            server: None,
+        }
+    }
+
+    /// An endpoint that also accepts connections, with default policy.
+    pub fn server(keypair: Keypair) -> Self {
+        EndpointConfig {
+            server: Some(Arc::default()),
+            ..Self::client(keypair)
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! The connection's side of the handshake: the client's Initial and its
+//! retransmission, retry and refusal handling, and the server's cached
+//! answer. (Reading initiations and server policy live in the endpoint.)
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info};
+
+use super::{Connection, Event, Path, State, Timer};
+use crate::coding::Reader;
+use crate::config::TransportConfig;
+use crate::crypto::handshake::Initiator;
+use crate::crypto::{Keypair, PublicKey};
+use crate::error::ConnectionError;
+use crate::packet::keys::KeyState;
+use crate::packet::{self, CID_LEN, ConnectionId, Header, RejectReason};
+use crate::transport_params::TransportParams;
+use crate::Side;
+
+/// What the client says inside Noise message 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ClientHello {
+    /// Wall-clock time of the initiation (ns since the Unix epoch); the
+    /// server refuses initiations not newer than the last one it accepted
+    /// from the same client key, which defeats replay.
+    pub timestamp: u64,
+    pub params: TransportParams,
+}
+
+impl ClientHello {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.timestamp.to_be_bytes());
+        self.params.encode(out);
+    }
+
+    pub fn decode(buf: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(buf);
+        let timestamp = r.u64().ok()?;
+        let params = TransportParams::decode(r.rest()).ok()?;
+        Some(ClientHello { timestamp, params })
+    }
+}
+
+/// What the server says inside Noise message 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ServerHello {
+    /// Welcome: the server's connection id and limits.
+    Accept {
+        cid: ConnectionId,
+        params: TransportParams,
+    },
+    /// Authenticated, and not on the allow-list.
+    ClientNotAllowed,
+}
+
+impl ServerHello {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            ServerHello::Accept { cid, params } => {
+                out.push(0);
+                out.extend_from_slice(&cid.0);
+                params.encode(out);
+            }
+            ServerHello::ClientNotAllowed => out.push(1),
+        }
+    }
+
+    pub fn decode(buf: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(buf);
+        match r.u8().ok()? {
+            0 => {
+                let cid = ConnectionId(r.array::<CID_LEN>().ok()?);
+                let params = TransportParams::decode(r.rest()).ok()?;
+                Some(ServerHello::Accept { cid, params })
+            }
+            1 => Some(ServerHello::ClientNotAllowed),
+            _ => None,
+        }
+    }
+}
+
+/// Handshake progress.
+#[derive(Debug)]
+pub(crate) enum Handshake {
+    Client {
+        /// What a restarted handshake needs: a corrupted or forged answer
+        /// consumes the Noise state, so the client starts over.
+        keypair: Keypair,
+        server_key: PublicKey,
+        /// Wall clock (ns since the Unix epoch) at `started`.
+        unix_time_ns: u64,
+        started: Instant,
+        initiator: Option<Initiator>,
+        /// Random id of the server side, chosen by us until the server
+        /// names its own.
+        initial_dcid: ConnectionId,
+        noise: Vec<u8>,
+        /// The Initial datagram, rebuilt only when a retry adds a token.
+        packet: Vec<u8>,
+        /// Times the Initial went out, and when it last did.
+        sends: u32,
+        last_sent: Option<Instant>,
+        need_send: bool,
+        retried: bool,
+        key_rejects: u32,
+    },
+    Server {
+        /// The answer (a Handshake packet), resent when a retransmitted
+        /// Initial shows the client did not get it.
+        reply: Vec<u8>,
+        need_send: bool,
+        sent_at: Option<Instant>,
+    },
+    Done,
+}
+
+/// Builds Noise message 1 and the Initial carrying it.
+fn start_initiation(
+    config: &TransportConfig,
+    keypair: &Keypair,
+    server_key: &PublicKey,
+    initial_dcid: ConnectionId,
+    local_cid: ConnectionId,
+    timestamp: u64,
+) -> Result<(Initiator, Vec<u8>, Vec<u8>), crate::crypto::HandshakeError> {
+    let hello = ClientHello {
+        timestamp,
+        params: TransportParams::from_config(config),
+    };
+    let mut payload = Vec::new();
+    hello.encode(&mut payload);
+    let prologue = packet::handshake_prologue(initial_dcid, local_cid);
+    let (initiator, noise) = Initiator::start(keypair, server_key, &prologue, &payload)?;
+    let mut initial = Vec::new();
+    packet::write_initial(initial_dcid, local_cid, &[], &noise, &mut initial);
+    Ok((initiator, noise, initial))
+}
+
+impl Connection {
+    /// Starts a client connection; the first `poll_transmit` yields the
+    /// Initial.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn connect(
+        now: Instant,
+        config: Arc<TransportConfig>,
+        keypair: &Keypair,
+        server_key: &PublicKey,
+        remote: SocketAddr,
+        local_cid: ConnectionId,
+        initial_dcid: ConnectionId,
+        unix_time_ns: u64,
+    ) -> Result<Connection, crate::crypto::HandshakeError> {
+        let (initiator, noise, initial) = start_initiation(
+            &config,
+            keypair,
+            server_key,
+            initial_dcid,
+            local_cid,
+            unix_time_ns,
+        )?;
+        let handshake = Handshake::Client {
+            keypair: keypair.clone(),
+            server_key: *server_key,
+            unix_time_ns,
+            started: now,
+            initiator: Some(initiator),
+            initial_dcid,
+            noise,
+            packet: initial,
+            sends: 0,
+            last_sent: None,
+            need_send: true,
+            retried: false,
+            key_rejects: 0,
+        };
+        let mut conn = Connection::new(
+            Side::Client,
+            config,
+            local_cid,
+            initial_dcid,
+            Path::new(remote, true),
+            handshake,
+            now,
+        );
+        conn.peer_key = Some(*server_key);
+        Ok(conn)
+    }
+
+    /// Creates the server side of a connection whose initiation the
+    /// endpoint accepted; `reply` is the Handshake packet to send.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn accepted(
+        now: Instant,
+        config: Arc<TransportConfig>,
+        keys: KeyState,
+        client_key: PublicKey,
+        client_params: TransportParams,
+        remote: SocketAddr,
+        local_cid: ConnectionId,
+        remote_cid: ConnectionId,
+        reply: Vec<u8>,
+        initial_len: usize,
+        address_validated: bool,
+    ) -> Connection {
+        let handshake = Handshake::Server {
+            reply,
+            need_send: true,
+            sent_at: None,
+        };
+        let mut path = Path::new(remote, address_validated);
+        path.received = initial_len as u64;
+        let mut conn = Connection::new(
+            Side::Server,
+            config,
+            local_cid,
+            remote_cid,
+            path,
+            handshake,
+            now,
+        );
+        conn.keys = Some(keys);
+        conn.peer_key = Some(client_key);
+        conn.apply_peer_params(client_params);
+        conn
+    }
+
+    fn apply_peer_params(&mut self, params: TransportParams) {
+        self.streams.set_peer_limits(
+            [params.initial_max_streams_bidi, params.initial_max_streams_uni],
+            params.initial_max_stream_data,
+            params.initial_max_data,
+        );
+        self.peer_params = Some(params);
+    }
+
+    /// A retransmitted Initial reached the server side: the client did not
+    /// get our answer. Resend it (within the amplification budget).
+    pub(crate) fn on_repeated_initial(&mut self, now: Instant, remote: SocketAddr, len: usize) {
+        if remote != self.path.remote {
+            // Same ids from another address: a replay, not the client.
+            self.stats.dropped_packets += 1;
+            return;
+        }
+        self.path.received += len as u64;
+        self.stats.packets_received += 1;
+        self.stats.bytes_received += len as u64;
+        if let Handshake::Server { need_send, .. } = &mut self.handshake {
+            *need_send = true;
+        }
+        self.reset_idle_timer(now);
+    }
+
+    /// The Initial (client) or answer (server) to send now, if any.
+    pub(super) fn poll_handshake_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<usize> {
+        match &mut self.handshake {
+            Handshake::Client {
+                packet,
+                sends,
+                last_sent,
+                need_send,
+                ..
+            } if *need_send => {
+                *need_send = false;
+                *sends += 1;
+                *last_sent = Some(now);
+                buf.extend_from_slice(packet);
+                let len = packet.len();
+                let pto = self.recovery.rtt.pto_base(self.config.timer_granularity);
+                let backoff = 1u32 << (*sends - 1).min(16);
+                self.set_timer(Timer::LossDetection, Some(now + pto * backoff));
+                Some(len)
+            }
+            Handshake::Server {
+                reply,
+                need_send,
+                sent_at,
+            } if *need_send => {
+                if (reply.len() as u64) > self.path.budget() {
+                    // Anti-amplification: wait for more bytes from the client.
+                    self.stats.amplification_blocked += 1;
+                    *need_send = false;
+                    return None;
+                }
+                *need_send = false;
+                sent_at.get_or_insert(now);
+                buf.extend_from_slice(reply);
+                Some(reply.len())
+            }
+            _ => None,
+        }
+    }
+
+    /// The client's handshake retransmission timer fired.
+    pub(super) fn on_handshake_timeout(&mut self) {
+        if let Handshake::Client { need_send, .. } = &mut self.handshake {
+            debug!(conn = %self.local_cid, "retransmitting Initial");
+            *need_send = true;
+        }
+    }
+
+    /// A long-header packet for a client connection.
+    pub(super) fn handle_long(&mut self, now: Instant, header: Header<'_>, len: usize) {
+        let Handshake::Client {
+            initiator,
+            initial_dcid,
+            keypair: _,
+            server_key: _,
+            unix_time_ns: _,
+            started: _,
+            noise,
+            packet,
+            sends,
+            last_sent,
+            need_send,
+            retried,
+            key_rejects,
+        } = &mut self.handshake
+        else {
+            self.stats.dropped_packets += 1;
+            return;
+        };
+        match header {
+            Header::Handshake { scid, noise: msg2, .. } => {
+                let Some(init) = initiator.take() else {
+                    return;
+                };
+                // Karn: only an Initial sent once gives an unambiguous sample.
+                let sample = (*sends == 1).then(|| last_sent.map(|t| now.saturating_duration_since(t))).flatten();
+                let (secrets, payload) = match init.finish(msg2) {
+                    Ok(done) => done,
+                    Err(e) => {
+                        // Corrupted or forged: keep waiting for the real one.
+                        debug!(conn = %self.local_cid, error = %e, "bad handshake answer");
+                        self.stats.decrypt_failures += 1;
+                        self.restart_handshake(now);
+                        return;
+                    }
+                };
+                self.stats.packets_received += 1;
+                self.stats.bytes_received += len as u64;
+                match ServerHello::decode(&payload) {
+                    Some(ServerHello::Accept { cid, params }) if cid == scid => {
+                        self.remote_cid = cid;
+                        self.keys = Some(KeyState::new(secrets, now));
+                        self.apply_peer_params(params);
+                        self.handshake = Handshake::Done;
+                        self.state = State::Established;
+                        if let Some(rtt) = sample {
+                            self.recovery.rtt.update(rtt, Duration::ZERO, Duration::ZERO);
+                        }
+                        self.set_timer(Timer::Handshake, None);
+                        self.set_timer(Timer::LossDetection, None);
+                        self.reset_idle_timer(now);
+                        // Prove our address to the server at once.
+                        self.pending.ping = true;
+                        info!(conn = %self.local_cid, peer = %self.path.remote, "connected");
+                        self.events.push_back(Event::Connected);
+                    }
+                    Some(ServerHello::ClientNotAllowed) => {
+                        info!(conn = %self.local_cid, peer = %self.path.remote, "server refused our client key");
+                        self.lost(ConnectionError::ClientNotAllowed);
+                        self.set_drained();
+                    }
+                    _ => {
+                        self.lost(ConnectionError::TransportError(crate::error::TransportError::new(
+                            crate::error::TransportErrorCode::TRANSPORT_PARAMETER_ERROR,
+                            "malformed server handshake payload",
+                        )));
+                        self.set_drained();
+                    }
+                }
+            }
+            Header::Retry { scid, token, .. } => {
+                if *retried || scid != *initial_dcid {
+                    self.stats.dropped_packets += 1;
+                    return;
+                }
+                debug!(conn = %self.local_cid, "server asked for address validation");
+                *retried = true;
+                packet.clear();
+                packet::write_initial(*initial_dcid, self.local_cid, token, noise, packet);
+                *need_send = true;
+                *sends = 0;
+            }
+            Header::Reject { scid, reason, .. } => {
+                if scid != *initial_dcid {
+                    self.stats.dropped_packets += 1;
+                    return;
+                }
+                match reason {
+                    RejectReason::VersionMismatch => {
+                        self.lost(ConnectionError::VersionMismatch);
+                        self.set_drained();
+                    }
+                    // Unauthenticated, and a corrupted Initial looks the same
+                    // to the server: believe it only when a fresh copy of
+                    // the Initial is refused too.
+                    RejectReason::ServerKeyMismatch => {
+                        *key_rejects += 1;
+                        if *key_rejects >= 2 {
+                            info!(conn = %self.local_cid, peer = %self.path.remote, "server could not decrypt our handshake: wrong server key");
+                            self.lost(ConnectionError::ServerKeyMismatch);
+                            self.set_drained();
+                        } else {
+                            *need_send = true;
+                        }
+                    }
+                }
+            }
+            _ => self.stats.dropped_packets += 1,
+        }
+    }
+
+    /// Starts the handshake over with fresh ephemeral keys, a fresh
+    /// timestamp and a fresh server-side id (so the server treats it as a
+    /// new attempt rather than a repeat of the spoiled one).
+    fn restart_handshake(&mut self, now: Instant) {
+        let Handshake::Client {
+            keypair,
+            server_key,
+            unix_time_ns,
+            started,
+            initiator,
+            initial_dcid,
+            noise,
+            packet,
+            sends,
+            need_send,
+            retried,
+            ..
+        } = &mut self.handshake
+        else {
+            return;
+        };
+        let elapsed = now.saturating_duration_since(*started).as_nanos() as u64;
+        let dcid = ConnectionId::random();
+        match start_initiation(
+            &self.config,
+            keypair,
+            server_key,
+            dcid,
+            self.local_cid,
+            *unix_time_ns + elapsed,
+        ) {
+            Ok((init, msg1, initial)) => {
+                *initiator = Some(init);
+                *initial_dcid = dcid;
+                *noise = msg1;
+                *packet = initial;
+                *sends = 0;
+                *need_send = true;
+                *retried = false;
+                self.remote_cid = dcid;
+            }
+            Err(e) => {
+                debug!(conn = %self.local_cid, error = %e, "cannot restart handshake");
+            }
+        }
+    }
+}

@@ -1,0 +1,556 @@
+//! One MXP connection as a deterministic state machine.
+//!
+//! Shaped like quinn-proto's `Connection`: the owner feeds it datagrams
+//! ([`handle`](Connection::handle)) and timeouts
+//! ([`handle_timeout`](Connection::handle_timeout)), and drains what it
+//! produces: datagrams to send ([`poll_transmit`](Connection::poll_transmit)),
+//! the next deadline ([`poll_timeout`](Connection::poll_timeout)) and events
+//! for the application ([`poll_event`](Connection::poll_event)). Each concern
+//! lives in its own file: the handshake, receiving, packet assembly, loss
+//! recovery and acknowledgement state.
+
+mod ack;
+mod handshake;
+mod recovery;
+mod recv;
+mod send;
+mod stats;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracing::{debug, info};
+
+use crate::config::TransportConfig;
+use crate::crypto::PublicKey;
+use crate::datagrams::{DatagramError, Datagrams};
+use crate::error::{ConnectionError, TransportError};
+use crate::frame::{Close, CloseKind};
+use crate::packet::keys::KeyState;
+use crate::packet::{ConnectionId, SHORT_OVERHEAD};
+use crate::replay::ReplayWindow;
+use crate::scheduler::{Flow, Scheduler};
+use crate::streams::{Limits, OpenError, ReadError, StreamEvent, Streams, WriteError};
+use crate::transport_params::TransportParams;
+use crate::{Band, Dir, Side, StreamId};
+
+use ack::AckState;
+pub(crate) use handshake::{ClientHello, Handshake, ServerHello};
+use recovery::Recovery;
+pub use stats::ConnectionStats;
+
+/// Something the application should know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The handshake completed: the client got the server's answer, or the
+    /// server saw the client prove its address.
+    Connected,
+    /// The connection ended; no more data will flow.
+    ConnectionLost {
+        /// Why.
+        reason: ConnectionError,
+    },
+    /// Something happened on a stream.
+    Stream(StreamEvent),
+    /// A datagram is waiting in [`Connection::recv_datagram`].
+    DatagramReceived,
+    /// Everything is over, including the closing period; the owner may drop
+    /// the connection.
+    Drained,
+}
+
+/// A datagram for the owner to put on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to send it.
+    pub destination: SocketAddr,
+    /// Its length (the bytes were appended to the caller's buffer).
+    pub size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Handshake,
+    Established,
+    /// We closed: answer anything that arrives with the close frame until
+    /// the deadline, so the peer learns why.
+    Closing,
+    /// The peer closed: send nothing, wait out stragglers.
+    Draining,
+    Drained,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    Idle,
+    LossDetection,
+    Ack,
+    KeepAlive,
+    Close,
+    Pacing,
+    Handshake,
+}
+
+const TIMER_COUNT: usize = 7;
+
+/// The network path to the peer and its address-validation budget.
+#[derive(Debug)]
+struct Path {
+    remote: SocketAddr,
+    /// The peer proved it receives at this address; until then a server
+    /// sends at most three times what it received (anti-amplification).
+    validated: bool,
+    received: u64,
+    sent: u64,
+    challenge: Option<[u8; 8]>,
+}
+
+impl Path {
+    fn new(remote: SocketAddr, validated: bool) -> Self {
+        Path {
+            remote,
+            validated,
+            received: 0,
+            sent: 0,
+            challenge: None,
+        }
+    }
+
+    /// Bytes that may still be sent before the address is validated.
+    fn budget(&self) -> u64 {
+        if self.validated {
+            u64::MAX
+        } else {
+            (3 * self.received).saturating_sub(self.sent)
+        }
+    }
+}
+
+/// Non-stream frames waiting to go out.
+#[derive(Debug, Default)]
+struct Pending {
+    ping: bool,
+    /// Send (again) the close frame while closing.
+    close: bool,
+    path_responses: VecDeque<[u8; 8]>,
+    path_challenge: bool,
+}
+
+/// An MXP connection.
+#[derive(Debug)]
+pub struct Connection {
+    side: Side,
+    config: Arc<TransportConfig>,
+    state: State,
+    local_cid: ConnectionId,
+    remote_cid: ConnectionId,
+    path: Path,
+    handshake: Handshake,
+    keys: Option<KeyState>,
+    peer_params: Option<TransportParams>,
+    peer_key: Option<PublicKey>,
+    recovery: Recovery,
+    replay: ReplayWindow,
+    acks: AckState,
+    streams: Streams,
+    datagrams: Datagrams,
+    scheduler: Scheduler,
+    pending: Pending,
+    close_frame: Option<Close>,
+    /// Packets received while closing, and the count at which to answer
+    /// with the close frame again (doubles, so a flood gets few answers).
+    closing_received: u64,
+    closing_answer_at: u64,
+    timers: [Option<Instant>; TIMER_COUNT],
+    last_ack_eliciting_sent: Option<Instant>,
+    events: VecDeque<Event>,
+    error: Option<ConnectionError>,
+    stats: ConnectionStats,
+}
+
+impl Connection {
+    fn new(
+        side: Side,
+        config: Arc<TransportConfig>,
+        local_cid: ConnectionId,
+        remote_cid: ConnectionId,
+        path: Path,
+        handshake: Handshake,
+        now: Instant,
+    ) -> Self {
+        let local = TransportParams::from_config(&config);
+        // Until the peer's limits are known, assume none: the client learns
+        // them from the server's answer before it can send anything.
+        let limits = Limits {
+            local_max_streams: [local.initial_max_streams_bidi, local.initial_max_streams_uni],
+            local_stream_window: local.initial_max_stream_data,
+            local_window: local.initial_max_data,
+            peer_max_streams: [0; 2],
+            peer_stream_window: 0,
+            peer_window: 0,
+        };
+        let mut conn = Connection {
+            side,
+            recovery: Recovery::new(&config, now),
+            replay: ReplayWindow::new(),
+            acks: AckState::default(),
+            streams: Streams::new(side, limits),
+            datagrams: Datagrams::new(config.datagram_send_buffer, config.datagram_receive_buffer),
+            scheduler: Scheduler::new(config.band_weights),
+            config,
+            state: State::Handshake,
+            local_cid,
+            remote_cid,
+            path,
+            handshake,
+            keys: None,
+            peer_params: None,
+            peer_key: None,
+            pending: Pending::default(),
+            close_frame: None,
+            closing_received: 0,
+            closing_answer_at: 1,
+            timers: [None; TIMER_COUNT],
+            last_ack_eliciting_sent: None,
+            events: VecDeque::new(),
+            error: None,
+            stats: ConnectionStats::default(),
+        };
+        conn.set_timer(Timer::Handshake, Some(now + conn.config.handshake_timeout));
+        conn.reset_idle_timer(now);
+        conn
+    }
+
+    /// Which end this is.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The id peers use to reach this end of the connection.
+    pub fn local_cid(&self) -> ConnectionId {
+        self.local_cid
+    }
+
+    /// The peer's current address.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.path.remote
+    }
+
+    /// The peer's static public key, once the handshake authenticated it.
+    pub fn peer_key(&self) -> Option<PublicKey> {
+        self.peer_key
+    }
+
+    /// Whether the handshake completed and the connection is not closing.
+    pub fn is_established(&self) -> bool {
+        self.state == State::Established
+    }
+
+    /// Whether the connection is closing, draining or drained.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closing | State::Draining | State::Drained)
+    }
+
+    /// Whether the connection is completely finished.
+    pub fn is_drained(&self) -> bool {
+        self.state == State::Drained
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn error(&self) -> Option<&ConnectionError> {
+        self.error.as_ref()
+    }
+
+    /// Smoothed round-trip time.
+    pub fn rtt(&self) -> Duration {
+        self.recovery.rtt.smoothed()
+    }
+
+    /// Counters and current state, for monitoring.
+    pub fn stats(&self) -> ConnectionStats {
+        let mut s = self.stats;
+        s.rtt = self.recovery.rtt.smoothed();
+        s.min_rtt = self.recovery.rtt.min();
+        s.congestion_window = self.recovery.cc.window();
+        s.bytes_in_flight = self.recovery.bytes_in_flight;
+        s.open_streams = self.streams.open_count() as u64;
+        s.flow = self.streams.stats();
+        s.bands = self.scheduler.stats();
+        s.datagrams = self.datagrams.stats;
+        s.key_updates = self.keys.as_ref().map_or(0, KeyState::generation);
+        s
+    }
+
+    /// Next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        if let Some(e) = self.events.pop_front() {
+            return Some(e);
+        }
+        self.streams.poll_event().map(Event::Stream)
+    }
+
+    // ---- streams and datagrams -------------------------------------------
+
+    /// Opens a stream whose data is scheduled in `band`.
+    pub fn open(&mut self, dir: Dir, band: Band) -> Result<StreamId, OpenError> {
+        self.streams.open(dir, band)
+    }
+
+    /// The next stream the peer opened.
+    pub fn accept(&mut self, dir: Dir) -> Option<StreamId> {
+        self.streams.accept(dir)
+    }
+
+    /// Moves a stream's outgoing data to another band.
+    pub fn set_band(&mut self, id: StreamId, band: Band) -> bool {
+        self.streams.set_band(id, band)
+    }
+
+    /// Writes as much of `data` as flow control allows and returns how much
+    /// that was; [`WriteError::Blocked`] if nothing fit.
+    pub fn write(&mut self, id: StreamId, data: impl Into<Bytes>) -> Result<usize, WriteError> {
+        if self.is_closed() {
+            return Err(WriteError::ClosedStream);
+        }
+        let mut data = data.into();
+        let n = self.streams.write(id, &mut data)?;
+        self.schedule_stream(id);
+        Ok(n)
+    }
+
+    /// Bytes that [`write`](Self::write) would accept on `id` right now.
+    pub fn write_credit(&self, id: StreamId) -> u64 {
+        self.streams.write_credit(id)
+    }
+
+    /// Ends the stream after the data written so far.
+    pub fn finish(&mut self, id: StreamId) -> Result<(), WriteError> {
+        self.streams.finish(id)?;
+        self.schedule_stream(id);
+        Ok(())
+    }
+
+    /// Abandons the stream's sending side with an application error code.
+    pub fn reset(&mut self, id: StreamId, code: u64) -> Result<(), WriteError> {
+        self.streams.reset(id, code)
+    }
+
+    /// Reads up to `max` in-order bytes; `Ok(None)` at the end of the stream.
+    pub fn read(&mut self, id: StreamId, max: usize) -> Result<Option<Bytes>, ReadError> {
+        self.streams.read(id, max)
+    }
+
+    /// Whether [`read`](Self::read) has something (data, end or reset).
+    pub fn is_readable(&self, id: StreamId) -> bool {
+        self.streams.is_readable(id)
+    }
+
+    /// Asks the peer to stop sending on `id`; unread data is discarded.
+    pub fn stop(&mut self, id: StreamId, code: u64) -> Result<(), ReadError> {
+        self.streams.stop(id, code)
+    }
+
+    /// Largest datagram payload the peer accepts and a packet can carry; 0
+    /// if datagrams are off (or the handshake has not told us yet).
+    pub fn max_datagram_size(&self) -> usize {
+        let Some(p) = &self.peer_params else { return 0 };
+        let room = self.max_packet_size().saturating_sub(SHORT_OVERHEAD + 1 + 2);
+        (p.max_datagram_size as usize).min(room)
+    }
+
+    /// Queues an unreliable datagram in `band`.
+    pub fn send_datagram(&mut self, data: impl Into<Bytes>, band: Band) -> Result<(), DatagramError> {
+        if self.is_closed() {
+            return Err(DatagramError::Disabled);
+        }
+        let max = self.max_datagram_size();
+        if self.datagrams.send(data.into(), band, max)? {
+            self.scheduler.push(band, Flow::Datagrams);
+        }
+        Ok(())
+    }
+
+    /// The next received datagram.
+    pub fn recv_datagram(&mut self) -> Option<Bytes> {
+        self.datagrams.recv()
+    }
+
+    fn schedule_stream(&mut self, id: StreamId) {
+        if let Some(band) = self.streams.wants_schedule(id) {
+            self.scheduler.push(band, Flow::Stream(id));
+        }
+    }
+
+    // ---- closing -----------------------------------------------------------
+
+    /// Closes the connection with an application error code and reason. The
+    /// peer is told; unacknowledged data is abandoned.
+    pub fn close(&mut self, now: Instant, code: u64, reason: impl Into<Bytes>) {
+        let frame = Close {
+            kind: CloseKind::Application,
+            error_code: code,
+            reason: reason.into(),
+        };
+        self.enter_closing(now, frame, ConnectionError::LocallyClosed);
+    }
+
+    /// Closes because the peer broke the protocol.
+    fn close_with_error(&mut self, now: Instant, err: TransportError) {
+        debug!(conn = %self.local_cid, error = %err, "closing on protocol error");
+        self.stats.protocol_errors += 1;
+        let frame = Close {
+            kind: CloseKind::Transport {
+                frame_type: err.frame_type.unwrap_or(0),
+            },
+            error_code: err.code.0,
+            reason: Bytes::from(err.reason.clone()),
+        };
+        self.enter_closing(now, frame, ConnectionError::TransportError(err));
+    }
+
+    fn enter_closing(&mut self, now: Instant, frame: Close, reason: ConnectionError) {
+        if self.is_closed() {
+            return;
+        }
+        info!(conn = %self.local_cid, peer = %self.path.remote, reason = %reason, "connection closing");
+        let had_keys = self.keys.is_some();
+        self.lost(reason);
+        if !had_keys {
+            // Nothing to protect a close frame with: the peer will time out.
+            self.set_drained();
+            return;
+        }
+        self.state = State::Closing;
+        self.close_frame = Some(frame);
+        self.pending.close = true;
+        self.closing_received = 0;
+        self.closing_answer_at = 1;
+        let until = now + 3 * self.recovery.pto(&self.config, self.peer_max_ack_delay());
+        self.clear_timers();
+        self.set_timer(Timer::Close, Some(until));
+    }
+
+    /// The peer closed (or the connection failed): report it once.
+    fn lost(&mut self, reason: ConnectionError) {
+        if self.error.is_none() {
+            let announce = self.state == State::Established
+                || !matches!(reason, ConnectionError::LocallyClosed);
+            self.error = Some(reason.clone());
+            if announce && !(self.side == Side::Server && self.state == State::Handshake) {
+                self.events.push_back(Event::ConnectionLost { reason });
+            }
+        }
+    }
+
+    fn enter_draining(&mut self, now: Instant, reason: ConnectionError) {
+        if matches!(self.state, State::Draining | State::Drained) {
+            return;
+        }
+        info!(conn = %self.local_cid, peer = %self.path.remote, reason = %reason, "peer closed the connection");
+        self.lost(reason);
+        self.state = State::Draining;
+        let until = now + 3 * self.recovery.pto(&self.config, self.peer_max_ack_delay());
+        self.clear_timers();
+        self.set_timer(Timer::Close, Some(until));
+    }
+
+    fn set_drained(&mut self) {
+        if self.state != State::Drained {
+            self.state = State::Drained;
+            self.clear_timers();
+            self.events.push_back(Event::Drained);
+        }
+    }
+
+    // ---- timers ------------------------------------------------------------
+
+    fn set_timer(&mut self, timer: Timer, at: Option<Instant>) {
+        self.timers[timer as usize] = at;
+    }
+
+    fn timer(&self, timer: Timer) -> Option<Instant> {
+        self.timers[timer as usize]
+    }
+
+    fn clear_timers(&mut self) {
+        self.timers = [None; TIMER_COUNT];
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        let local = self.config.idle_timeout;
+        match self.peer_params.map(|p| p.idle_timeout) {
+            Some(peer) if !peer.is_zero() && peer < local => peer,
+            _ => local,
+        }
+    }
+
+    fn reset_idle_timer(&mut self, now: Instant) {
+        if !self.is_closed() {
+            let at = now + self.idle_timeout();
+            self.set_timer(Timer::Idle, Some(at));
+        }
+    }
+
+    fn peer_max_ack_delay(&self) -> Duration {
+        self.peer_params.map_or(self.config.max_ack_delay, |p| p.max_ack_delay)
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.iter().flatten().min().copied()
+    }
+
+    /// Runs whatever timers expired at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for timer in [
+            Timer::Close,
+            Timer::Handshake,
+            Timer::Idle,
+            Timer::LossDetection,
+            Timer::Ack,
+            Timer::KeepAlive,
+            Timer::Pacing,
+        ] {
+            let Some(at) = self.timer(timer) else { continue };
+            if at > now {
+                continue;
+            }
+            self.set_timer(timer, None);
+            match timer {
+                Timer::Close => self.set_drained(),
+                Timer::Handshake => {
+                    if self.state == State::Handshake {
+                        info!(conn = %self.local_cid, peer = %self.path.remote, "handshake timed out");
+                        self.lost(ConnectionError::HandshakeTimedOut);
+                        self.set_drained();
+                    }
+                }
+                Timer::Idle => {
+                    info!(conn = %self.local_cid, peer = %self.path.remote, "idle timeout");
+                    self.lost(ConnectionError::TimedOut);
+                    self.set_drained();
+                }
+                Timer::LossDetection => self.on_loss_detection_timeout(now),
+                // The ACK is sent by the next poll_transmit.
+                Timer::Ack => {}
+                Timer::KeepAlive => self.pending.ping = true,
+                Timer::Pacing => {}
+            }
+            if self.state == State::Drained {
+                return;
+            }
+        }
+    }
+
+    /// Biggest datagram this connection sends.
+    fn max_packet_size(&self) -> usize {
+        let local = usize::from(self.config.max_udp_payload_size);
+        match &self.peer_params {
+            Some(p) => local.min(p.max_udp_payload_size as usize),
+            None => local,
+        }
+    }
+}

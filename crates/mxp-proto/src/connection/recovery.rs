@@ -1,0 +1,281 @@
+//! Loss recovery for the packets this end sends (RFC 9002 in shape, with
+//! microsecond timer granularity): which packets are in flight, which an
+//! ACK covers, which are lost by packet or time threshold, when the probe
+//! timer fires, and the congestion window and pacer they feed.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::config::TransportConfig;
+use crate::error::{TransportError, TransportErrorCode};
+use crate::frame::{Ack, types};
+use crate::recovery::{Controller, NewReno, Pacer, RttEstimator};
+use crate::streams::Record;
+
+/// A packet this end sent and has not yet seen acknowledged or lost.
+#[derive(Debug)]
+pub(super) struct SentPacket {
+    pub pn: u64,
+    pub time_sent: Instant,
+    pub size: u16,
+    pub ack_eliciting: bool,
+    /// Counts toward bytes in flight (everything but ACK-only packets).
+    pub in_flight: bool,
+    /// Largest packet number of the ACK frame it carried.
+    pub ack_largest: Option<u64>,
+    /// Datagram frames it carried (counted if lost; never resent).
+    pub datagrams: u16,
+    /// Stream and flow-control frames it carried, resent if it is lost.
+    pub records: Vec<Record>,
+}
+
+#[derive(Debug)]
+pub(super) struct Recovery {
+    /// Packets from `base` on, by packet number; `None` once settled.
+    sent: VecDeque<Option<SentPacket>>,
+    base: u64,
+    pub next_pn: u64,
+    pub largest_acked: Option<u64>,
+    pub rtt: RttEstimator,
+    pub cc: Box<dyn Controller>,
+    pub pacer: Pacer,
+    pub bytes_in_flight: u64,
+    ack_eliciting_in_flight: u64,
+    pub pto_count: u32,
+    /// Probe packets the probe timer asked for; they ignore the congestion
+    /// window.
+    pub probes: u32,
+    loss_time: Option<Instant>,
+    last_ack_eliciting_sent: Option<Instant>,
+    /// Emptied record vectors, reused so sending a packet does not allocate.
+    spare: Vec<Vec<Record>>,
+}
+
+impl Recovery {
+    pub fn new(config: &TransportConfig, now: Instant) -> Self {
+        let mtu = u64::from(config.max_udp_payload_size);
+        let cc = NewReno::new(mtu, config.initial_window);
+        let window = cc.window();
+        Recovery {
+            sent: VecDeque::new(),
+            base: 0,
+            next_pn: 0,
+            largest_acked: None,
+            rtt: RttEstimator::new(config.initial_rtt),
+            pacer: Pacer::new(now, mtu, window, config.initial_rtt),
+            cc: Box::new(cc),
+            bytes_in_flight: 0,
+            ack_eliciting_in_flight: 0,
+            pto_count: 0,
+            probes: 0,
+            loss_time: None,
+            last_ack_eliciting_sent: None,
+            spare: Vec::new(),
+        }
+    }
+
+    /// A record vector for the next packet.
+    pub fn take_records(&mut self) -> Vec<Record> {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    /// Returns a settled packet's record vector for reuse.
+    pub fn recycle(&mut self, mut records: Vec<Record>) {
+        records.clear();
+        if self.spare.len() < 64 {
+            self.spare.push(records);
+        }
+    }
+
+    /// Probe timeout without backoff.
+    pub fn pto(&self, config: &TransportConfig, max_ack_delay: Duration) -> Duration {
+        self.rtt.pto_base(config.timer_granularity) + max_ack_delay
+    }
+
+    /// Whether the congestion window has room for a packet of `size`.
+    pub fn can_send(&self, size: u64) -> bool {
+        self.probes > 0 || self.bytes_in_flight + size <= self.cc.window()
+    }
+
+    pub fn on_packet_sent(&mut self, now: Instant, packet: SentPacket) {
+        debug_assert_eq!(packet.pn, self.base + self.sent.len() as u64);
+        if packet.in_flight {
+            self.bytes_in_flight += u64::from(packet.size);
+            self.cc.on_sent(now, u64::from(packet.size));
+            self.pacer.on_sent(u64::from(packet.size));
+        }
+        if packet.ack_eliciting {
+            self.ack_eliciting_in_flight += 1;
+            self.last_ack_eliciting_sent = Some(now);
+            self.probes = self.probes.saturating_sub(1);
+        }
+        self.sent.push_back(Some(packet));
+    }
+
+    fn take(&mut self, pn: u64) -> Option<SentPacket> {
+        let index = usize::try_from(pn.checked_sub(self.base)?).ok()?;
+        let p = self.sent.get_mut(index)?.take()?;
+        if p.in_flight {
+            self.bytes_in_flight -= u64::from(p.size);
+        }
+        if p.ack_eliciting {
+            self.ack_eliciting_in_flight -= 1;
+        }
+        Some(p)
+    }
+
+    fn trim(&mut self) {
+        while let Some(None) = self.sent.front() {
+            self.sent.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// Applies an ACK frame: newly acknowledged packets go to `acked`,
+    /// packets it reveals as lost to `lost`.
+    pub fn on_ack(
+        &mut self,
+        now: Instant,
+        ack: &Ack,
+        config: &TransportConfig,
+        max_ack_delay: Duration,
+        acked: &mut Vec<SentPacket>,
+        lost: &mut Vec<SentPacket>,
+    ) -> Result<(), TransportError> {
+        if ack.largest >= self.next_pn {
+            return Err(TransportError::new(
+                TransportErrorCode::PROTOCOL_VIOLATION,
+                "ACK of a packet never sent",
+            )
+            .in_frame(types::ACK));
+        }
+        let first_new = acked.len();
+        for range in ack.iter() {
+            let lo = (*range.start()).max(self.base);
+            for pn in lo..=*range.end() {
+                if let Some(p) = self.take(pn) {
+                    acked.push(p);
+                }
+            }
+        }
+        if acked.len() == first_new {
+            return Ok(());
+        }
+        self.largest_acked = Some(self.largest_acked.map_or(ack.largest, |l| l.max(ack.largest)));
+        let new = &acked[first_new..];
+        if let Some(largest) = new.iter().find(|p| p.pn == ack.largest) {
+            if new.iter().any(|p| p.ack_eliciting) {
+                let sample = now.saturating_duration_since(largest.time_sent);
+                let delay = Duration::from_micros(ack.delay_us);
+                self.rtt.update(sample, delay, max_ack_delay);
+            }
+        }
+        for p in &acked[first_new..] {
+            if p.in_flight {
+                self.cc
+                    .on_ack(now, p.time_sent, u64::from(p.size), false, &self.rtt);
+            }
+        }
+        self.detect_lost(now, config, max_ack_delay, lost);
+        self.pto_count = 0;
+        self.trim();
+        Ok(())
+    }
+
+    /// Declares lost every unacknowledged packet sent well before the
+    /// largest acknowledged one (by count or by time).
+    fn detect_lost(
+        &mut self,
+        now: Instant,
+        config: &TransportConfig,
+        max_ack_delay: Duration,
+        lost: &mut Vec<SentPacket>,
+    ) {
+        let Some(largest) = self.largest_acked else {
+            return;
+        };
+        self.loss_time = None;
+        let loss_delay = self.rtt.loss_delay(config.timer_granularity);
+        let first_lost = lost.len();
+        let mut index = 0;
+        while index < self.sent.len() {
+            let pn = self.base + index as u64;
+            if pn >= largest {
+                break;
+            }
+            let Some(p) = &self.sent[index] else {
+                index += 1;
+                continue;
+            };
+            let by_time = now.saturating_duration_since(p.time_sent) >= loss_delay;
+            let by_count = largest >= pn + config.packet_threshold;
+            if by_time || by_count {
+                let p = self.take(pn).expect("present");
+                lost.push(p);
+            } else {
+                let at = p.time_sent + loss_delay;
+                self.loss_time = Some(self.loss_time.map_or(at, |t| t.min(at)));
+            }
+            index += 1;
+        }
+        let newly_lost = &lost[first_lost..];
+        let Some(last) = newly_lost.iter().filter(|p| p.in_flight).max_by_key(|p| p.pn) else {
+            return;
+        };
+        let lost_bytes = newly_lost.iter().map(|p| u64::from(p.size)).sum();
+        // Persistent congestion: an unbroken run of losses spanning more
+        // than three probe timeouts (RFC 9002 §7.6, simplified to runs).
+        let first = newly_lost.iter().filter(|p| p.ack_eliciting).min_by_key(|p| p.pn);
+        let persistent = self.rtt.has_sample()
+            && first.is_some_and(|f| {
+                let run = newly_lost.iter().filter(|p| p.pn >= f.pn && p.pn <= last.pn).count();
+                run as u64 == last.pn - f.pn + 1
+                    && last.time_sent.saturating_duration_since(f.time_sent)
+                        > 3 * self.pto(config, max_ack_delay)
+            });
+        let last_sent = last.time_sent;
+        self.cc
+            .on_congestion_event(now, last_sent, persistent, lost_bytes);
+    }
+
+    /// When the loss-detection timer must fire: the time threshold of a
+    /// packet not yet lost, or else the probe timeout.
+    pub fn loss_detection_deadline(
+        &self,
+        config: &TransportConfig,
+        max_ack_delay: Duration,
+    ) -> Option<Instant> {
+        if self.loss_time.is_some() {
+            return self.loss_time;
+        }
+        if self.ack_eliciting_in_flight == 0 {
+            return None;
+        }
+        let backoff = 1u32 << self.pto_count.min(16);
+        Some(self.last_ack_eliciting_sent? + self.pto(config, max_ack_delay) * backoff)
+    }
+
+    /// The loss-detection timer fired. Either declares time-threshold
+    /// losses, or (probe timeout) asks for probe packets and returns the
+    /// records of the oldest packet in flight to send again in them.
+    pub fn on_timeout(
+        &mut self,
+        now: Instant,
+        config: &TransportConfig,
+        max_ack_delay: Duration,
+        lost: &mut Vec<SentPacket>,
+    ) -> Option<Vec<Record>> {
+        if self.loss_time.is_some() {
+            self.detect_lost(now, config, max_ack_delay, lost);
+            self.trim();
+            return None;
+        }
+        self.pto_count += 1;
+        self.probes = 2;
+        self.sent
+            .iter()
+            .flatten()
+            .find(|p| p.ack_eliciting)
+            .map(|p| p.records.clone())
+    }
+}

@@ -1,0 +1,69 @@
+//! Per-connection counters: what operators graph and alert on.
+
+use std::time::Duration;
+
+use crate::Band;
+use crate::datagrams::DatagramStats;
+use crate::scheduler::BandStats;
+use crate::streams::FlowStats;
+
+/// Counters and current values of one connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionStats {
+    /// Datagrams sent.
+    pub packets_sent: u64,
+    /// Datagrams received and accepted.
+    pub packets_received: u64,
+    /// Bytes sent, on the wire.
+    pub bytes_sent: u64,
+    /// Bytes received, on the wire.
+    pub bytes_received: u64,
+    /// Packets declared lost.
+    pub packets_lost: u64,
+    /// Bytes of packets declared lost.
+    pub bytes_lost: u64,
+    /// Stream frames queued again after a loss or probe.
+    pub retransmitted_frames: u64,
+    /// Probe timeouts that fired.
+    pub probes: u64,
+    /// Packets that only carried an ACK.
+    pub ack_only_packets: u64,
+    /// ACK frames sent.
+    pub acks_sent: u64,
+    /// Packets refused by the replay window as already received.
+    pub duplicate_packets: u64,
+    /// Packets refused by the replay window as too old to judge.
+    pub old_packets: u64,
+    /// Packets that failed authentication (corrupted, forged, old keys).
+    pub decrypt_failures: u64,
+    /// Datagrams that could not be parsed.
+    pub malformed_packets: u64,
+    /// Packets ignored for other reasons (wrong state, unexpected type).
+    pub dropped_packets: u64,
+    /// Times sending was held back by the anti-amplification limit.
+    pub amplification_blocked: u64,
+    /// Connections closed because the peer broke the protocol.
+    pub protocol_errors: u64,
+    /// BLOCKED frames the peer sent us (it wanted more credit).
+    pub peer_blocked_frames: u64,
+    /// Peer address changes followed.
+    pub migrations: u64,
+    /// Key rotations so far.
+    pub key_updates: u64,
+    /// Smoothed RTT.
+    pub rtt: Duration,
+    /// Smallest RTT seen.
+    pub min_rtt: Duration,
+    /// Congestion window, bytes.
+    pub congestion_window: u64,
+    /// Bytes sent and not yet acknowledged or lost.
+    pub bytes_in_flight: u64,
+    /// Streams currently open.
+    pub open_streams: u64,
+    /// Flow control.
+    pub flow: FlowStats,
+    /// Scheduler, per band ([`Band::index`]).
+    pub bands: [BandStats; Band::COUNT],
+    /// Datagrams.
+    pub datagrams: DatagramStats,
+}

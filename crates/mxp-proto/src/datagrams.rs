@@ -1,0 +1,176 @@
+//! Unreliable datagrams: sent at most once, never retransmitted, bounded
+//! queues both ways with the oldest dropped (and counted) when full.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use crate::Band;
+use crate::frame;
+
+/// Why a datagram was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum DatagramError {
+    /// The peer does not accept datagrams.
+    #[error("the peer does not accept datagrams")]
+    Disabled,
+    /// Larger than a packet (or the peer) can carry.
+    #[error("datagram of {size} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// Size offered.
+        size: usize,
+        /// Largest allowed.
+        max: usize,
+    },
+}
+
+/// Datagram counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DatagramStats {
+    /// Datagrams put in packets.
+    pub sent: u64,
+    /// Datagrams received and queued for the application.
+    pub received: u64,
+    /// Outgoing datagrams dropped because the send queue was full.
+    pub dropped_send: u64,
+    /// Incoming datagrams dropped because the application did not keep up.
+    pub dropped_recv: u64,
+    /// Sent datagrams whose packet was declared lost (never retransmitted).
+    pub lost: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Datagrams {
+    outgoing: [VecDeque<Bytes>; Band::COUNT],
+    outgoing_bytes: usize,
+    send_limit: usize,
+    incoming: VecDeque<Bytes>,
+    incoming_bytes: usize,
+    recv_limit: usize,
+    scheduled: [bool; Band::COUNT],
+    pub stats: DatagramStats,
+}
+
+impl Datagrams {
+    pub fn new(send_limit: usize, recv_limit: usize) -> Self {
+        Datagrams {
+            outgoing: Default::default(),
+            outgoing_bytes: 0,
+            send_limit,
+            incoming: VecDeque::new(),
+            incoming_bytes: 0,
+            recv_limit,
+            scheduled: [false; Band::COUNT],
+            stats: DatagramStats::default(),
+        }
+    }
+
+    /// Queues a datagram. Returns true if the band's queue needs scheduling.
+    pub fn send(&mut self, data: Bytes, band: Band, max: usize) -> Result<bool, DatagramError> {
+        if max == 0 {
+            return Err(DatagramError::Disabled);
+        }
+        if data.len() > max {
+            return Err(DatagramError::TooLarge {
+                size: data.len(),
+                max,
+            });
+        }
+        self.outgoing_bytes += data.len();
+        self.outgoing[band.index()].push_back(data);
+        // Over the limit: drop the oldest of the least important band.
+        while self.outgoing_bytes > self.send_limit {
+            let Some(q) = self.outgoing.iter_mut().rev().find(|q| !q.is_empty()) else {
+                break;
+            };
+            if let Some(old) = q.pop_front() {
+                self.outgoing_bytes -= old.len();
+                self.stats.dropped_send += 1;
+            }
+        }
+        let i = band.index();
+        let schedule = !self.scheduled[i] && !self.outgoing[i].is_empty();
+        self.scheduled[i] |= schedule;
+        Ok(schedule)
+    }
+
+    /// Writes the band's next datagram if it fits in `space`. Returns the
+    /// frame's size (0 if nothing was written) and whether more are queued.
+    pub fn write(&mut self, band: Band, space: usize, out: &mut Vec<u8>) -> (usize, bool) {
+        let i = band.index();
+        let q = &mut self.outgoing[i];
+        let Some(front) = q.front() else {
+            self.scheduled[i] = false;
+            return (0, false);
+        };
+        let need = frame::datagram_header_len(front.len(), true) + front.len();
+        if need > space {
+            return (0, true);
+        }
+        let d = q.pop_front().expect("front exists");
+        frame::encode_datagram_header(d.len(), true, out);
+        out.extend_from_slice(&d);
+        self.outgoing_bytes -= d.len();
+        self.stats.sent += 1;
+        let more = !q.is_empty();
+        self.scheduled[i] = more;
+        (need, more)
+    }
+
+    /// A datagram arrived.
+    pub fn receive(&mut self, data: Bytes) {
+        self.incoming_bytes += data.len();
+        self.incoming.push_back(data);
+        self.stats.received += 1;
+        while self.incoming_bytes > self.recv_limit {
+            match self.incoming.pop_front() {
+                Some(old) => {
+                    self.incoming_bytes -= old.len();
+                    self.stats.dropped_recv += 1;
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Next received datagram.
+    pub fn recv(&mut self) -> Option<Bytes> {
+        let d = self.incoming.pop_front()?;
+        self.incoming_bytes -= d.len();
+        Some(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_is_checked_and_overflow_drops_the_oldest() {
+        let mut d = Datagrams::new(250, 250);
+        assert_eq!(
+            d.send(Bytes::from(vec![0; 101]), Band::Critical, 100),
+            Err(DatagramError::TooLarge { size: 101, max: 100 })
+        );
+        assert_eq!(d.send(Bytes::new(), Band::Critical, 0), Err(DatagramError::Disabled));
+        assert_eq!(d.send(Bytes::from(vec![1; 100]), Band::Background, 100), Ok(true));
+        assert_eq!(d.send(Bytes::from(vec![2; 100]), Band::Critical, 100), Ok(true));
+        assert_eq!(d.send(Bytes::from(vec![3; 100]), Band::Critical, 100), Ok(false));
+        // The background datagram went first.
+        assert_eq!(d.stats.dropped_send, 1);
+        let mut out = Vec::new();
+        assert_eq!(d.write(Band::Background, 1500, &mut out), (0, false));
+        assert_eq!(d.write(Band::Critical, 1500, &mut out).1, true);
+    }
+
+    #[test]
+    fn receive_queue_is_bounded() {
+        let mut d = Datagrams::new(1000, 150);
+        d.receive(Bytes::from(vec![1; 100]));
+        d.receive(Bytes::from(vec![2; 100]));
+        assert_eq!(d.stats.dropped_recv, 1);
+        assert_eq!(d.recv().unwrap()[0], 2);
+        assert_eq!(d.recv(), None);
+    }
+}

@@ -1,0 +1,624 @@
+//! The endpoint: one UDP socket's worth of connections.
+//!
+//! It routes datagrams to connections by connection id, and on the server
+//! side decides what an initiation is worth before any connection exists:
+//! version and size checks, stateless retry under load, a rate limit on
+//! Diffie-Hellman work, replay protection by timestamp, and the client
+//! allow-list. Everything it refuses is counted in [`EndpointStats`].
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use slab::Slab;
+use thiserror::Error;
+use tracing::{debug, info, trace};
+
+use crate::config::{EndpointConfig, RetryPolicy, ServerConfig};
+use crate::connection::{ClientHello, Connection, Event, ServerHello, Transmit};
+use crate::crypto::handshake::Responder;
+use crate::crypto::token::TokenKey;
+use crate::crypto::{HandshakeError, PublicKey};
+use crate::packet::keys::KeyState;
+use crate::packet::{self, ConnectionId, Header, MIN_INITIAL_SIZE, PacketError, RejectReason, VERSION};
+use crate::transport_params::TransportParams;
+
+/// Refers to a connection owned by an [`Endpoint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionHandle(pub usize);
+
+/// What became of a received datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// Handed to an existing connection.
+    Routed(ConnectionHandle),
+    /// Started a new server-side connection.
+    Accepted(ConnectionHandle),
+    /// Answered without keeping state (retry, or a refusal).
+    Answered(Refusal),
+    /// Dropped.
+    Dropped(Refusal),
+}
+
+/// Why a datagram did not reach or create a connection. Each has an
+/// [`EndpointStats`] counter.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Refusal {
+    /// Could not be parsed.
+    #[error("malformed datagram: {0}")]
+    Malformed(PacketError),
+    /// Addressed to no connection this endpoint has.
+    #[error("unknown connection id")]
+    UnknownConnection,
+    /// An initiation for a node that does not accept connections.
+    #[error("this endpoint does not accept connections")]
+    NotAServer,
+    /// An initiation in a protocol version we do not speak.
+    #[error("unsupported version {0:#010x}")]
+    VersionMismatch(u32),
+    /// An Initial smaller than the anti-amplification padding demands.
+    #[error("initial datagram of {0} bytes is below the {MIN_INITIAL_SIZE}-byte minimum")]
+    InitialTooSmall(usize),
+    /// The client was sent a retry token to prove its address.
+    #[error("address validation requested (retry)")]
+    RetryRequested,
+    /// A retry token that this server did not issue for this address, or
+    /// that expired.
+    #[error("invalid or expired retry token")]
+    InvalidToken,
+    /// More initiations than the handshake rate limit allows.
+    #[error("handshake rate limit exceeded")]
+    RateLimited,
+    /// The connection limit is reached.
+    #[error("connection limit reached")]
+    ConnectionLimit,
+    /// The initiation did not decrypt with our key (wrong server key, or
+    /// corruption).
+    #[error("handshake failed: {0}")]
+    HandshakeFailed(HandshakeError),
+    /// An initiation not newer than one already accepted from the same
+    /// client key, or stamped too far from our clock: a replay.
+    #[error("replayed handshake initiation")]
+    ReplayedInitiation,
+    /// The client key is not on the allow-list.
+    #[error("client key not allowed")]
+    ClientNotAllowed,
+}
+
+/// Endpoint-wide counters: everything refused before reaching a
+/// connection, and handshake outcomes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Datagrams handed to [`Endpoint::handle`].
+    pub datagrams_received: u64,
+    /// Their bytes.
+    pub bytes_received: u64,
+    /// Datagrams that could not be parsed.
+    pub malformed: u64,
+    /// Datagrams for unknown connection ids.
+    pub unknown_connection: u64,
+    /// Initials below the minimum size.
+    pub initials_too_small: u64,
+    /// Initials of another version (answered with a refusal).
+    pub version_mismatches: u64,
+    /// Retry packets sent.
+    pub retries_sent: u64,
+    /// Invalid or expired retry tokens.
+    pub invalid_tokens: u64,
+    /// Initiations dropped by the handshake rate limit.
+    pub rate_limited: u64,
+    /// Initiations dropped at the connection limit.
+    pub connection_limit: u64,
+    /// Handshakes accepted (server) or completed (client).
+    pub handshakes_accepted: u64,
+    /// Initiations that did not decrypt (wrong server key or corruption).
+    pub handshake_decrypt_failures: u64,
+    /// Replayed (or stale) initiations refused.
+    pub replayed_initiations: u64,
+    /// Clients refused by the allow-list.
+    pub clients_refused: u64,
+    /// Bytes of stateless answers (retries, refusals) sent.
+    pub stateless_bytes_sent: u64,
+}
+
+/// Token bucket limiting Diffie-Hellman work per second.
+#[derive(Debug)]
+struct RateLimiter {
+    /// Tokens scaled by 1e6 so refills stay exact at microsecond steps.
+    micro_tokens: u64,
+    rate: u64,
+    burst: u64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    fn new(rate: u32, burst: u32, now: Instant) -> Self {
+        RateLimiter {
+            micro_tokens: u64::from(burst) * 1_000_000,
+            rate: u64::from(rate),
+            burst: u64::from(burst),
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let us = now.saturating_duration_since(self.last).as_micros() as u64;
+        self.last = now.max(self.last);
+        self.micro_tokens = (self.micro_tokens + us.saturating_mul(self.rate)).min(self.burst * 1_000_000);
+    }
+
+    fn try_take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.micro_tokens >= 1_000_000 {
+            self.micro_tokens -= 1_000_000;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Less than half the burst left: handshakes are arriving fast.
+    fn under_pressure(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.micro_tokens < self.burst * 500_000
+    }
+}
+
+type InitialKey = (SocketAddr, ConnectionId, ConnectionId);
+
+/// Server-only state.
+#[derive(Debug)]
+struct Server {
+    token_key: TokenKey,
+    /// Newest initiation timestamp accepted per client key.
+    timestamps: HashMap<PublicKey, u64>,
+    limiter: RateLimiter,
+    /// Server connections whose client has not yet proven its address.
+    unconfirmed: HashSet<ConnectionHandle>,
+}
+
+/// A set of connections sharing one socket.
+#[derive(Debug)]
+pub struct Endpoint {
+    config: EndpointConfig,
+    connections: Slab<Connection>,
+    by_cid: HashMap<ConnectionId, ConnectionHandle>,
+    by_initial: HashMap<InitialKey, ConnectionHandle>,
+    initial_keys: HashMap<ConnectionHandle, InitialKey>,
+    server: Option<Server>,
+    /// Stateless answers waiting to be sent.
+    stateless: VecDeque<(SocketAddr, Vec<u8>)>,
+    epoch: Instant,
+    unix_epoch_ns: u64,
+    transmit_cursor: usize,
+    stats: EndpointStats,
+}
+
+/// Why a connection could not be started.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConnectError {
+    /// Building the first handshake message failed.
+    #[error("cannot start handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+}
+
+impl Endpoint {
+    /// Creates an endpoint. `unix_time` is the wall-clock time at `now`
+    /// (time since the Unix epoch); handshake timestamps are derived from it
+    /// so the core itself never reads a clock.
+    pub fn new(config: EndpointConfig, now: Instant, unix_time: Duration) -> Self {
+        let server = config.server.as_ref().map(|s| Server {
+            token_key: TokenKey::generate(),
+            timestamps: HashMap::new(),
+            limiter: RateLimiter::new(s.handshake_rate, s.handshake_burst, now),
+            unconfirmed: HashSet::new(),
+        });
+        Endpoint {
+            config,
+            connections: Slab::new(),
+            by_cid: HashMap::new(),
+            by_initial: HashMap::new(),
+            initial_keys: HashMap::new(),
+            server,
+            stateless: VecDeque::new(),
+            epoch: now,
+            unix_epoch_ns: unix_time.as_nanos() as u64,
+            transmit_cursor: 0,
+            stats: EndpointStats::default(),
+        }
+    }
+
+    /// This node's public key: what clients need to connect to it.
+    pub fn public_key(&self) -> PublicKey {
+        self.config.keypair.public()
+    }
+
+    /// Endpoint-wide counters.
+    pub fn stats(&self) -> EndpointStats {
+        self.stats
+    }
+
+    /// Number of connections (in any state).
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Handles of all connections.
+    pub fn connection_handles(&self) -> impl Iterator<Item = ConnectionHandle> + '_ {
+        self.connections.iter().map(|(k, _)| ConnectionHandle(k))
+    }
+
+    /// A connection, to use its stream and datagram API.
+    pub fn connection(&mut self, handle: ConnectionHandle) -> Option<&mut Connection> {
+        self.connections.get_mut(handle.0)
+    }
+
+    /// A connection, read-only.
+    pub fn connection_ref(&self, handle: ConnectionHandle) -> Option<&Connection> {
+        self.connections.get(handle.0)
+    }
+
+    fn unix_now_ns(&self, now: Instant) -> u64 {
+        self.unix_epoch_ns + now.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    fn fresh_cid(&self) -> ConnectionId {
+        loop {
+            let cid = ConnectionId::random();
+            if !self.by_cid.contains_key(&cid) {
+                return cid;
+            }
+        }
+    }
+
+    /// Starts connecting to the node at `remote` whose public key is
+    /// `server_key`.
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        server_key: PublicKey,
+    ) -> Result<ConnectionHandle, ConnectError> {
+        let local_cid = self.fresh_cid();
+        let conn = Connection::connect(
+            now,
+            self.config.transport.clone(),
+            &self.config.keypair,
+            &server_key,
+            remote,
+            local_cid,
+            ConnectionId::random(),
+            self.unix_now_ns(now),
+        )?;
+        let handle = ConnectionHandle(self.connections.insert(conn));
+        self.by_cid.insert(local_cid, handle);
+        debug!(conn = %local_cid, peer = %remote, "connecting");
+        Ok(handle)
+    }
+
+    /// Takes in a datagram received from `remote`.
+    pub fn handle(&mut self, now: Instant, remote: SocketAddr, datagram: BytesMut) -> Incoming {
+        self.stats.datagrams_received += 1;
+        self.stats.bytes_received += datagram.len() as u64;
+        let header = match packet::parse(&datagram) {
+            Ok(h) => h,
+            Err(e) => {
+                self.stats.malformed += 1;
+                trace!(peer = %remote, error = %e, "malformed datagram");
+                return Incoming::Dropped(Refusal::Malformed(e));
+            }
+        };
+        let dcid = match &header {
+            Header::Initial {
+                version,
+                dcid,
+                scid,
+                token,
+                noise,
+            } => {
+                let key = (remote, *scid, *dcid);
+                if let Some(&h) = self.by_initial.get(&key) {
+                    self.deliver(now, h, remote, datagram);
+                    return Incoming::Routed(h);
+                }
+                let (version, dcid, scid) = (*version, *dcid, *scid);
+                let (token, noise) = (token.to_vec(), noise.to_vec());
+                return self.handle_initiation(now, remote, version, dcid, scid, &token, &noise, datagram.len());
+            }
+            Header::Handshake { dcid, .. }
+            | Header::Retry { dcid, .. }
+            | Header::Reject { dcid, .. }
+            | Header::Short { dcid } => *dcid,
+        };
+        match self.by_cid.get(&dcid) {
+            Some(&h) => {
+                self.deliver(now, h, remote, datagram);
+                Incoming::Routed(h)
+            }
+            None => {
+                self.stats.unknown_connection += 1;
+                Incoming::Dropped(Refusal::UnknownConnection)
+            }
+        }
+    }
+
+    fn deliver(&mut self, now: Instant, h: ConnectionHandle, remote: SocketAddr, datagram: BytesMut) {
+        let Some(conn) = self.connections.get_mut(h.0) else {
+            return;
+        };
+        conn.handle(now, remote, datagram);
+        if conn.is_established() {
+            if let Some(server) = &mut self.server {
+                server.unconfirmed.remove(&h);
+            }
+        }
+    }
+
+    fn answer(&mut self, remote: SocketAddr, packet: Vec<u8>, received: usize) {
+        // Stateless answers are all far smaller than a padded Initial, so
+        // they stay inside the 3x anti-amplification budget by construction.
+        debug_assert!(packet.len() <= 3 * received);
+        self.stats.stateless_bytes_sent += packet.len() as u64;
+        self.stateless.push_back((remote, packet));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn handle_initiation(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        version: u32,
+        dcid: ConnectionId,
+        scid: ConnectionId,
+        token: &[u8],
+        noise: &[u8],
+        len: usize,
+    ) -> Incoming {
+        let Some(policy) = self.config.server.clone() else {
+            self.stats.unknown_connection += 1;
+            return Incoming::Dropped(Refusal::NotAServer);
+        };
+        if len < MIN_INITIAL_SIZE {
+            self.stats.initials_too_small += 1;
+            return Incoming::Dropped(Refusal::InitialTooSmall(len));
+        }
+        if version != VERSION {
+            self.stats.version_mismatches += 1;
+            let mut out = Vec::new();
+            packet::write_reject(scid, dcid, RejectReason::VersionMismatch, &mut out);
+            self.answer(remote, out, len);
+            return Incoming::Answered(Refusal::VersionMismatch(version));
+        }
+        if self.connections.len() >= policy.max_connections {
+            self.stats.connection_limit += 1;
+            return Incoming::Dropped(Refusal::ConnectionLimit);
+        }
+        let now_us = now.saturating_duration_since(self.epoch).as_micros() as u64;
+        let mut binding = [0u8; 16];
+        binding[..8].copy_from_slice(&dcid.0);
+        binding[8..].copy_from_slice(&scid.0);
+        let server = self.server.as_mut().expect("server state exists with server config");
+        let validated = if token.is_empty() {
+            let retry = match policy.retry {
+                RetryPolicy::Never => false,
+                RetryPolicy::Always => true,
+                RetryPolicy::UnderLoad => {
+                    server.unconfirmed.len() >= policy.retry_pending_threshold
+                        || server.limiter.under_pressure(now)
+                }
+            };
+            if retry {
+                let token = server.token_key.issue(now_us, &remote, &binding);
+                let mut out = Vec::new();
+                packet::write_retry(scid, dcid, &token, &mut out);
+                self.stats.retries_sent += 1;
+                self.answer(remote, out, len);
+                return Incoming::Answered(Refusal::RetryRequested);
+            }
+            false
+        } else {
+            let lifetime = policy.token_lifetime.as_micros() as u64;
+            if server
+                .token_key
+                .validate(token, &remote, &binding, now_us, lifetime)
+                .is_err()
+            {
+                self.stats.invalid_tokens += 1;
+                return Incoming::Dropped(Refusal::InvalidToken);
+            }
+            true
+        };
+        if !server.limiter.try_take(now) {
+            self.stats.rate_limited += 1;
+            return Incoming::Dropped(Refusal::RateLimited);
+        }
+        // Only now is the Diffie-Hellman work spent.
+        let prologue = packet::handshake_prologue(dcid, scid);
+        let (responder, client_key, payload) =
+            match Responder::read(&self.config.keypair, &prologue, noise) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.stats.handshake_decrypt_failures += 1;
+                    debug!(peer = %remote, error = %e, "initiation did not decrypt");
+                    if e == HandshakeError::Decrypt {
+                        let mut out = Vec::new();
+                        packet::write_reject(scid, dcid, RejectReason::ServerKeyMismatch, &mut out);
+                        self.answer(remote, out, len);
+                        return Incoming::Answered(Refusal::HandshakeFailed(e));
+                    }
+                    return Incoming::Dropped(Refusal::HandshakeFailed(e));
+                }
+            };
+        let Some(hello) = ClientHello::decode(&payload) else {
+            self.stats.malformed += 1;
+            return Incoming::Dropped(Refusal::Malformed(PacketError::Malformed));
+        };
+        if let Err(refusal) = self.check_replay(now, &policy, client_key, hello.timestamp) {
+            return Incoming::Dropped(refusal);
+        }
+        let allowed = policy
+            .allowed_clients
+            .as_ref()
+            .is_none_or(|list| list.contains(&client_key));
+        if !allowed {
+            self.stats.clients_refused += 1;
+            info!(peer = %remote, client = %client_key, "client key not on the allow-list");
+            let mut payload = Vec::new();
+            ServerHello::ClientNotAllowed.encode(&mut payload);
+            if let Ok((msg2, _)) = responder.respond(&payload) {
+                let mut out = Vec::new();
+                packet::write_handshake(scid, ConnectionId::random(), &msg2, &mut out);
+                self.answer(remote, out, len);
+            }
+            return Incoming::Answered(Refusal::ClientNotAllowed);
+        }
+        self.accept(now, remote, dcid, scid, responder, client_key, hello, len, validated)
+    }
+
+    /// Replay protection: the initiation must be newer than the last one
+    /// accepted from this client key, and within the clock-skew window
+    /// (which is what lets old entries be forgotten safely).
+    fn check_replay(
+        &mut self,
+        now: Instant,
+        policy: &ServerConfig,
+        client: PublicKey,
+        timestamp: u64,
+    ) -> Result<(), Refusal> {
+        let now_ns = self.unix_now_ns(now);
+        let skew = policy.max_clock_skew.as_nanos() as u64;
+        let server = self.server.as_mut().expect("server");
+        let stale = timestamp.abs_diff(now_ns) > skew;
+        let repeated = server.timestamps.get(&client).is_some_and(|&last| timestamp <= last);
+        if stale || repeated {
+            self.stats.replayed_initiations += 1;
+            info!(client = %client, stale, "replayed handshake initiation refused");
+            return Err(Refusal::ReplayedInitiation);
+        }
+        server.timestamps.insert(client, timestamp);
+        if server.timestamps.len() > 65_536 {
+            let floor = now_ns.saturating_sub(skew);
+            server.timestamps.retain(|_, &mut t| t >= floor);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn accept(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        dcid: ConnectionId,
+        scid: ConnectionId,
+        responder: Responder,
+        client_key: PublicKey,
+        hello: ClientHello,
+        len: usize,
+        validated: bool,
+    ) -> Incoming {
+        let local_cid = self.fresh_cid();
+        let mut payload = Vec::new();
+        ServerHello::Accept {
+            cid: local_cid,
+            params: TransportParams::from_config(&self.config.transport),
+        }
+        .encode(&mut payload);
+        let (msg2, secrets) = match responder.respond(&payload) {
+            Ok(r) => r,
+            Err(e) => return Incoming::Dropped(Refusal::HandshakeFailed(e)),
+        };
+        let mut reply = Vec::new();
+        packet::write_handshake(scid, local_cid, &msg2, &mut reply);
+        let conn = Connection::accepted(
+            now,
+            self.config.transport.clone(),
+            KeyState::new(secrets, now),
+            client_key,
+            hello.params,
+            remote,
+            local_cid,
+            scid,
+            reply,
+            len,
+            validated,
+        );
+        let h = ConnectionHandle(self.connections.insert(conn));
+        let key = (remote, scid, dcid);
+        self.by_cid.insert(local_cid, h);
+        self.by_initial.insert(key, h);
+        self.initial_keys.insert(h, key);
+        if let Some(server) = &mut self.server {
+            server.unconfirmed.insert(h);
+        }
+        self.stats.handshakes_accepted += 1;
+        info!(conn = %local_cid, peer = %remote, client = %client_key, "handshake accepted");
+        Incoming::Accepted(h)
+    }
+
+    /// The next datagram to send, appended to `buf`.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        if let Some((destination, packet)) = self.stateless.pop_front() {
+            buf.extend_from_slice(&packet);
+            return Some(Transmit {
+                destination,
+                size: packet.len(),
+            });
+        }
+        // Round-robin, so one busy connection cannot starve the others.
+        let slots = self.connections.capacity();
+        for i in 0..slots {
+            let k = (self.transmit_cursor + i) % slots;
+            let Some(conn) = self.connections.get_mut(k) else {
+                continue;
+            };
+            if let Some(t) = conn.poll_transmit(now, buf) {
+                self.transmit_cursor = k + 1;
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.connections.iter().filter_map(|(_, c)| c.poll_timeout()).min()
+    }
+
+    /// Runs expired timers of every connection.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for (_, conn) in self.connections.iter_mut() {
+            if conn.poll_timeout().is_some_and(|t| t <= now) {
+                conn.handle_timeout(now);
+            }
+        }
+    }
+
+    /// Next event of any connection. A connection is removed right after
+    /// its [`Event::Drained`] is returned.
+    pub fn poll_event(&mut self) -> Option<(ConnectionHandle, Event)> {
+        let mut found = None;
+        for (k, conn) in self.connections.iter_mut() {
+            if let Some(e) = conn.poll_event() {
+                found = Some((ConnectionHandle(k), e));
+                break;
+            }
+        }
+        let (h, event) = found?;
+        if event == Event::Drained {
+            self.remove(h);
+        }
+        Some((h, event))
+    }
+
+    fn remove(&mut self, h: ConnectionHandle) {
+        let conn = self.connections.remove(h.0);
+        self.by_cid.remove(&conn.local_cid());
+        if let Some(key) = self.initial_keys.remove(&h) {
+            self.by_initial.remove(&key);
+        }
+        if let Some(server) = &mut self.server {
+            server.unconfirmed.remove(&h);
+        }
+    }
+}
