@@ -107,6 +107,12 @@ impl SendBuffer {
     /// The peer acknowledged `range`: forget it (and stop retransmitting it).
     pub fn on_ack(&mut self, range: Range<u64>) {
         self.retransmit.remove(range.clone());
+        // Parts below `base` were acknowledged before (a retransmission and
+        // its original can both be acknowledged).
+        let range = range.start.max(self.base)..range.end;
+        if range.is_empty() {
+            return;
+        }
         self.acked.insert(range);
         let Some(first) = self.acked.peek_min() else {
             return;
@@ -212,6 +218,17 @@ mod tests {
         assert_eq!(buf.buffered(), 0);
     }
 
+    #[test]
+    fn acknowledging_the_same_range_twice_is_harmless() {
+        let mut buf = SendBuffer::default();
+        buf.write(Bytes::from(vec![1u8; 100]));
+        drain(&mut buf, 1000);
+        buf.on_ack(0..100);
+        buf.on_ack(0..100);
+        buf.on_ack(50..100);
+        assert!(buf.all_acked());
+    }
+
     proptest! {
         /// Whatever the ack/loss order, retransmitted bytes equal the
         /// originals and everything is eventually acknowledged.
@@ -233,6 +250,8 @@ mod tests {
                 for (r, data) in drain(&mut buf, frame) {
                     prop_assert_eq!(&data[..], &all[r.start as usize..r.end as usize]);
                     if fate[round % fate.len()] || round > 200 {
+                        buf.on_ack(r.clone());
+                        // Acknowledgements may repeat (original and copy).
                         buf.on_ack(r);
                     } else {
                         buf.on_lost(r);

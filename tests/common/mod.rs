@@ -1,0 +1,289 @@
+//! Shared test support: a client and a server on the deterministic
+//! network, an echo application and a byte-exact transfer checker.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mxp::proto::{
+    Band, ConnectionHandle, Dir, EndpointConfig, Event, Keypair, PublicKey, ServerConfig,
+    StreamEvent, StreamId, TransportConfig, WriteError,
+};
+use mxp::sim::{LinkConfig, Network, NodeId};
+
+pub const SERVER: &str = "10.0.0.1:4433";
+pub const CLIENT: &str = "10.0.0.2:50000";
+
+/// A client and a server attached to one network.
+pub struct Setup {
+    pub net: Network,
+    pub server: NodeId,
+    pub client: NodeId,
+    pub server_key: PublicKey,
+    pub client_key: PublicKey,
+}
+
+impl Setup {
+    pub fn new(seed: u64, link: LinkConfig) -> Self {
+        Self::with(seed, link, TransportConfig::default(), ServerConfig::default())
+    }
+
+    pub fn with(seed: u64, link: LinkConfig, transport: TransportConfig, server: ServerConfig) -> Self {
+        let mut net = Network::new(seed);
+        net.set_default_link(link);
+        let transport = Arc::new(transport);
+        let server_keys = Keypair::generate();
+        let client_keys = Keypair::generate();
+        let (server_key, client_key) = (server_keys.public(), client_keys.public());
+        let server = net.add_endpoint(
+            SERVER,
+            EndpointConfig {
+                keypair: server_keys,
+                transport: transport.clone(),
+                server: Some(Arc::new(server)),
+            },
+        );
+        let client = net.add_endpoint(
+            CLIENT,
+            EndpointConfig {
+                keypair: client_keys,
+                transport,
+                server: None,
+            },
+        );
+        Setup {
+            net,
+            server,
+            client,
+            server_key,
+            client_key,
+        }
+    }
+
+    /// Connects the client and waits until both ends report `Connected`.
+    /// Returns (client handle, server handle).
+    pub fn connect(&mut self) -> (ConnectionHandle, ConnectionHandle) {
+        let now = self.net.now();
+        let addr = self.net.addr(self.server);
+        let key = self.server_key;
+        let c = self.net.endpoint(self.client).connect(now, addr, key).expect("connect");
+        let (client, server) = (self.client, self.server);
+        let mut client_up = false;
+        let mut server_conn = None;
+        let ok = self.net.run_until(Duration::from_secs(30), |net| {
+            while let Some((h, e)) = net.endpoint(client).poll_event() {
+                if h == c && e == Event::Connected {
+                    client_up = true;
+                }
+            }
+            while let Some((h, e)) = net.endpoint(server).poll_event() {
+                if e == Event::Connected {
+                    server_conn = Some(h);
+                }
+            }
+            client_up && server_conn.is_some()
+        });
+        assert!(ok, "handshake did not complete");
+        (c, server_conn.unwrap())
+    }
+}
+
+/// A simple 64-bit FNV-1a, to compare streams without keeping them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Digest(pub u64, pub u64);
+
+impl Default for Digest {
+    fn default() -> Self {
+        Digest(0xcbf2_9ce4_8422_2325, 0)
+    }
+}
+
+impl Digest {
+    pub fn update(&mut self, data: &[u8]) {
+        for &b in data {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.1 += data.len() as u64;
+    }
+}
+
+/// Deterministic pseudo-random content for stream `i` at `offset`.
+pub fn content(i: u64, offset: u64, len: usize) -> Vec<u8> {
+    (0..len as u64)
+        .map(|k| {
+            let x = (offset + k).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i.wrapping_mul(0xff51_afd7_ed55_8ccd);
+            (x >> 29) as u8
+        })
+        .collect()
+}
+
+/// Sends `total` bytes on each of several streams, respecting flow
+/// control, and finishes them.
+pub struct Sender {
+    pub streams: Vec<(StreamId, u64)>,
+    pub total: u64,
+    pub digests: HashMap<StreamId, Digest>,
+    pub chunk: usize,
+}
+
+impl Sender {
+    pub fn open(net: &mut Network, node: NodeId, conn: ConnectionHandle, n: usize, total: u64, band: Band) -> Self {
+        let c = net.endpoint(node).connection(conn).unwrap();
+        let streams = (0..n).map(|_| (c.open(Dir::Uni, band).expect("open"), 0)).collect();
+        Sender {
+            streams,
+            total,
+            digests: HashMap::new(),
+            chunk: 16 * 1024,
+        }
+    }
+
+    /// Writes as much as flow control allows. Returns true once all data
+    /// is written and every stream finished.
+    pub fn pump(&mut self, net: &mut Network, node: NodeId, conn: ConnectionHandle) -> bool {
+        let Some(c) = net.endpoint(node).connection(conn) else {
+            return false;
+        };
+        let mut done = true;
+        for (i, (id, sent)) in self.streams.iter_mut().enumerate() {
+            while *sent < self.total {
+                let credit = c.write_credit(*id);
+                if credit == 0 {
+                    break;
+                }
+                let len = (self.total - *sent).min(self.chunk as u64).min(credit) as usize;
+                let data = content(i as u64, *sent, len);
+                match c.write(*id, Bytes::from(data.clone())) {
+                    Ok(n) => {
+                        self.digests.entry(*id).or_default().update(&data[..n]);
+                        *sent += n as u64;
+                        if n < len {
+                            break;
+                        }
+                    }
+                    Err(WriteError::Blocked) => break,
+                    Err(e) => panic!("write failed: {e}"),
+                }
+            }
+            if *sent < self.total {
+                done = false;
+            } else if *sent == self.total {
+                c.finish(*id).expect("finish");
+                *sent += 1; // marks finished
+            }
+        }
+        done
+    }
+}
+
+/// Reads every stream the peer opens and records what arrived.
+#[derive(Default)]
+pub struct Receiver {
+    pub digests: HashMap<StreamId, Digest>,
+    pub finished: Vec<StreamId>,
+}
+
+impl Receiver {
+    pub fn pump(&mut self, net: &mut Network, node: NodeId) {
+        let mut readable = Vec::new();
+        while let Some((h, e)) = net.endpoint(node).poll_event() {
+            match e {
+                Event::Stream(StreamEvent::Opened { dir }) => {
+                    let c = net.endpoint(node).connection(h).unwrap();
+                    while let Some(id) = c.accept(dir) {
+                        readable.push((h, id));
+                    }
+                }
+                Event::Stream(StreamEvent::Readable { id }) => readable.push((h, id)),
+                _ => {}
+            }
+        }
+        for (h, id) in readable {
+            let Some(c) = net.endpoint(node).connection(h) else { continue };
+            loop {
+                match c.read(id, usize::MAX) {
+                    Ok(Some(chunk)) => self.digests.entry(id).or_default().update(&chunk),
+                    Ok(None) => {
+                        self.finished.push(id);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+}
+
+/// Echoes every stream and datagram back to the client.
+#[derive(Default)]
+pub struct EchoServer {
+    pending: HashMap<(ConnectionHandle, StreamId), VecDeque<Bytes>>,
+    fin: Vec<(ConnectionHandle, StreamId)>,
+    pub datagrams: u64,
+}
+
+impl EchoServer {
+    pub fn pump(&mut self, net: &mut Network, node: NodeId) {
+        let mut readable = Vec::new();
+        while let Some((h, e)) = net.endpoint(node).poll_event() {
+            match e {
+                Event::Stream(StreamEvent::Opened { .. }) => {
+                    let c = net.endpoint(node).connection(h).unwrap();
+                    while let Some(id) = c.accept(Dir::Bi) {
+                        readable.push((h, id));
+                    }
+                }
+                Event::Stream(StreamEvent::Readable { id }) => readable.push((h, id)),
+                Event::DatagramReceived => {
+                    let c = net.endpoint(node).connection(h).unwrap();
+                    while let Some(d) = c.recv_datagram() {
+                        self.datagrams += 1;
+                        let _ = c.send_datagram(d, Band::Background);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (h, id) in readable {
+            let Some(c) = net.endpoint(node).connection(h) else { continue };
+            loop {
+                match c.read(id, usize::MAX) {
+                    Ok(Some(chunk)) => self.pending.entry((h, id)).or_default().push_back(chunk),
+                    Ok(None) => {
+                        self.fin.push((h, id));
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        for ((h, id), q) in self.pending.iter_mut() {
+            let Some(c) = net.endpoint(node).connection(*h) else { continue };
+            while let Some(mut chunk) = q.pop_front() {
+                match c.write(*id, chunk.clone()) {
+                    Ok(n) if n == chunk.len() => {}
+                    Ok(n) => {
+                        q.push_front(chunk.split_off(n));
+                        break;
+                    }
+                    Err(_) => {
+                        q.push_front(chunk);
+                        break;
+                    }
+                }
+            }
+        }
+        self.fin.retain(|(h, id)| {
+            let empty = self.pending.get(&(*h, *id)).is_none_or(|q| q.is_empty());
+            if empty {
+                if let Some(c) = net.endpoint(node).connection(*h) {
+                    let _ = c.finish(*id);
+                }
+            }
+            !empty
+        });
+    }
+}
