@@ -13,6 +13,8 @@ mod datagrams;
 mod endpoint;
 pub mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod message;
 pub mod packet;
 mod priority;

@@ -42,8 +42,9 @@ use rand_chacha::ChaCha8Rng;
 pub struct LinkConfig {
     /// One-way propagation delay.
     pub delay: Duration,
-    /// Extra delay drawn uniformly from `0..=jitter` (reorders packets
-    /// closer together than the jitter).
+    /// Extra delay drawn uniformly from `0..=jitter`. Like queueing delay
+    /// on a real path it never reorders: a datagram is not delivered before
+    /// one sent earlier on the same link (use `reorder` for that).
     pub jitter: Duration,
     /// Probability a datagram is lost.
     pub loss: f64,
@@ -143,6 +144,8 @@ struct Node {
 struct InFlight {
     at: Instant,
     seq: u64,
+    /// When it was put on the wire (what the log reports as `sent`).
+    sent: Instant,
     from: SocketAddr,
     to: SocketAddr,
     data: Vec<u8>,
@@ -162,6 +165,8 @@ pub struct Network {
     default_link: LinkConfig,
     links: HashMap<(SocketAddr, SocketAddr), LinkConfig>,
     busy_until: HashMap<(SocketAddr, SocketAddr), Instant>,
+    /// Latest in-order delivery time per link, so jitter keeps FIFO order.
+    last_arrival: HashMap<(SocketAddr, SocketAddr), Instant>,
     traffic: HashMap<(SocketAddr, SocketAddr), Traffic>,
     log: Option<Vec<(Instant, Datagram, bool)>>,
     taps: Vec<Tap>,
@@ -199,6 +204,7 @@ impl Network {
             default_link: LinkConfig::default(),
             links: HashMap::new(),
             busy_until: HashMap::new(),
+            last_arrival: HashMap::new(),
             traffic: HashMap::new(),
             log: None,
             taps: Vec::new(),
@@ -313,6 +319,7 @@ impl Network {
         self.in_flight.push(Reverse(InFlight {
             at,
             seq: self.seq,
+            sent: self.now,
             from,
             to,
             data,
@@ -371,6 +378,9 @@ impl Network {
             if !link.jitter.is_zero() {
                 let ns = self.rng.random_range(0..=link.jitter.as_nanos() as u64);
                 at += Duration::from_nanos(ns);
+                let last = self.last_arrival.entry((from, to)).or_insert(at);
+                at = at.max(*last);
+                *last = at;
             }
             if self.rng.random_bool(link.reorder.clamp(0.0, 1.0)) {
                 at += link.reorder_delay;
@@ -424,7 +434,7 @@ impl Network {
 
     fn deliver(&mut self, p: InFlight) {
         let d = Datagram {
-            sent: p.at,
+            sent: p.sent,
             from: p.from,
             to: p.to,
             data: p.data,
@@ -455,27 +465,100 @@ impl Network {
             if self.now >= deadline {
                 return false;
             }
-            if !self.step() {
-                return done(self);
+            // Nothing beyond the deadline happens: a far-off timer (an idle
+            // timeout, say) must not fire because `done` was never reached.
+            self.flush();
+            match self.next_event() {
+                None => return done(self),
+                Some(next) if next > deadline => self.now = deadline,
+                Some(_) => {
+                    self.step();
+                }
             }
         }
+    }
+
+    /// When the next delivery or timer is due.
+    fn next_event(&self) -> Option<Instant> {
+        let delivery = self.in_flight.peek().map(|Reverse(p)| p.at);
+        let timer = self.nodes.iter().filter_map(|n| n.endpoint.poll_timeout()).min();
+        [delivery, timer].into_iter().flatten().min()
     }
 
     /// Steps for `duration` of virtual time.
     pub fn run_for(&mut self, duration: Duration) {
         let deadline = self.now + duration;
         while self.now < deadline {
-            let next = self.in_flight.peek().map(|Reverse(p)| p.at);
-            let timer = self.nodes.iter().filter_map(|n| n.endpoint.poll_timeout()).min();
-            match [next, timer].into_iter().flatten().min() {
+            match self.next_event() {
                 Some(t) if t <= deadline => {
                     self.step();
                 }
                 _ => {
+                    // What the endpoints send now (data written since the
+                    // last step) must still be delivered before the deadline.
                     self.flush();
-                    self.now = deadline;
+                    if self.next_event().is_none_or(|t| t > deadline) {
+                        self.now = deadline;
+                    }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mxp_proto::Keypair;
+
+    #[test]
+    fn log_reports_send_time_and_delivery_time_separately() {
+        let mut net = Network::new(1);
+        net.set_default_link(LinkConfig::ideal(Duration::from_millis(3)));
+        let node = net.add_endpoint("10.0.0.1:1", EndpointConfig::client(Keypair::generate()));
+        let to = net.addr(node);
+        let from: SocketAddr = "10.9.9.9:9".parse().unwrap();
+        net.record();
+        let sent = net.now();
+        net.inject(from, to, vec![0; 10]);
+        net.run_for(Duration::from_millis(5));
+        let (at, d, delivered) = &net.log()[0];
+        assert!(*delivered);
+        assert_eq!(d.sent, sent, "`sent` is when the datagram went on the wire");
+        assert_eq!(*at, sent + Duration::from_millis(3), "the entry's time is its delivery");
+    }
+
+    #[test]
+    fn run_for_delivers_what_is_sent_when_nothing_else_is_due() {
+        // A fresh connect has a datagram to send but no timer before the
+        // deadline: it must still go out and arrive within the run.
+        let mut net = Network::new(2);
+        let server_keys = Keypair::generate();
+        let server_key = server_keys.public();
+        let server = net.add_endpoint("10.0.0.1:1", EndpointConfig::server(server_keys));
+        let client = net.add_endpoint("10.0.0.2:2", EndpointConfig::client(Keypair::generate()));
+        let (now, to) = (net.now(), net.addr(server));
+        net.endpoint(client).connect(now, to, server_key).unwrap();
+        net.run_for(Duration::from_millis(1));
+        let from = net.addr(client);
+        assert!(net.traffic(from, to).delivered_packets >= 1, "the Initial arrived");
+        assert!(net.traffic(to, from).delivered_packets >= 1, "the server answered");
+    }
+
+    #[test]
+    fn run_until_stops_at_its_limit_instead_of_firing_later_timers() {
+        let mut net = Network::new(3);
+        let server_keys = Keypair::generate();
+        let server_key = server_keys.public();
+        let server = net.add_endpoint("10.0.0.1:1", EndpointConfig::server(server_keys));
+        let client = net.add_endpoint("10.0.0.2:2", EndpointConfig::client(Keypair::generate()));
+        let (now, to) = (net.now(), net.addr(server));
+        let h = net.endpoint(client).connect(now, to, server_key).unwrap();
+        net.run_for(Duration::from_millis(10));
+        // The only timers left are seconds away (idle, keep-alive).
+        let start = net.now();
+        assert!(!net.run_until(Duration::from_millis(100), |_| false));
+        assert_eq!(net.now(), start + Duration::from_millis(100));
+        assert!(net.endpoint(client).connection(h).is_some_and(|c| c.is_established()));
     }
 }

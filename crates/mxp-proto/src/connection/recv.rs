@@ -100,6 +100,13 @@ impl Connection {
         self.on_authenticated(now, remote, opened.pn, len);
 
         let payload = datagram.split_to(range.end).split_off(range.start).freeze();
+        self.process_payload(now, opened.pn, payload);
+        Ok(())
+    }
+
+    /// Applies the frames of an authenticated packet, then records it for
+    /// acknowledgement. A malformed or illegal frame closes the connection.
+    pub(crate) fn process_payload(&mut self, now: Instant, pn: u64, payload: bytes::Bytes) {
         let mut ack_eliciting = false;
         let mut immediate = false;
         for frame in frame::Iter::new(payload) {
@@ -109,29 +116,28 @@ impl Connection {
                     let err = TransportError::new(TransportErrorCode::FRAME_ENCODING_ERROR, e.to_string())
                         .in_frame(e.frame_type());
                     self.close_with_error(now, err);
-                    return Ok(());
+                    return;
                 }
             };
             ack_eliciting |= frame.is_ack_eliciting();
             immediate |= frame == Frame::ImmediateAck;
             if let Err(err) = self.on_frame(now, frame) {
                 self.close_with_error(now, err);
-                return Ok(());
+                return;
             }
             if self.is_closed() {
-                return Ok(());
+                return;
             }
         }
         self.acks.on_packet(
             now,
-            opened.pn,
+            pn,
             ack_eliciting,
             immediate,
             self.config.ack_eliciting_threshold,
             self.config.max_ack_delay,
         );
         self.set_timer(Timer::Ack, self.acks.deadline());
-        Ok(())
     }
 
     /// Bookkeeping for any authenticated packet: address validation,

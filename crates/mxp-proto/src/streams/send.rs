@@ -161,11 +161,6 @@ impl SendBuffer {
     pub fn all_acked(&self) -> bool {
         self.base == self.end
     }
-
-    /// Bytes held for the peer (written and not yet acknowledged).
-    pub fn buffered(&self) -> u64 {
-        self.end - self.base
-    }
 }
 
 #[cfg(test)]
@@ -215,7 +210,6 @@ mod tests {
         assert!(!buf.all_acked());
         buf.on_ack(1000..2000);
         assert!(buf.all_acked());
-        assert_eq!(buf.buffered(), 0);
     }
 
     #[test]
