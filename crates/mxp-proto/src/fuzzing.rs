@@ -36,9 +36,13 @@ pub fn packet(data: &[u8]) {
         let mut k = keys(now);
         let mut buf = data.to_vec();
         if let Ok(opened) = packet::open_short(&mut buf, Some(1000), k.remote_header_key()) {
-            let _ = k.open(now, Duration::from_millis(1), opened.pn, opened.key_phase, |key| {
-                packet::open_payload(&mut buf.clone(), &opened, key)
-            });
+            let _ = k.open(
+                now,
+                Duration::from_millis(1),
+                opened.pn,
+                opened.key_phase,
+                |key| packet::open_payload(&mut buf.clone(), &opened, key),
+            );
         }
     }
 }
@@ -48,11 +52,9 @@ pub fn packet(data: &[u8]) {
 /// control, ACK processing and closing all see hostile frames.
 pub fn frames(data: &[u8]) {
     let payload = Bytes::copy_from_slice(data);
-    for f in frame::Iter::new(payload.clone()) {
-        if let Ok(f) = f {
-            let mut out = Vec::new();
-            f.encode(&mut out);
-        }
+    for f in frame::Iter::new(payload.clone()).flatten() {
+        let mut out = Vec::new();
+        f.encode(&mut out);
     }
     let now = Instant::now();
     let mut conn = server_connection(now);
@@ -101,7 +103,13 @@ pub fn handshake(data: &[u8]) {
     let from: SocketAddr = "192.0.2.1:1000".parse().expect("literal");
     let _ = server.handle(now, from, BytesMut::from(data));
     let mut initial = Vec::new();
-    packet::write_initial(ConnectionId([1; 8]), ConnectionId([2; 8]), &[], data, &mut initial);
+    packet::write_initial(
+        ConnectionId([1; 8]),
+        ConnectionId([2; 8]),
+        &[],
+        data,
+        &mut initial,
+    );
     let _ = server.handle(now, from, BytesMut::from(&initial[..]));
     let mut buf = Vec::new();
     while server.poll_transmit(now, &mut buf).is_some() {}
@@ -115,7 +123,10 @@ pub fn handshake(data: &[u8]) {
     let Ok(h) = client.connect(now, server_addr, server_keys.public()) else {
         return;
     };
-    let cid = client.connection_ref(h).map(|c| c.local_cid()).unwrap_or_default();
+    let cid = client
+        .connection_ref(h)
+        .map(|c| c.local_cid())
+        .unwrap_or_default();
     let _ = client.handle(now, server_addr, BytesMut::from(data));
     let mut reply = Vec::new();
     packet::write_handshake(cid, ConnectionId([3; 8]), data, &mut reply);

@@ -28,7 +28,7 @@ pub mod transport_params;
 
 pub use config::{EndpointConfig, RetryPolicy, ServerConfig, TransportConfig};
 pub use connection::{Connection, ConnectionStats, Event, Transmit};
-pub use crypto::{Keypair, PublicKey};
+pub use crypto::{HandshakeError, Keypair, PublicKey};
 pub use datagrams::{DatagramError, DatagramStats};
 pub use endpoint::{ConnectError, ConnectionHandle, Endpoint, EndpointStats, Incoming, Refusal};
 pub use error::{ConnectionError, TransportError, TransportErrorCode};

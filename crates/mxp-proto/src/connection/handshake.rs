@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info};
 
 use super::{Connection, Event, Path, State, Timer};
+use crate::Side;
 use crate::coding::Reader;
 use crate::config::TransportConfig;
 use crate::crypto::handshake::Initiator;
@@ -17,7 +18,6 @@ use crate::error::ConnectionError;
 use crate::packet::keys::KeyState;
 use crate::packet::{self, CID_LEN, ConnectionId, Header, RejectReason};
 use crate::transport_params::TransportParams;
-use crate::Side;
 
 /// What the client says inside Noise message 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,31 +81,36 @@ impl ServerHello {
     }
 }
 
+/// The client's side of a handshake in progress.
+#[derive(Debug)]
+pub(crate) struct ClientHandshake {
+    /// What a restarted handshake needs: a corrupted or forged answer
+    /// consumes the Noise state, so the client starts over.
+    keypair: Keypair,
+    server_key: PublicKey,
+    /// Wall clock (ns since the Unix epoch) at `started`.
+    unix_time_ns: u64,
+    started: Instant,
+    initiator: Option<Initiator>,
+    /// Random id of the server side, chosen by us until the server names
+    /// its own.
+    initial_dcid: ConnectionId,
+    noise: Vec<u8>,
+    /// The Initial datagram, rebuilt only when a retry adds a token.
+    packet: Vec<u8>,
+    /// Times the Initial went out, and when it last did.
+    sends: u32,
+    last_sent: Option<Instant>,
+    need_send: bool,
+    retried: bool,
+    key_rejects: u32,
+}
+
 /// Handshake progress.
 #[derive(Debug)]
 pub(crate) enum Handshake {
-    Client {
-        /// What a restarted handshake needs: a corrupted or forged answer
-        /// consumes the Noise state, so the client starts over.
-        keypair: Keypair,
-        server_key: PublicKey,
-        /// Wall clock (ns since the Unix epoch) at `started`.
-        unix_time_ns: u64,
-        started: Instant,
-        initiator: Option<Initiator>,
-        /// Random id of the server side, chosen by us until the server
-        /// names its own.
-        initial_dcid: ConnectionId,
-        noise: Vec<u8>,
-        /// The Initial datagram, rebuilt only when a retry adds a token.
-        packet: Vec<u8>,
-        /// Times the Initial went out, and when it last did.
-        sends: u32,
-        last_sent: Option<Instant>,
-        need_send: bool,
-        retried: bool,
-        key_rejects: u32,
-    },
+    /// Boxed: it is large and short-lived, and connections outlive it.
+    Client(Box<ClientHandshake>),
     Server {
         /// The answer (a Handshake packet), resent when a retransmitted
         /// Initial shows the client did not get it.
@@ -160,7 +165,7 @@ impl Connection {
             local_cid,
             unix_time_ns,
         )?;
-        let handshake = Handshake::Client {
+        let handshake = Handshake::Client(Box::new(ClientHandshake {
             keypair: keypair.clone(),
             server_key: *server_key,
             unix_time_ns,
@@ -174,7 +179,7 @@ impl Connection {
             need_send: true,
             retried: false,
             key_rejects: 0,
-        };
+        }));
         let mut conn = Connection::new(
             Side::Client,
             config,
@@ -228,7 +233,10 @@ impl Connection {
 
     fn apply_peer_params(&mut self, params: TransportParams) {
         self.streams.set_peer_limits(
-            [params.initial_max_streams_bidi, params.initial_max_streams_uni],
+            [
+                params.initial_max_streams_bidi,
+                params.initial_max_streams_uni,
+            ],
             params.initial_max_stream_data,
             params.initial_max_data,
         );
@@ -253,22 +261,20 @@ impl Connection {
     }
 
     /// The Initial (client) or answer (server) to send now, if any.
-    pub(super) fn poll_handshake_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<usize> {
+    pub(super) fn poll_handshake_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+    ) -> Option<usize> {
         match &mut self.handshake {
-            Handshake::Client {
-                packet,
-                sends,
-                last_sent,
-                need_send,
-                ..
-            } if *need_send => {
-                *need_send = false;
-                *sends += 1;
-                *last_sent = Some(now);
-                buf.extend_from_slice(packet);
-                let len = packet.len();
+            Handshake::Client(hs) if hs.need_send => {
+                hs.need_send = false;
+                hs.sends += 1;
+                hs.last_sent = Some(now);
+                buf.extend_from_slice(&hs.packet);
+                let len = hs.packet.len();
                 let pto = self.recovery.rtt.pto_base(self.config.timer_granularity);
-                let backoff = 1u32 << (*sends - 1).min(16);
+                let backoff = 1u32 << (hs.sends - 1).min(16);
                 self.set_timer(Timer::LossDetection, Some(now + pto * backoff));
                 Some(len)
             }
@@ -294,21 +300,21 @@ impl Connection {
 
     /// The client's handshake retransmission timer fired.
     pub(super) fn on_handshake_timeout(&mut self) {
-        if let Handshake::Client { need_send, .. } = &mut self.handshake {
+        if let Handshake::Client(hs) = &mut self.handshake {
             debug!(conn = %self.local_cid, "retransmitting Initial");
-            *need_send = true;
+            hs.need_send = true;
         }
     }
 
     /// A long-header packet for a client connection.
     pub(super) fn handle_long(&mut self, now: Instant, header: Header<'_>, len: usize) {
-        let Handshake::Client {
+        let Handshake::Client(hs) = &mut self.handshake else {
+            self.stats.dropped_packets += 1;
+            return;
+        };
+        let ClientHandshake {
             initiator,
             initial_dcid,
-            keypair: _,
-            server_key: _,
-            unix_time_ns: _,
-            started: _,
             noise,
             packet,
             sends,
@@ -316,18 +322,20 @@ impl Connection {
             need_send,
             retried,
             key_rejects,
-        } = &mut self.handshake
-        else {
-            self.stats.dropped_packets += 1;
-            return;
-        };
+            ..
+        } = &mut **hs;
         match header {
-            Header::Handshake { scid, noise: msg2, .. } => {
+            // The header's copy of the server's id is not authenticated (a
+            // flipped bit there must not kill the handshake): the one inside
+            // Noise message 2 is what counts.
+            Header::Handshake { noise: msg2, .. } => {
                 let Some(init) = initiator.take() else {
                     return;
                 };
                 // Karn: only an Initial sent once gives an unambiguous sample.
-                let sample = (*sends == 1).then(|| last_sent.map(|t| now.saturating_duration_since(t))).flatten();
+                let sample = (*sends == 1)
+                    .then(|| last_sent.map(|t| now.saturating_duration_since(t)))
+                    .flatten();
                 let (secrets, payload) = match init.finish(msg2) {
                     Ok(done) => done,
                     Err(e) => {
@@ -341,14 +349,16 @@ impl Connection {
                 self.stats.packets_received += 1;
                 self.stats.bytes_received += len as u64;
                 match ServerHello::decode(&payload) {
-                    Some(ServerHello::Accept { cid, params }) if cid == scid => {
+                    Some(ServerHello::Accept { cid, params }) => {
                         self.remote_cid = cid;
                         self.keys = Some(KeyState::new(secrets, now));
                         self.apply_peer_params(params);
                         self.handshake = Handshake::Done;
                         self.state = State::Established;
                         if let Some(rtt) = sample {
-                            self.recovery.rtt.update(rtt, Duration::ZERO, Duration::ZERO);
+                            self.recovery
+                                .rtt
+                                .update(rtt, Duration::ZERO, Duration::ZERO);
                         }
                         self.set_timer(Timer::Handshake, None);
                         self.set_timer(Timer::LossDetection, None);
@@ -364,10 +374,12 @@ impl Connection {
                         self.set_drained();
                     }
                     _ => {
-                        self.lost(ConnectionError::TransportError(crate::error::TransportError::new(
-                            crate::error::TransportErrorCode::TRANSPORT_PARAMETER_ERROR,
-                            "malformed server handshake payload",
-                        )));
+                        self.lost(ConnectionError::TransportError(
+                            crate::error::TransportError::new(
+                                crate::error::TransportErrorCode::TRANSPORT_PARAMETER_ERROR,
+                                "malformed server handshake payload",
+                            ),
+                        ));
                         self.set_drained();
                     }
                 }
@@ -417,7 +429,10 @@ impl Connection {
     /// timestamp and a fresh server-side id (so the server treats it as a
     /// new attempt rather than a repeat of the spoiled one).
     fn restart_handshake(&mut self, now: Instant) {
-        let Handshake::Client {
+        let Handshake::Client(hs) = &mut self.handshake else {
+            return;
+        };
+        let ClientHandshake {
             keypair,
             server_key,
             unix_time_ns,
@@ -430,10 +445,7 @@ impl Connection {
             need_send,
             retried,
             ..
-        } = &mut self.handshake
-        else {
-            return;
-        };
+        } = &mut **hs;
         let elapsed = now.saturating_duration_since(*started).as_nanos() as u64;
         let dcid = ConnectionId::random();
         match start_initiation(
@@ -458,5 +470,66 @@ impl Connection {
                 debug!(conn = %self.local_cid, error = %e, "cannot restart handshake");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::BytesMut;
+
+    use crate::packet::{self, Header};
+    use crate::{Endpoint, EndpointConfig, Event, Incoming, Keypair};
+
+    /// The server's id in a Handshake packet's header is outside Noise's
+    /// authentication; a bit flipped there must not fail the handshake.
+    #[test]
+    fn corrupted_server_id_in_the_handshake_header_does_not_fail_the_handshake() {
+        let now = std::time::Instant::now();
+        let unix = Duration::from_secs(1_767_225_600);
+        let server_keys = Keypair::generate();
+        let server_key = server_keys.public();
+        let mut server = Endpoint::new(EndpointConfig::server(server_keys), now, unix);
+        let mut client = Endpoint::new(EndpointConfig::client(Keypair::generate()), now, unix);
+        let (client_addr, server_addr) =
+            ("10.0.0.2:2".parse().unwrap(), "10.0.0.1:1".parse().unwrap());
+        let h = client.connect(now, server_addr, server_key).unwrap();
+
+        let mut buf = Vec::new();
+        let t = client.poll_transmit(now, &mut buf).unwrap();
+        let accepted = server.handle(now, client_addr, BytesMut::from(&buf[..t.size]));
+        assert!(matches!(accepted, Incoming::Accepted(_)));
+        let mut answer = Vec::new();
+        let t = server.poll_transmit(now, &mut answer).unwrap();
+        answer.truncate(t.size);
+        let Ok(Header::Handshake { scid, .. }) = packet::parse(&answer) else {
+            panic!("expected a Handshake packet");
+        };
+        let at = answer
+            .windows(scid.0.len())
+            .position(|w| w == scid.0)
+            .unwrap();
+        let mut corrupted = answer.clone();
+        corrupted[at] ^= 0x10;
+
+        assert!(matches!(
+            client.handle(now, server_addr, BytesMut::from(&corrupted[..])),
+            Incoming::Routed(_)
+        ));
+        assert_eq!(client.poll_event(), Some((h, Event::Connected)));
+        let conn = client.connection(h).unwrap();
+        assert_eq!(conn.remote_cid, scid, "the authenticated id is used");
+
+        // The server recognises the client's packets.
+        buf.clear();
+        let t = client.poll_transmit(now, &mut buf).unwrap();
+        let routed = server.handle(now, client_addr, BytesMut::from(&buf[..t.size]));
+        assert!(matches!(routed, Incoming::Routed(_)), "{routed:?}");
+        assert!(
+            server
+                .poll_event()
+                .is_some_and(|(_, e)| e == Event::Connected)
+        );
     }
 }

@@ -113,8 +113,11 @@ impl Connection {
             let frame = match frame {
                 Ok(f) => f,
                 Err(e) => {
-                    let err = TransportError::new(TransportErrorCode::FRAME_ENCODING_ERROR, e.to_string())
-                        .in_frame(e.frame_type());
+                    let err = TransportError::new(
+                        TransportErrorCode::FRAME_ENCODING_ERROR,
+                        e.to_string(),
+                    )
+                    .in_frame(e.frame_type());
                     self.close_with_error(now, err);
                     return;
                 }
@@ -147,9 +150,11 @@ impl Connection {
             // Only someone who received our answer can protect a packet:
             // the client's address is proven and the handshake confirmed.
             if let Some(sent) = *sent_at {
-                self.recovery
-                    .rtt
-                    .update(now.saturating_duration_since(sent), std::time::Duration::ZERO, std::time::Duration::ZERO);
+                self.recovery.rtt.update(
+                    now.saturating_duration_since(sent),
+                    std::time::Duration::ZERO,
+                    std::time::Duration::ZERO,
+                );
             }
             self.handshake = Handshake::Done;
             self.path.validated = true;
@@ -204,7 +209,9 @@ impl Connection {
             Frame::MaxData(max) => self.streams.on_max_data(max),
             Frame::MaxStreamData { id, max } => self.streams.on_max_stream_data(id, max)?,
             Frame::MaxStreams { dir, count } => self.streams.on_max_streams(dir, count),
-            Frame::DataBlocked(_) | Frame::StreamDataBlocked { .. } | Frame::StreamsBlocked { .. } => {
+            Frame::DataBlocked(_)
+            | Frame::StreamDataBlocked { .. }
+            | Frame::StreamsBlocked { .. } => {
                 self.stats.peer_blocked_frames += 1;
             }
             Frame::PathChallenge(data) => self.pending.path_responses.push_back(data),
@@ -291,7 +298,7 @@ impl Connection {
 
     pub(super) fn set_loss_timer(&mut self) {
         let at = match self.handshake {
-            Handshake::Client { .. } => return,
+            Handshake::Client(_) => return,
             _ => self
                 .recovery
                 .loss_detection_deadline(&self.config, self.peer_max_ack_delay()),
@@ -300,14 +307,14 @@ impl Connection {
     }
 
     pub(super) fn on_loss_detection_timeout(&mut self, now: Instant) {
-        if matches!(self.handshake, Handshake::Client { .. }) {
+        if matches!(self.handshake, Handshake::Client(_)) {
             self.on_handshake_timeout();
             return;
         }
         let mut lost = Vec::new();
-        let probe = self
-            .recovery
-            .on_timeout(now, &self.config, self.peer_max_ack_delay(), &mut lost);
+        let probe =
+            self.recovery
+                .on_timeout(now, &self.config, self.peer_max_ack_delay(), &mut lost);
         self.on_packets_lost(lost);
         if let Some(records) = probe {
             self.stats.probes += 1;
