@@ -78,8 +78,9 @@ impl AckState {
     }
 
     fn delay_us(&self, now: Instant) -> u64 {
-        self.largest
-            .map_or(0, |(_, t)| now.saturating_duration_since(t).as_micros() as u64)
+        self.largest.map_or(0, |(_, t)| {
+            now.saturating_duration_since(t).as_micros() as u64
+        })
     }
 
     /// Writes the ACK frame and resets the delay state. Returns the largest

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
 
-use super::{Connection, Event, Path, State, Timer};
+use super::{Connection, Path, Timer};
 use crate::Side;
 use crate::coding::Reader;
 use crate::config::TransportConfig;
@@ -353,20 +353,15 @@ impl Connection {
                         self.remote_cid = cid;
                         self.keys = Some(KeyState::new(secrets, now));
                         self.apply_peer_params(params);
-                        self.handshake = Handshake::Done;
-                        self.state = State::Established;
                         if let Some(rtt) = sample {
                             self.recovery
                                 .rtt
                                 .update(rtt, Duration::ZERO, Duration::ZERO);
                         }
-                        self.set_timer(Timer::Handshake, None);
                         self.set_timer(Timer::LossDetection, None);
-                        self.reset_idle_timer(now);
                         // Prove our address to the server at once.
                         self.pending.ping = true;
-                        info!(conn = %self.local_cid, peer = %self.path.remote, "connected");
-                        self.events.push_back(Event::Connected);
+                        self.on_established(now);
                     }
                     Some(ServerHello::ClientNotAllowed) => {
                         info!(conn = %self.local_cid, peer = %self.path.remote, "server refused our client key");

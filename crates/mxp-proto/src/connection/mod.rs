@@ -185,7 +185,10 @@ impl Connection {
         // Until the peer's limits are known, assume none: the client learns
         // them from the server's answer before it can send anything.
         let limits = Limits {
-            local_max_streams: [local.initial_max_streams_bidi, local.initial_max_streams_uni],
+            local_max_streams: [
+                local.initial_max_streams_bidi,
+                local.initial_max_streams_uni,
+            ],
             local_stream_window: local.initial_max_stream_data,
             local_window: local.initial_max_data,
             peer_max_streams: [0; 2],
@@ -251,7 +254,10 @@ impl Connection {
 
     /// Whether the connection is closing, draining or drained.
     pub fn is_closed(&self) -> bool {
-        matches!(self.state, State::Closing | State::Draining | State::Drained)
+        matches!(
+            self.state,
+            State::Closing | State::Draining | State::Drained
+        )
     }
 
     /// Whether the connection is completely finished.
@@ -357,12 +363,18 @@ impl Connection {
     /// if datagrams are off (or the handshake has not told us yet).
     pub fn max_datagram_size(&self) -> usize {
         let Some(p) = &self.peer_params else { return 0 };
-        let room = self.max_packet_size().saturating_sub(SHORT_OVERHEAD + 1 + 2);
+        let room = self
+            .max_packet_size()
+            .saturating_sub(SHORT_OVERHEAD + 1 + 2);
         (p.max_datagram_size as usize).min(room)
     }
 
     /// Queues an unreliable datagram in `band`.
-    pub fn send_datagram(&mut self, data: impl Into<Bytes>, band: Band) -> Result<(), DatagramError> {
+    pub fn send_datagram(
+        &mut self,
+        data: impl Into<Bytes>,
+        band: Band,
+    ) -> Result<(), DatagramError> {
         if self.is_closed() {
             return Err(DatagramError::Disabled);
         }
@@ -433,6 +445,20 @@ impl Connection {
         self.set_timer(Timer::Close, Some(until));
     }
 
+    /// The handshake is complete on this side (client: the server's answer
+    /// authenticated; server: the client proved its address).
+    fn on_established(&mut self, now: Instant) {
+        self.handshake = Handshake::Done;
+        self.state = State::Established;
+        self.set_timer(Timer::Handshake, None);
+        self.reset_idle_timer(now);
+        if let Some(interval) = self.config.keep_alive_interval {
+            self.set_timer(Timer::KeepAlive, Some(now + interval));
+        }
+        info!(conn = %self.local_cid, peer = %self.path.remote, side = ?self.side, "connected");
+        self.events.push_back(Event::Connected);
+    }
+
     /// The peer closed (or the connection failed): report it once.
     fn lost(&mut self, reason: ConnectionError) {
         if self.error.is_none() {
@@ -495,7 +521,8 @@ impl Connection {
     }
 
     fn peer_max_ack_delay(&self) -> Duration {
-        self.peer_params.map_or(self.config.max_ack_delay, |p| p.max_ack_delay)
+        self.peer_params
+            .map_or(self.config.max_ack_delay, |p| p.max_ack_delay)
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
@@ -514,7 +541,9 @@ impl Connection {
             Timer::KeepAlive,
             Timer::Pacing,
         ] {
-            let Some(at) = self.timer(timer) else { continue };
+            let Some(at) = self.timer(timer) else {
+                continue;
+            };
             if at > now {
                 continue;
             }

@@ -161,7 +161,10 @@ impl Recovery {
         if acked.len() == first_new {
             return Ok(());
         }
-        self.largest_acked = Some(self.largest_acked.map_or(ack.largest, |l| l.max(ack.largest)));
+        self.largest_acked = Some(
+            self.largest_acked
+                .map_or(ack.largest, |l| l.max(ack.largest)),
+        );
         let new = &acked[first_new..];
         if let Some(largest) = new.iter().find(|p| p.pn == ack.largest) {
             if new.iter().any(|p| p.ack_eliciting) {
@@ -219,16 +222,26 @@ impl Recovery {
             index += 1;
         }
         let newly_lost = &lost[first_lost..];
-        let Some(last) = newly_lost.iter().filter(|p| p.in_flight).max_by_key(|p| p.pn) else {
+        let Some(last) = newly_lost
+            .iter()
+            .filter(|p| p.in_flight)
+            .max_by_key(|p| p.pn)
+        else {
             return;
         };
         let lost_bytes = newly_lost.iter().map(|p| u64::from(p.size)).sum();
         // Persistent congestion: an unbroken run of losses spanning more
         // than three probe timeouts (RFC 9002 §7.6, simplified to runs).
-        let first = newly_lost.iter().filter(|p| p.ack_eliciting).min_by_key(|p| p.pn);
+        let first = newly_lost
+            .iter()
+            .filter(|p| p.ack_eliciting)
+            .min_by_key(|p| p.pn);
         let persistent = self.rtt.has_sample()
             && first.is_some_and(|f| {
-                let run = newly_lost.iter().filter(|p| p.pn >= f.pn && p.pn <= last.pn).count();
+                let run = newly_lost
+                    .iter()
+                    .filter(|p| p.pn >= f.pn && p.pn <= last.pn)
+                    .count();
                 run as u64 == last.pn - f.pn + 1
                     && last.time_sent.saturating_duration_since(f.time_sent)
                         > 3 * self.pto(config, max_ack_delay)

@@ -156,12 +156,8 @@ impl Connection {
                     std::time::Duration::ZERO,
                 );
             }
-            self.handshake = Handshake::Done;
             self.path.validated = true;
-            self.state = State::Established;
-            self.set_timer(Timer::Handshake, None);
-            debug!(conn = %self.local_cid, peer = %self.path.remote, "client address validated");
-            self.events.push_back(Event::Connected);
+            self.on_established(now);
         }
         if remote != self.path.remote && self.side == crate::Side::Server {
             if self.replay.largest() == Some(pn) {

@@ -84,7 +84,7 @@ impl Connection {
         let pn_len = number::encoded_len(pn, self.recovery.largest_acked);
         packet::write_short_header(self.remote_cid, pn, pn_len, keys.phase(), buf);
         let mut close = frame;
-        let room = max - (buf.len() - start) - TAG_LEN - 16;
+        let room = max.saturating_sub(buf.len() - start + TAG_LEN + 16);
         close.reason.truncate(room.min(512));
         frame::Frame::Close(close).encode(buf);
         let (key, hp) = keys.seal_keys();
