@@ -103,6 +103,7 @@ pub(crate) struct ClientHandshake {
     last_sent: Option<Instant>,
     need_send: bool,
     retried: bool,
+    /// Reject packets received (of either reason).
     key_rejects: u32,
 }
 
@@ -396,23 +397,26 @@ impl Connection {
                     self.stats.dropped_packets += 1;
                     return;
                 }
+                // Unauthenticated, and a corrupted Initial (a flipped
+                // version bit, a spoiled ciphertext) looks the same to the
+                // server: believe a refusal only when a fresh Initial is
+                // refused too. Fresh means a new server-side id, so a
+                // duplicate of this refusal cannot count as the second.
+                *key_rejects += 1;
+                if *key_rejects < 2 {
+                    self.restart_handshake(now);
+                    return;
+                }
                 match reason {
                     RejectReason::VersionMismatch => {
+                        info!(conn = %self.local_cid, peer = %self.path.remote, "server does not speak our version");
                         self.lost(ConnectionError::VersionMismatch);
                         self.set_drained();
                     }
-                    // Unauthenticated, and a corrupted Initial looks the same
-                    // to the server: believe it only when a fresh copy of
-                    // the Initial is refused too.
                     RejectReason::ServerKeyMismatch => {
-                        *key_rejects += 1;
-                        if *key_rejects >= 2 {
-                            info!(conn = %self.local_cid, peer = %self.path.remote, "server could not decrypt our handshake: wrong server key");
-                            self.lost(ConnectionError::ServerKeyMismatch);
-                            self.set_drained();
-                        } else {
-                            *need_send = true;
-                        }
+                        info!(conn = %self.local_cid, peer = %self.path.remote, "server could not decrypt our handshake: wrong server key");
+                        self.lost(ConnectionError::ServerKeyMismatch);
+                        self.set_drained();
                     }
                 }
             }
@@ -525,6 +529,65 @@ mod tests {
             server
                 .poll_event()
                 .is_some_and(|(_, e)| e == Event::Connected)
+        );
+    }
+
+    /// A bit flipped in the Initial's version field makes the server answer
+    /// with an (unauthenticated) version-mismatch refusal; the client tries
+    /// once more instead of giving up, even if the refusal arrives twice,
+    /// and still gives up on a real mismatch (two Initials refused).
+    #[test]
+    fn one_version_refusal_is_retried_and_a_second_is_believed() {
+        let now = std::time::Instant::now();
+        let unix = Duration::from_secs(1_767_225_600);
+        let server_keys = Keypair::generate();
+        let server_key = server_keys.public();
+        let mut server = Endpoint::new(EndpointConfig::server(server_keys), now, unix);
+        let client_addr = "10.0.0.2:2".parse().unwrap();
+        let server_addr = "10.0.0.1:1".parse().unwrap();
+        let version = packet::VERSION.to_be_bytes();
+
+        // Carries the client's next Initial to the server, spoiling its
+        // version if asked, and the server's answer back (twice, as a
+        // duplicating network would).
+        let mut exchange = |client: &mut Endpoint, spoil: bool| {
+            let mut initial = Vec::new();
+            let t = client.poll_transmit(now, &mut initial).expect("an Initial");
+            initial.truncate(t.size);
+            if spoil {
+                let at = initial.windows(4).position(|w| w == version).unwrap();
+                initial[at + 3] ^= 0x01;
+            }
+            let outcome = server.handle(now, client_addr, BytesMut::from(&initial[..]));
+            let mut answer = Vec::new();
+            let t = server.poll_transmit(now, &mut answer).expect("an answer");
+            client.handle(now, server_addr, BytesMut::from(&answer[..t.size]));
+            client.handle(now, server_addr, BytesMut::from(&answer[..t.size]));
+            outcome
+        };
+
+        let mut client = Endpoint::new(EndpointConfig::client(Keypair::generate()), now, unix);
+        let h = client.connect(now, server_addr, server_key).unwrap();
+        assert!(matches!(exchange(&mut client, true), Incoming::Answered(_)));
+        assert_eq!(client.poll_event(), None, "one refusal is not believed");
+        assert!(matches!(
+            exchange(&mut client, false),
+            Incoming::Accepted(_)
+        ));
+        assert_eq!(client.poll_event(), Some((h, Event::Connected)));
+
+        let mut client = Endpoint::new(EndpointConfig::client(Keypair::generate()), now, unix);
+        let h = client.connect(now, server_addr, server_key).unwrap();
+        exchange(&mut client, true);
+        exchange(&mut client, true);
+        assert_eq!(
+            client.poll_event(),
+            Some((
+                h,
+                Event::ConnectionLost {
+                    reason: crate::ConnectionError::VersionMismatch
+                }
+            ))
         );
     }
 }
