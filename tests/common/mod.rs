@@ -2,16 +2,19 @@
 //! network, an echo application and a byte-exact transfer checker.
 #![allow(dead_code)]
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use mxp::proto::{
-    Band, ConnectionHandle, Dir, EndpointConfig, Event, Keypair, PublicKey, ServerConfig,
+    Band, ConnectionHandle, Dir, Endpoint, EndpointConfig, Event, Keypair, PublicKey, ServerConfig,
     StreamEvent, StreamId, TransportConfig, WriteError,
 };
-use mxp::sim::{LinkConfig, Network, NodeId};
+use mxp::sim::{Datagram, LinkConfig, Network, NodeId, TapAction};
 
 pub const SERVER: &str = "10.0.0.1:4433";
 pub const CLIENT: &str = "10.0.0.2:50000";
@@ -27,10 +30,20 @@ pub struct Setup {
 
 impl Setup {
     pub fn new(seed: u64, link: LinkConfig) -> Self {
-        Self::with(seed, link, TransportConfig::default(), ServerConfig::default())
+        Self::with(
+            seed,
+            link,
+            TransportConfig::default(),
+            ServerConfig::default(),
+        )
     }
 
-    pub fn with(seed: u64, link: LinkConfig, transport: TransportConfig, server: ServerConfig) -> Self {
+    pub fn with(
+        seed: u64,
+        link: LinkConfig,
+        transport: TransportConfig,
+        server: ServerConfig,
+    ) -> Self {
         let mut net = Network::new(seed);
         net.set_default_link(link);
         let transport = Arc::new(transport);
@@ -68,7 +81,11 @@ impl Setup {
         let now = self.net.now();
         let addr = self.net.addr(self.server);
         let key = self.server_key;
-        let c = self.net.endpoint(self.client).connect(now, addr, key).expect("connect");
+        let c = self
+            .net
+            .endpoint(self.client)
+            .connect(now, addr, key)
+            .expect("connect");
         let (client, server) = (self.client, self.server);
         let mut client_up = false;
         let mut server_conn = None;
@@ -114,7 +131,8 @@ impl Digest {
 pub fn content(i: u64, offset: u64, len: usize) -> Vec<u8> {
     (0..len as u64)
         .map(|k| {
-            let x = (offset + k).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i.wrapping_mul(0xff51_afd7_ed55_8ccd);
+            let x = (offset + k).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                ^ i.wrapping_mul(0xff51_afd7_ed55_8ccd);
             (x >> 29) as u8
         })
         .collect()
@@ -130,9 +148,18 @@ pub struct Sender {
 }
 
 impl Sender {
-    pub fn open(net: &mut Network, node: NodeId, conn: ConnectionHandle, n: usize, total: u64, band: Band) -> Self {
+    pub fn open(
+        net: &mut Network,
+        node: NodeId,
+        conn: ConnectionHandle,
+        n: usize,
+        total: u64,
+        band: Band,
+    ) -> Self {
         let c = net.endpoint(node).connection(conn).unwrap();
-        let streams = (0..n).map(|_| (c.open(Dir::Uni, band).expect("open"), 0)).collect();
+        let streams = (0..n)
+            .map(|_| (c.open(Dir::Uni, band).expect("open"), 0))
+            .collect();
         Sender {
             streams,
             total,
@@ -202,7 +229,9 @@ impl Receiver {
             }
         }
         for (h, id) in readable {
-            let Some(c) = net.endpoint(node).connection(h) else { continue };
+            let Some(c) = net.endpoint(node).connection(h) else {
+                continue;
+            };
             loop {
                 match c.read(id, usize::MAX) {
                     Ok(Some(chunk)) => self.digests.entry(id).or_default().update(&chunk),
@@ -248,7 +277,9 @@ impl EchoServer {
             }
         }
         for (h, id) in readable {
-            let Some(c) = net.endpoint(node).connection(h) else { continue };
+            let Some(c) = net.endpoint(node).connection(h) else {
+                continue;
+            };
             loop {
                 match c.read(id, usize::MAX) {
                     Ok(Some(chunk)) => self.pending.entry((h, id)).or_default().push_back(chunk),
@@ -261,7 +292,9 @@ impl EchoServer {
             }
         }
         for ((h, id), q) in self.pending.iter_mut() {
-            let Some(c) = net.endpoint(node).connection(*h) else { continue };
+            let Some(c) = net.endpoint(node).connection(*h) else {
+                continue;
+            };
             while let Some(mut chunk) = q.pop_front() {
                 match c.write(*id, chunk.clone()) {
                     Ok(n) if n == chunk.len() => {}
@@ -286,4 +319,113 @@ impl EchoServer {
             !empty
         });
     }
+}
+
+// ---- helpers for the packet-engine, handshake and lifecycle tests ---------
+
+impl Setup {
+    /// Attaches another client endpoint with its own key and settings.
+    pub fn add_client(
+        &mut self,
+        addr: &str,
+        keypair: Keypair,
+        transport: TransportConfig,
+    ) -> NodeId {
+        self.net.add_endpoint(
+            addr,
+            EndpointConfig {
+                keypair,
+                transport: Arc::new(transport),
+                server: None,
+            },
+        )
+    }
+
+    /// Starts connecting `node` to the server (with the right server key)
+    /// and returns the client's handle; nothing is run.
+    pub fn start_connect(&mut self, node: NodeId) -> ConnectionHandle {
+        let now = self.net.now();
+        let addr = self.net.addr(self.server);
+        let key = self.server_key;
+        self.net
+            .endpoint(node)
+            .connect(now, addr, key)
+            .expect("connect")
+    }
+
+    /// Like [`connect`](Self::connect), from any client node. Returns
+    /// (client handle, server handle).
+    pub fn connect_from(&mut self, node: NodeId) -> (ConnectionHandle, ConnectionHandle) {
+        let c = self.start_connect(node);
+        let server = self.server;
+        let mut client_up = false;
+        let mut server_conn = None;
+        let ok = self.net.run_until(Duration::from_secs(30), |net| {
+            for (h, e) in events(net, node) {
+                client_up |= h == c && e == Event::Connected;
+            }
+            for (h, e) in events(net, server) {
+                if e == Event::Connected {
+                    server_conn = Some(h);
+                }
+            }
+            client_up && server_conn.is_some()
+        });
+        assert!(ok, "handshake did not complete");
+        (c, server_conn.unwrap())
+    }
+}
+
+/// Every event an endpoint has queued, in order.
+pub fn events(net: &mut Network, node: NodeId) -> Vec<(ConnectionHandle, Event)> {
+    let mut out = Vec::new();
+    while let Some(e) = net.endpoint(node).poll_event() {
+        out.push(e);
+    }
+    out
+}
+
+/// Records every datagram as it is put on the wire (before the link or
+/// a tap added later can drop it), in the order sent, with its true send
+/// time. Taps run in the order added and stop at the first that drops, so
+/// add this one first.
+pub fn wiretap(net: &mut Network) -> Rc<RefCell<Vec<Datagram>>> {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let log = seen.clone();
+    net.add_tap(move |d| {
+        log.borrow_mut().push(d.clone());
+        TapAction::Pass
+    });
+    seen
+}
+
+/// Whether a datagram has a short (protected, post-handshake) header.
+pub fn is_short(datagram: &[u8]) -> bool {
+    datagram.first().is_some_and(|b| b & 0x80 == 0)
+}
+
+/// Whether a datagram has a long header of the given type (0 Initial,
+/// 1 Handshake, 2 Retry, 3 Reject).
+pub fn is_long(datagram: &[u8], ty: u8) -> bool {
+    datagram
+        .first()
+        .is_some_and(|b| b & 0x80 != 0 && (b >> 4) & 0x03 == ty)
+}
+
+/// A genuine client's first datagram (a padded Initial) for `server`,
+/// made by a throwaway client endpoint with a fresh key that is not on the
+/// network: what an attacker replays or sprays from spoofed addresses.
+pub fn client_initial(net: &Network, server: SocketAddr, server_key: PublicKey) -> Vec<u8> {
+    let mut ep = Endpoint::new(
+        EndpointConfig::client(Keypair::generate()),
+        net.now(),
+        net.unix_time(),
+    );
+    ep.connect(net.now(), server, server_key).expect("connect");
+    let mut buf = Vec::new();
+    let t = ep
+        .poll_transmit(net.now(), &mut buf)
+        .expect("an Initial to send");
+    buf.truncate(t.size);
+    buf
 }
