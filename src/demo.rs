@@ -150,19 +150,27 @@ impl Client {
         let mut readable = Vec::new();
         while let Some((h, e)) = net.endpoint(id).poll_event() {
             match e {
-                Event::Stream(StreamEvent::Readable { id: s }) if h == self.conn => readable.push(s),
+                Event::Stream(StreamEvent::Readable { id: s }) if h == self.conn => {
+                    readable.push(s)
+                }
                 Event::ConnectionLost { reason } => return Err(reason.to_string()),
                 _ => {}
             }
         }
-        let c = net.endpoint(id).connection(self.conn).ok_or("connection gone")?;
+        let c = net
+            .endpoint(id)
+            .connection(self.conn)
+            .ok_or("connection gone")?;
         for s in readable {
             let decoder = self.responses.entry(s).or_default();
             while let Ok(Some(chunk)) = c.read(s, usize::MAX) {
                 decoder.push(chunk);
             }
             if let Some(m) = decoder.next_message().map_err(|e| e.to_string())? {
-                let (call_id, start) = self.started.remove(&s).ok_or("response to an unknown call")?;
+                let (call_id, start) = self
+                    .started
+                    .remove(&s)
+                    .ok_or("response to an unknown call")?;
                 if m.kind != MessageType::Response || m.message_id != call_id {
                     return Err(format!("call {call_id} got a wrong answer"));
                 }
@@ -171,7 +179,9 @@ impl Client {
             }
         }
         while self.started.len() < CALLS_IN_FLIGHT && self.next_call < opts.calls {
-            let Ok(s) = c.open(Dir::Bi, Band::Critical) else { break };
+            let Ok(s) = c.open(Dir::Bi, Band::Critical) else {
+                break;
+            };
             let call = Message::new(MessageType::Call, vec![0x5a; 64])
                 .with_message_id(self.next_call)
                 .with_trace_id(self.next_call ^ 0xfeed);
@@ -234,7 +244,10 @@ pub fn run(opts: &Options) -> Result<String, String> {
     let node_keys = Keypair::generate();
     let node_key = node_keys.public();
     let node_id = net.add_endpoint("10.0.0.1:9000", EndpointConfig::server(node_keys));
-    let client_id = net.add_endpoint("10.0.0.2:40000", EndpointConfig::client(Keypair::generate()));
+    let client_id = net.add_endpoint(
+        "10.0.0.2:40000",
+        EndpointConfig::client(Keypair::generate()),
+    );
     let node_addr = net.addr(node_id);
     let start = net.now();
     let conn = net
@@ -266,15 +279,22 @@ pub fn run(opts: &Options) -> Result<String, String> {
         bulk: Vec::new(),
     };
     {
-        let c = net.endpoint(client_id).connection(conn).ok_or("connection gone")?;
-        let tokens = c.open(Dir::Uni, Band::Streaming).map_err(|e| e.to_string())?;
+        let c = net
+            .endpoint(client_id)
+            .connection(conn)
+            .ok_or("connection gone")?;
+        let tokens = c
+            .open(Dir::Uni, Band::Streaming)
+            .map_err(|e| e.to_string())?;
         let chunks = (0..opts.chunks).map(|i| {
-            Message::new(MessageType::StreamChunk, format!("token-{i:08} "))
-                .with_message_id(i)
+            Message::new(MessageType::StreamChunk, format!("token-{i:08} ")).with_message_id(i)
         });
         client.bulk.push((tokens, encode_all(chunks)?));
-        let events = c.open(Dir::Uni, Band::Background).map_err(|e| e.to_string())?;
-        let evs = (0..opts.events).map(|i| Message::new(MessageType::Event, vec![1; 100]).with_message_id(i));
+        let events = c
+            .open(Dir::Uni, Band::Background)
+            .map_err(|e| e.to_string())?;
+        let evs = (0..opts.events)
+            .map(|i| Message::new(MessageType::Event, vec![1; 100]).with_message_id(i));
         client.bulk.push((events, encode_all(evs)?));
         for i in 0..opts.datagrams {
             let hb = Message::new(MessageType::AgentHeartbeat, Bytes::new()).with_message_id(i);
@@ -285,7 +305,10 @@ pub fn run(opts: &Options) -> Result<String, String> {
     let exchange_start = net.now();
     let mut failure = None;
     let finished = net.run_until(Duration::from_secs(120), |net| {
-        if let Err(e) = client.pump(net, client_id, opts).and_then(|_| node.pump(net, node_id)) {
+        if let Err(e) = client
+            .pump(net, client_id, opts)
+            .and_then(|_| node.pump(net, node_id))
+        {
             failure = Some(e);
             return true;
         }
@@ -300,7 +323,11 @@ pub fn run(opts: &Options) -> Result<String, String> {
     // Let stragglers (last datagrams, ACKs) settle.
     net.run_for(Duration::from_millis(5));
     let elapsed = net.now() - exchange_start;
-    let stats = net.endpoint(client_id).connection(conn).ok_or("connection gone")?.stats();
+    let stats = net
+        .endpoint(client_id)
+        .connection(conn)
+        .ok_or("connection gone")?
+        .stats();
     let mut lat = client.latencies.clone();
     lat.sort();
 
@@ -317,7 +344,10 @@ pub fn run(opts: &Options) -> Result<String, String> {
     let _ = writeln!(out, "  node key: {node_key}");
     let _ = writeln!(out);
     let _ = writeln!(out, "  handshake (Noise IK)        {handshake:>12.1?}");
-    let _ = writeln!(out, "  exchange finished in       {elapsed:>12.1?} of network time");
+    let _ = writeln!(
+        out,
+        "  exchange finished in       {elapsed:>12.1?} of network time"
+    );
     let _ = writeln!(
         out,
         "  calls answered              {:>12}   latency p50 {:.1?}  p99 {:.1?}  max {:.1?}",
@@ -343,7 +373,11 @@ pub fn run(opts: &Options) -> Result<String, String> {
         "  smoothed RTT                {:>12.1?}   congestion window {} B",
         stats.rtt, stats.congestion_window
     );
-    let _ = writeln!(out, "  key rotations               {:>12}", stats.key_updates);
+    let _ = writeln!(
+        out,
+        "  key rotations               {:>12}",
+        stats.key_updates
+    );
     Ok(out)
 }
 

@@ -13,7 +13,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "mxp", version, about = "MXP Transport: secure low-latency agent-to-agent transport")]
+#[command(
+    name = "mxp",
+    version,
+    about = "MXP Transport: secure low-latency agent-to-agent transport"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

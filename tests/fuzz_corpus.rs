@@ -27,7 +27,9 @@ const TARGETS: [(&str, Target); 4] = [
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target)
 }
 
 #[test]
@@ -78,10 +80,16 @@ fn sample_frames() -> Vec<Frame> {
         }),
         Frame::MaxData(1 << 20),
         Frame::MaxStreamData { id, max: 1 << 16 },
-        Frame::MaxStreams { dir: Dir::Uni, count: 10 },
+        Frame::MaxStreams {
+            dir: Dir::Uni,
+            count: 10,
+        },
         Frame::DataBlocked(5),
         Frame::StreamDataBlocked { id, limit: 5 },
-        Frame::StreamsBlocked { dir: Dir::Bi, limit: 1 },
+        Frame::StreamsBlocked {
+            dir: Dir::Bi,
+            limit: 1,
+        },
         Frame::PathChallenge([1; 8]),
         Frame::PathResponse([2; 8]),
         Frame::ImmediateAck,
@@ -118,10 +126,22 @@ fn regenerate() {
     let mut pkt = Vec::new();
     packet::write_short_header(ConnectionId([5; 8]), 1001, 2, false, &mut pkt);
     pkt.extend_from_slice(&all);
-    packet::seal_short(&mut pkt, 0, 1001, &secret.packet_key(), &secret.header_key());
+    packet::seal_short(
+        &mut pkt,
+        0,
+        1001,
+        &secret.packet_key(),
+        &secret.header_key(),
+    );
     write("packet", "seed-short", &pkt);
     let mut initial = Vec::new();
-    packet::write_initial(ConnectionId([1; 8]), ConnectionId([2; 8]), b"token", b"noise", &mut initial);
+    packet::write_initial(
+        ConnectionId([1; 8]),
+        ConnectionId([2; 8]),
+        b"token",
+        b"noise",
+        &mut initial,
+    );
     write("packet", "seed-initial", &initial);
 
     // handshake: a real Noise IK first message to the target's server key,
@@ -139,6 +159,10 @@ fn regenerate() {
             .with_message_id(i as u64)
             .with_trace_id(42)
             .with_flags(Flags::REQUIRES_ACK);
-        write("message", &format!("seed-{:02}", i), &m.to_bytes().expect("encode"));
+        write(
+            "message",
+            &format!("seed-{:02}", i),
+            &m.to_bytes().expect("encode"),
+        );
     }
 }

@@ -39,9 +39,14 @@ fn hundred_megabytes_over_a_hundred_streams_and_ten_thousand_datagrams_survive_a
     let mut duplicates = 0;
     let done = s.net.run_until(Duration::from_secs(600), |net| {
         tx.pump(net, client, c);
-        let conn = net.endpoint(client).connection(c).expect("client connection");
+        let conn = net
+            .endpoint(client)
+            .connection(c)
+            .expect("client connection");
         // Trickle the datagrams in alongside the bulk data.
-        while datagrams_queued < 10_000 && datagrams_queued as u64 * 10_000 <= conn.stats().bytes_sent {
+        while datagrams_queued < 10_000
+            && datagrams_queued as u64 * 10_000 <= conn.stats().bytes_sent
+        {
             let d = Bytes::copy_from_slice(&datagrams_queued.to_be_bytes());
             conn.send_datagram(d, Band::Control).expect("datagram fits");
             datagrams_queued += 1;
@@ -49,7 +54,10 @@ fn hundred_megabytes_over_a_hundred_streams_and_ten_thousand_datagrams_survive_a
         // The receiver drains datagrams before stream events.
         let server_conns: Vec<_> = net.endpoint(server).connection_handles().collect();
         for h in server_conns {
-            let conn = net.endpoint(server).connection(h).expect("server connection");
+            let conn = net
+                .endpoint(server)
+                .connection(h)
+                .expect("server connection");
             while let Some(d) = conn.recv_datagram() {
                 if !datagrams_seen.insert(d) {
                     duplicates += 1;
@@ -71,9 +79,18 @@ fn hundred_megabytes_over_a_hundred_streams_and_ten_thousand_datagrams_survive_a
     let stats = s.net.endpoint(client).connection(c).unwrap().stats();
     // Unreliable means some were lost with their packets; most arrive.
     assert!(stats.datagrams.lost > 0);
-    assert!(datagrams_seen.len() as u64 + stats.datagrams.lost + stats.datagrams.dropped_send >= 10_000);
-    assert!(datagrams_seen.len() > 9_000, "only {} datagrams arrived", datagrams_seen.len());
-    assert!(stats.packets_lost > 1000, "the link should have lost packets");
+    assert!(
+        datagrams_seen.len() as u64 + stats.datagrams.lost + stats.datagrams.dropped_send >= 10_000
+    );
+    assert!(
+        datagrams_seen.len() > 9_000,
+        "only {} datagrams arrived",
+        datagrams_seen.len()
+    );
+    assert!(
+        stats.packets_lost > 1000,
+        "the link should have lost packets"
+    );
     assert!(stats.retransmitted_frames > 0);
 }
 
@@ -160,6 +177,18 @@ fn the_same_seed_replays_the_same_run() {
 fn connected_event_reaches_both_ends_through_loss() {
     let mut s = Setup::new(3, impaired(0.2, 0.0, 0.0));
     let (c, sc) = s.connect();
-    assert!(s.net.endpoint(s.client).connection(c).unwrap().is_established());
-    assert!(s.net.endpoint(s.server).connection(sc).unwrap().is_established());
+    assert!(
+        s.net
+            .endpoint(s.client)
+            .connection(c)
+            .unwrap()
+            .is_established()
+    );
+    assert!(
+        s.net
+            .endpoint(s.server)
+            .connection(sc)
+            .unwrap()
+            .is_established()
+    );
 }

@@ -21,7 +21,9 @@ use crate::crypto::handshake::Responder;
 use crate::crypto::token::TokenKey;
 use crate::crypto::{HandshakeError, PublicKey};
 use crate::packet::keys::KeyState;
-use crate::packet::{self, ConnectionId, Header, MIN_INITIAL_SIZE, PacketError, RejectReason, VERSION};
+use crate::packet::{
+    self, ConnectionId, Header, MIN_INITIAL_SIZE, PacketError, RejectReason, VERSION,
+};
 use crate::transport_params::TransportParams;
 
 /// Refers to a connection owned by an [`Endpoint`].
@@ -145,7 +147,8 @@ impl RateLimiter {
     fn refill(&mut self, now: Instant) {
         let us = now.saturating_duration_since(self.last).as_micros() as u64;
         self.last = now.max(self.last);
-        self.micro_tokens = (self.micro_tokens + us.saturating_mul(self.rate)).min(self.burst * 1_000_000);
+        self.micro_tokens =
+            (self.micro_tokens + us.saturating_mul(self.rate)).min(self.burst * 1_000_000);
     }
 
     fn try_take(&mut self, now: Instant) -> bool {
@@ -324,7 +327,16 @@ impl Endpoint {
                 }
                 let (version, dcid, scid) = (*version, *dcid, *scid);
                 let (token, noise) = (token.to_vec(), noise.to_vec());
-                return self.handle_initiation(now, remote, version, dcid, scid, &token, &noise, datagram.len());
+                return self.handle_initiation(
+                    now,
+                    remote,
+                    version,
+                    dcid,
+                    scid,
+                    &token,
+                    &noise,
+                    datagram.len(),
+                );
             }
             Header::Handshake { dcid, .. }
             | Header::Retry { dcid, .. }
@@ -343,7 +355,13 @@ impl Endpoint {
         }
     }
 
-    fn deliver(&mut self, now: Instant, h: ConnectionHandle, remote: SocketAddr, datagram: BytesMut) {
+    fn deliver(
+        &mut self,
+        now: Instant,
+        h: ConnectionHandle,
+        remote: SocketAddr,
+        datagram: BytesMut,
+    ) {
         let Some(conn) = self.connections.get_mut(h.0) else {
             return;
         };
@@ -403,7 +421,10 @@ impl Endpoint {
         let mut binding = [0u8; 16];
         binding[..8].copy_from_slice(&dcid.0);
         binding[8..].copy_from_slice(&scid.0);
-        let server = self.server.as_mut().expect("server state exists with server config");
+        let server = self
+            .server
+            .as_mut()
+            .expect("server state exists with server config");
         let validated = if token.is_empty() {
             let retry = match policy.retry {
                 RetryPolicy::Never => false,
@@ -478,7 +499,9 @@ impl Endpoint {
             }
             return Incoming::Answered(Refusal::ClientNotAllowed);
         }
-        self.accept(now, remote, dcid, scid, responder, client_key, hello, len, validated)
+        self.accept(
+            now, remote, dcid, scid, responder, client_key, hello, len, validated,
+        )
     }
 
     /// Replay protection: the initiation must be newer than the last one
@@ -495,7 +518,10 @@ impl Endpoint {
         let skew = policy.max_clock_skew.as_nanos() as u64;
         let server = self.server.as_mut().expect("server");
         let stale = timestamp.abs_diff(now_ns) > skew;
-        let repeated = server.timestamps.get(&client).is_some_and(|&last| timestamp <= last);
+        let repeated = server
+            .timestamps
+            .get(&client)
+            .is_some_and(|&last| timestamp <= last);
         if stale || repeated {
             self.stats.replayed_initiations += 1;
             info!(client = %client, stale, "replayed handshake initiation refused");
@@ -587,7 +613,10 @@ impl Endpoint {
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.connections.iter().filter_map(|(_, c)| c.poll_timeout()).min()
+        self.connections
+            .iter()
+            .filter_map(|(_, c)| c.poll_timeout())
+            .min()
     }
 
     /// Runs expired timers of every connection.

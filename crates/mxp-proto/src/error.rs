@@ -97,11 +97,16 @@ impl TransportError {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ConnectionError {
     /// The server does not speak this protocol version.
-    #[error("the server does not speak MXP version {:#010x}", crate::packet::VERSION)]
+    #[error(
+        "the server does not speak MXP version {:#010x}",
+        crate::packet::VERSION
+    )]
     VersionMismatch,
     /// The server could not decrypt our initiation: the server public key we
     /// were given is not the server's.
-    #[error("handshake refused: the server public key does not match the server (check --server-key)")]
+    #[error(
+        "handshake refused: the server public key does not match the server (check --server-key)"
+    )]
     ServerKeyMismatch,
     /// The server authenticated us and refused our client key.
     #[error("handshake refused: this client's key is not on the server's allow-list")]

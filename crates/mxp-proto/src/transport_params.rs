@@ -182,7 +182,10 @@ mod tests {
             TransportParams::decode(&buf),
             Err(ParamsError::Invalid(id::MAX_UDP_PAYLOAD))
         );
-        assert_eq!(TransportParams::decode(&[0x04, 5, 1]), Err(ParamsError::Truncated));
+        assert_eq!(
+            TransportParams::decode(&[0x04, 5, 1]),
+            Err(ParamsError::Truncated)
+        );
     }
 
     proptest! {

@@ -311,7 +311,10 @@ impl Network {
     }
 
     fn link(&self, from: SocketAddr, to: SocketAddr) -> LinkConfig {
-        self.links.get(&(from, to)).copied().unwrap_or(self.default_link)
+        self.links
+            .get(&(from, to))
+            .copied()
+            .unwrap_or(self.default_link)
     }
 
     fn schedule(&mut self, at: Instant, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
@@ -355,7 +358,12 @@ impl Network {
             let backlog = busy.saturating_duration_since(self.now);
             let queued = backlog.as_nanos() as u64 * rate / 1_000_000_000;
             if queued + data.len() as u64 > link.queue_bytes {
-                let d = Datagram { sent: self.now, from, to, data };
+                let d = Datagram {
+                    sent: self.now,
+                    from,
+                    to,
+                    data,
+                };
                 self.note(self.now, d, false);
                 return;
             }
@@ -364,7 +372,12 @@ impl Network {
             depart = *busy;
         }
         if self.rng.random_bool(link.loss.clamp(0.0, 1.0)) {
-            let d = Datagram { sent: self.now, from, to, data };
+            let d = Datagram {
+                sent: self.now,
+                from,
+                to,
+                data,
+            };
             self.note(self.now, d, false);
             return;
         }
@@ -372,7 +385,11 @@ impl Network {
             let i = self.rng.random_range(0..data.len());
             data[i] ^= 1 << self.rng.random_range(0..8);
         }
-        let copies = if self.rng.random_bool(link.duplicate.clamp(0.0, 1.0)) { 2 } else { 1 };
+        let copies = if self.rng.random_bool(link.duplicate.clamp(0.0, 1.0)) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let mut at = depart + link.delay;
             if !link.jitter.is_zero() {
@@ -410,7 +427,11 @@ impl Network {
     pub fn step(&mut self) -> bool {
         self.flush();
         let next_delivery = self.in_flight.peek().map(|Reverse(p)| p.at);
-        let next_timer = self.nodes.iter().filter_map(|n| n.endpoint.poll_timeout()).min();
+        let next_timer = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.endpoint.poll_timeout())
+            .min();
         let Some(next) = [next_delivery, next_timer].into_iter().flatten().min() else {
             return false;
         };
@@ -456,7 +477,11 @@ impl Network {
 
     /// Steps until `done` returns true (checked after every step) or
     /// `limit` of virtual time passes. Returns whether `done` was reached.
-    pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&mut Network) -> bool) -> bool {
+    pub fn run_until(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&mut Network) -> bool,
+    ) -> bool {
         let deadline = self.now + limit;
         loop {
             if done(self) {
@@ -481,7 +506,11 @@ impl Network {
     /// When the next delivery or timer is due.
     fn next_event(&self) -> Option<Instant> {
         let delivery = self.in_flight.peek().map(|Reverse(p)| p.at);
-        let timer = self.nodes.iter().filter_map(|n| n.endpoint.poll_timeout()).min();
+        let timer = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.endpoint.poll_timeout())
+            .min();
         [delivery, timer].into_iter().flatten().min()
     }
 
@@ -525,7 +554,11 @@ mod tests {
         let (at, d, delivered) = &net.log()[0];
         assert!(*delivered);
         assert_eq!(d.sent, sent, "`sent` is when the datagram went on the wire");
-        assert_eq!(*at, sent + Duration::from_millis(3), "the entry's time is its delivery");
+        assert_eq!(
+            *at,
+            sent + Duration::from_millis(3),
+            "the entry's time is its delivery"
+        );
     }
 
     #[test]
@@ -541,8 +574,14 @@ mod tests {
         net.endpoint(client).connect(now, to, server_key).unwrap();
         net.run_for(Duration::from_millis(1));
         let from = net.addr(client);
-        assert!(net.traffic(from, to).delivered_packets >= 1, "the Initial arrived");
-        assert!(net.traffic(to, from).delivered_packets >= 1, "the server answered");
+        assert!(
+            net.traffic(from, to).delivered_packets >= 1,
+            "the Initial arrived"
+        );
+        assert!(
+            net.traffic(to, from).delivered_packets >= 1,
+            "the server answered"
+        );
     }
 
     #[test]
@@ -559,6 +598,10 @@ mod tests {
         let start = net.now();
         assert!(!net.run_until(Duration::from_millis(100), |_| false));
         assert_eq!(net.now(), start + Duration::from_millis(100));
-        assert!(net.endpoint(client).connection(h).is_some_and(|c| c.is_established()));
+        assert!(
+            net.endpoint(client)
+                .connection(h)
+                .is_some_and(|c| c.is_established())
+        );
     }
 }

@@ -19,6 +19,9 @@ use crate::packet::keys::KeyState;
 use crate::packet::{self, CID_LEN, ConnectionId, Header, RejectReason};
 use crate::transport_params::TransportParams;
 
+/// Longest wait between two copies of the client's Initial.
+const MAX_INITIAL_INTERVAL: Duration = Duration::from_secs(1);
+
 /// What the client says inside Noise message 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ClientHello {
@@ -276,7 +279,10 @@ impl Connection {
                 let len = hs.packet.len();
                 let pto = self.recovery.rtt.pto_base(self.config.timer_granularity);
                 let backoff = 1u32 << (hs.sends - 1).min(16);
-                self.set_timer(Timer::LossDetection, Some(now + pto * backoff));
+                // Back off, but keep trying at least once a second so a lossy
+                // path gets many attempts within the handshake timeout.
+                let wait = (pto * backoff).min(MAX_INITIAL_INTERVAL.max(pto));
+                self.set_timer(Timer::LossDetection, Some(now + wait));
                 Some(len)
             }
             Handshake::Server {

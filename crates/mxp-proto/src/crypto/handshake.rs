@@ -283,7 +283,11 @@ mod tests {
 
     #[test]
     fn wrong_server_key_fails_to_decrypt_at_the_server() {
-        let (c, s, other) = (Keypair::generate(), Keypair::generate(), Keypair::generate());
+        let (c, s, other) = (
+            Keypair::generate(),
+            Keypair::generate(),
+            Keypair::generate(),
+        );
         let err = handshake(&c, &s, other.public()).unwrap_err();
         assert_eq!(err, HandshakeError::Decrypt);
     }

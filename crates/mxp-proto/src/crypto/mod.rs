@@ -204,7 +204,10 @@ mod tests {
         assert_eq!(key.open(8, b"hdr", &mut sealed.clone()), Err(DecryptError));
         assert_eq!(key.open(7, b"hdX", &mut sealed.clone()), Err(DecryptError));
         let other = secret(2).packet_key();
-        assert_eq!(other.open(7, b"hdr", &mut sealed.clone()), Err(DecryptError));
+        assert_eq!(
+            other.open(7, b"hdr", &mut sealed.clone()),
+            Err(DecryptError)
+        );
         let next = secret(1).next().packet_key();
         assert_eq!(next.open(7, b"hdr", &mut sealed.clone()), Err(DecryptError));
     }

@@ -122,14 +122,32 @@ mod tests {
     fn token_is_bound_to_address_binding_key_and_time() {
         let k = TokenKey::generate();
         let t = k.issue(1_000, &addr(1), b"cids");
-        assert_eq!(k.validate(&t, &addr(2), b"cids", 1_000, 10), Err(TokenError::Invalid));
-        assert_eq!(k.validate(&t, &addr(1), b"other", 1_000, 10), Err(TokenError::Invalid));
+        assert_eq!(
+            k.validate(&t, &addr(2), b"cids", 1_000, 10),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(
+            k.validate(&t, &addr(1), b"other", 1_000, 10),
+            Err(TokenError::Invalid)
+        );
         let other = TokenKey::generate();
-        assert_eq!(other.validate(&t, &addr(1), b"cids", 1_000, 10), Err(TokenError::Invalid));
-        assert_eq!(k.validate(&t, &addr(1), b"cids", 5_000, 10), Err(TokenError::Expired));
+        assert_eq!(
+            other.validate(&t, &addr(1), b"cids", 1_000, 10),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(
+            k.validate(&t, &addr(1), b"cids", 5_000, 10),
+            Err(TokenError::Expired)
+        );
         let mut forged = t;
         forged[0] ^= 1;
-        assert_eq!(k.validate(&forged, &addr(1), b"cids", 1_000, 10), Err(TokenError::Invalid));
-        assert_eq!(k.validate(&t[..10], &addr(1), b"cids", 1_000, 10), Err(TokenError::Invalid));
+        assert_eq!(
+            k.validate(&forged, &addr(1), b"cids", 1_000, 10),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(
+            k.validate(&t[..10], &addr(1), b"cids", 1_000, 10),
+            Err(TokenError::Invalid)
+        );
     }
 }

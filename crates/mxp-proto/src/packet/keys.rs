@@ -140,7 +140,10 @@ impl KeyState {
     fn rotate(&mut self, now: Instant, grace: Duration) {
         let remote_secret = self.remote_secret.next();
         let next_remote = remote_secret.next().packet_key();
-        let old_remote = std::mem::replace(&mut self.remote, std::mem::replace(&mut self.next_remote, next_remote));
+        let old_remote = std::mem::replace(
+            &mut self.remote,
+            std::mem::replace(&mut self.next_remote, next_remote),
+        );
         self.remote_secret = remote_secret;
         self.prev_remote = Some(Previous {
             key: old_remote,
@@ -186,9 +189,7 @@ impl KeyState {
         }
         // The other phase: an older packet from the previous generation, or
         // the peer's first packet of the next one.
-        let older = self
-            .first_received_in_phase
-            .is_some_and(|first| pn < first);
+        let older = self.first_received_in_phase.is_some_and(|first| pn < first);
         if let Some(prev) = &self.prev_remote {
             if let Ok(out) = open(&prev.key) {
                 return Ok((out, Opened::Previous));
@@ -215,8 +216,20 @@ mod tests {
         let a = Secret::new([1; SECRET_LEN]);
         let b = Secret::new([2; SECRET_LEN]);
         (
-            KeyState::new(SessionSecrets { local: a.clone(), remote: b.clone() }, now),
-            KeyState::new(SessionSecrets { local: b, remote: a }, now),
+            KeyState::new(
+                SessionSecrets {
+                    local: a.clone(),
+                    remote: b.clone(),
+                },
+                now,
+            ),
+            KeyState::new(
+                SessionSecrets {
+                    local: b,
+                    remote: a,
+                },
+                now,
+            ),
         )
     }
 
@@ -228,7 +241,12 @@ mod tests {
         (buf, k.phase())
     }
 
-    fn recv(k: &mut KeyState, now: Instant, pn: u64, (ct, phase): &(Vec<u8>, bool)) -> Result<Opened, DecryptError> {
+    fn recv(
+        k: &mut KeyState,
+        now: Instant,
+        pn: u64,
+        (ct, phase): &(Vec<u8>, bool),
+    ) -> Result<Opened, DecryptError> {
         k.open(now, GRACE, pn, *phase, |key| {
             let mut c = ct.clone();
             key.open(pn, b"h", &mut c)
@@ -240,7 +258,10 @@ mod tests {
     fn rotation_by_packet_count_is_followed_by_the_peer_without_loss() {
         let now = Instant::now();
         let (mut a, mut b) = pair(now);
-        let policy = KeyRotation { packets: 3, interval: Duration::from_secs(60) };
+        let policy = KeyRotation {
+            packets: 3,
+            interval: Duration::from_secs(60),
+        };
         let mut in_flight = Vec::new();
         for pn in 0..3 {
             assert!(!a.maybe_rotate(now, &policy, GRACE));
@@ -263,18 +284,27 @@ mod tests {
     fn no_second_rotation_until_the_peer_caught_up() {
         let now = Instant::now();
         let (mut a, _) = pair(now);
-        let policy = KeyRotation { packets: 1, interval: Duration::from_secs(60) };
+        let policy = KeyRotation {
+            packets: 1,
+            interval: Duration::from_secs(60),
+        };
         send(&mut a, 0);
         assert!(a.maybe_rotate(now, &policy, GRACE));
         send(&mut a, 1);
-        assert!(!a.maybe_rotate(now, &policy, GRACE), "peer has not shown generation 1 yet");
+        assert!(
+            !a.maybe_rotate(now, &policy, GRACE),
+            "peer has not shown generation 1 yet"
+        );
     }
 
     #[test]
     fn time_based_rotation() {
         let now = Instant::now();
         let (mut a, _) = pair(now);
-        let policy = KeyRotation { packets: u64::MAX, interval: Duration::from_secs(60) };
+        let policy = KeyRotation {
+            packets: u64::MAX,
+            interval: Duration::from_secs(60),
+        };
         assert!(!a.maybe_rotate(now + Duration::from_secs(59), &policy, GRACE));
         assert!(a.maybe_rotate(now + Duration::from_secs(60), &policy, GRACE));
     }
@@ -283,7 +313,10 @@ mod tests {
     fn old_keys_are_refused_after_the_grace_period() {
         let now = Instant::now();
         let (mut a, mut b) = pair(now);
-        let policy = KeyRotation { packets: 1, interval: Duration::from_secs(60) };
+        let policy = KeyRotation {
+            packets: 1,
+            interval: Duration::from_secs(60),
+        };
         let old = send(&mut a, 0);
         assert!(a.maybe_rotate(now, &policy, GRACE));
         let new = send(&mut a, 1);

@@ -190,8 +190,8 @@ mod tests {
         for i in 0..pkt.len() {
             let mut bad = pkt.clone();
             bad[i] ^= 0x10;
-            let result = open_short(&mut bad, Some(41), &hp)
-                .and_then(|o| open_payload(&mut bad, &o, &key));
+            let result =
+                open_short(&mut bad, Some(41), &hp).and_then(|o| open_payload(&mut bad, &o, &key));
             assert!(result.is_err(), "flip at byte {i} went unnoticed");
         }
     }

@@ -615,7 +615,10 @@ impl Streams {
     pub fn on_stream_frame(&mut self, f: frame::Stream) -> Result<(), TransportError> {
         let frame_type = types::STREAM;
         let stream_window_error = || flow_control_error("stream data beyond the stream's limit");
-        let Some(s) = self.get_for_frame(f.id, true).map_err(|e| e.in_frame(frame_type))? else {
+        let Some(s) = self
+            .get_for_frame(f.id, true)
+            .map_err(|e| e.in_frame(frame_type))?
+        else {
             return Ok(());
         };
         let Some(recv) = s.recv.as_mut() else {
@@ -629,13 +632,18 @@ impl Streams {
             return Ok(());
         }
         let was_readable = recv.buf.is_readable();
-        let grew = recv.buf.insert(f.offset, f.data, f.fin).map_err(|e| e.in_frame(frame_type))?;
+        let grew = recv
+            .buf
+            .insert(f.offset, f.data, f.fin)
+            .map_err(|e| e.in_frame(frame_type))?;
         let stopped = recv.stopped;
         let readable = !was_readable && recv.buf.is_readable();
         self.recv_high += grew;
         self.stats.recv_credit_consumed += grew;
         if self.recv_high > self.recv_max {
-            return Err(flow_control_error("data beyond the connection's limit").in_frame(frame_type));
+            return Err(
+                flow_control_error("data beyond the connection's limit").in_frame(frame_type)
+            );
         }
         if stopped {
             // Discarded, but the credit it used goes back at once.
@@ -661,7 +669,9 @@ impl Streams {
             return Ok(());
         }
         if f.final_size > recv.max_data {
-            return Err(flow_control_error("reset final size beyond the stream's limit").in_frame(ty));
+            return Err(
+                flow_control_error("reset final size beyond the stream's limit").in_frame(ty),
+            );
         }
         let unread = recv.buf.high() - recv.buf.bytes_read();
         let grew = recv.buf.reset(f.final_size).map_err(|e| e.in_frame(ty))?;
@@ -686,7 +696,10 @@ impl Streams {
     /// A STOP_SENDING frame arrived: reset the stream as asked.
     pub fn on_stop_sending(&mut self, f: frame::StopSending) -> Result<(), TransportError> {
         let ty = types::STOP_SENDING;
-        let Some(s) = self.get_for_frame(f.id, false).map_err(|e| e.in_frame(ty))? else {
+        let Some(s) = self
+            .get_for_frame(f.id, false)
+            .map_err(|e| e.in_frame(ty))?
+        else {
             return Ok(());
         };
         let Some(send) = s.send.as_mut() else {
@@ -793,7 +806,12 @@ impl Streams {
     }
 
     /// Writes pending control frames that fit in `space`.
-    pub fn write_control_frames(&mut self, space: usize, out: &mut Vec<u8>, sent: &mut Vec<Record>) {
+    pub fn write_control_frames(
+        &mut self,
+        space: usize,
+        out: &mut Vec<u8>,
+        sent: &mut Vec<Record>,
+    ) {
         let start = out.len();
         let fits = |out: &Vec<u8>, need: usize| out.len() - start + need <= space;
         const MAX_CONTROL: usize = 1 + 8 + 8 + 8;
@@ -834,7 +852,10 @@ impl Streams {
             if let Some(limit) = self.pending.streams_blocked[d] {
                 if fits(out, MAX_CONTROL) {
                     self.pending.streams_blocked[d] = None;
-                    put_varint(out, [types::STREAMS_BLOCKED_BIDI, types::STREAMS_BLOCKED_UNI][d]);
+                    put_varint(
+                        out,
+                        [types::STREAMS_BLOCKED_BIDI, types::STREAMS_BLOCKED_UNI][d],
+                    );
                     put_varint(out, limit);
                     sent.push(Record::StreamsBlocked(dir, limit));
                 }
@@ -988,7 +1009,9 @@ impl Streams {
                 None
             }
             // Blocked frames are hints; a lost one is not worth resending.
-            Record::DataBlocked(_) | Record::StreamDataBlocked(..) | Record::StreamsBlocked(..) => None,
+            Record::DataBlocked(_) | Record::StreamDataBlocked(..) | Record::StreamsBlocked(..) => {
+                None
+            }
         }
     }
 

@@ -28,7 +28,9 @@ impl RecvBuffer {
             |msg: &str| TransportError::new(TransportErrorCode::FINAL_SIZE_ERROR, msg);
         if let Some(size) = self.final_size {
             if end > size || (fin && end != size) {
-                return Err(final_size_error("data beyond or conflicting with the final size"));
+                return Err(final_size_error(
+                    "data beyond or conflicting with the final size",
+                ));
             }
         }
         if fin {
@@ -156,7 +158,8 @@ mod tests {
         let mut buf = RecvBuffer::default();
         buf.insert(5, Bytes::from_static(b"fghij"), true).unwrap();
         assert_eq!(buf.read(10), None);
-        buf.insert(0, Bytes::from_static(b"abcdefg"), false).unwrap();
+        buf.insert(0, Bytes::from_static(b"abcdefg"), false)
+            .unwrap();
         buf.insert(3, Bytes::from_static(b"de"), false).unwrap();
         assert_eq!(read_all(&mut buf), b"abcdefghij");
         assert!(buf.is_finished());
@@ -176,9 +179,15 @@ mod tests {
     #[test]
     fn credit_counts_the_highest_offset_once() {
         let mut buf = RecvBuffer::default();
-        assert_eq!(buf.insert(10, Bytes::from_static(b"abc"), false).unwrap(), 13);
+        assert_eq!(
+            buf.insert(10, Bytes::from_static(b"abc"), false).unwrap(),
+            13
+        );
         assert_eq!(buf.insert(0, Bytes::from_static(b"abc"), false).unwrap(), 0);
-        assert_eq!(buf.insert(12, Bytes::from_static(b"abc"), false).unwrap(), 2);
+        assert_eq!(
+            buf.insert(12, Bytes::from_static(b"abc"), false).unwrap(),
+            2
+        );
     }
 
     #[test]
