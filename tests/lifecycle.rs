@@ -599,6 +599,7 @@ fn every_connection_error_has_a_distinct_kind_and_message() {
         ConnectionError::VersionMismatch,
         ConnectionError::ServerKeyMismatch,
         ConnectionError::ClientNotAllowed,
+        ConnectionError::ClockSkew { local_ahead_ms: 5 },
         ConnectionError::HandshakeTimedOut,
         ConnectionError::TransportError(TransportError {
             code: TransportErrorCode::FLOW_CONTROL_ERROR,
@@ -618,6 +619,7 @@ fn every_connection_error_has_a_distinct_kind_and_message() {
             ConnectionError::VersionMismatch
             | ConnectionError::ServerKeyMismatch
             | ConnectionError::ClientNotAllowed
+            | ConnectionError::ClockSkew { .. }
             | ConnectionError::HandshakeTimedOut
             | ConnectionError::TransportError(_)
             | ConnectionError::ApplicationClosed { .. }

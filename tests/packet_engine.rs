@@ -59,7 +59,9 @@ fn endpoint_refusals(s: &EndpointStats) -> u64 {
         + s.connection_limit
         + s.handshake_decrypt_failures
         + s.replayed_initiations
+        + s.stale_initiations
         + s.clients_refused
+        + s.not_a_server
 }
 
 /// Snapshot of one side's refusal counters and accepted packets.

@@ -16,7 +16,9 @@ use thiserror::Error;
 use tracing::{debug, info, trace};
 
 use crate::config::{EndpointConfig, RetryPolicy, ServerConfig};
-use crate::connection::{ClientHello, Connection, Event, ServerHello, Transmit};
+use crate::connection::{
+    Accepted, ClientHello, Connection, Event, ServerHello, Transmit, initiation_digest,
+};
 use crate::crypto::handshake::Responder;
 use crate::crypto::token::TokenKey;
 use crate::crypto::{HandshakeError, PublicKey};
@@ -80,9 +82,13 @@ pub enum Refusal {
     #[error("handshake failed: {0}")]
     HandshakeFailed(HandshakeError),
     /// An initiation not newer than one already accepted from the same
-    /// client key, or stamped too far from our clock: a replay.
+    /// client key: a replay.
     #[error("replayed handshake initiation")]
     ReplayedInitiation,
+    /// An initiation stamped further from our clock than the allowed skew:
+    /// an old replay, or a client with a wrong clock (it is told so).
+    #[error("handshake initiation outside the allowed clock skew")]
+    StaleInitiation,
     /// The client key is not on the allow-list.
     #[error("client key not allowed")]
     ClientNotAllowed,
@@ -116,8 +122,16 @@ pub struct EndpointStats {
     pub handshakes_accepted: u64,
     /// Initiations that did not decrypt (wrong server key or corruption).
     pub handshake_decrypt_failures: u64,
-    /// Replayed (or stale) initiations refused.
+    /// Replayed initiations refused (not newer than the last accepted one
+    /// from the same client key).
     pub replayed_initiations: u64,
+    /// Initiations refused for a timestamp outside the allowed clock skew.
+    pub stale_initiations: u64,
+    /// Initiations sent to a client-only endpoint.
+    pub not_a_server: u64,
+    /// Stateless answers withheld because they would exceed three times the
+    /// bytes of the datagram that caused them.
+    pub amplification_blocked: u64,
     /// Clients refused by the allow-list.
     pub clients_refused: u64,
     /// Bytes of stateless answers (retries, refusals) sent.
@@ -169,6 +183,19 @@ impl RateLimiter {
 }
 
 type InitialKey = (SocketAddr, ConnectionId, ConnectionId);
+
+/// An initiation that passed admission: where it came from and what it
+/// proved.
+#[derive(Debug)]
+struct Initiation {
+    remote: SocketAddr,
+    dcid: ConnectionId,
+    scid: ConnectionId,
+    len: usize,
+    digest: u64,
+    /// The client echoed a valid retry token.
+    validated: bool,
+}
 
 /// Server-only state.
 #[derive(Debug)]
@@ -378,12 +405,35 @@ impl Endpoint {
         }
     }
 
+    /// Queues a stateless answer, never more than three times the bytes of
+    /// the datagram that caused it (anti-amplification, even for answers
+    /// that hold no state).
     fn answer(&mut self, remote: SocketAddr, packet: Vec<u8>, received: usize) {
-        // Stateless answers are all far smaller than a padded Initial, so
-        // they stay inside the 3x anti-amplification budget by construction.
-        debug_assert!(packet.len() <= 3 * received);
+        if packet.len() > 3 * received {
+            self.stats.amplification_blocked += 1;
+            return;
+        }
         self.stats.stateless_bytes_sent += packet.len() as u64;
         self.stateless.push_back((remote, packet));
+    }
+
+    /// Refuses an authenticated initiation with a reason the client can
+    /// trust (it is inside Noise message 2).
+    fn refuse(
+        &mut self,
+        remote: SocketAddr,
+        scid: ConnectionId,
+        responder: Responder,
+        hello: ServerHello,
+        received: usize,
+    ) {
+        let mut payload = Vec::new();
+        hello.encode(&mut payload);
+        if let Ok((msg2, _)) = responder.respond(&payload) {
+            let mut out = Vec::new();
+            packet::write_handshake(scid, ConnectionId::random(), &msg2, &mut out);
+            self.answer(remote, out, received);
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -399,7 +449,7 @@ impl Endpoint {
         len: usize,
     ) -> Incoming {
         let Some(policy) = self.config.server.clone() else {
-            self.stats.unknown_connection += 1;
+            self.stats.not_a_server += 1;
             return Incoming::Dropped(Refusal::NotAServer);
         };
         if len < MIN_INITIAL_SIZE {
@@ -480,8 +530,20 @@ impl Endpoint {
             self.stats.malformed += 1;
             return Incoming::Dropped(Refusal::Malformed(PacketError::Malformed));
         };
-        if let Err(refusal) = self.check_replay(now, &policy, client_key, hello.timestamp) {
-            return Incoming::Dropped(refusal);
+        match self.check_replay(now, &policy, client_key, hello.timestamp) {
+            Ok(()) => {}
+            Err(Refusal::StaleInitiation) => {
+                let server_time_ns = self.unix_now_ns(now);
+                self.refuse(
+                    remote,
+                    scid,
+                    responder,
+                    ServerHello::ClockSkew { server_time_ns },
+                    len,
+                );
+                return Incoming::Answered(Refusal::StaleInitiation);
+            }
+            Err(refusal) => return Incoming::Dropped(refusal),
         }
         let allowed = policy
             .allowed_clients
@@ -490,18 +552,18 @@ impl Endpoint {
         if !allowed {
             self.stats.clients_refused += 1;
             info!(peer = %remote, client = %client_key, "client key not on the allow-list");
-            let mut payload = Vec::new();
-            ServerHello::ClientNotAllowed.encode(&mut payload);
-            if let Ok((msg2, _)) = responder.respond(&payload) {
-                let mut out = Vec::new();
-                packet::write_handshake(scid, ConnectionId::random(), &msg2, &mut out);
-                self.answer(remote, out, len);
-            }
+            self.refuse(remote, scid, responder, ServerHello::ClientNotAllowed, len);
             return Incoming::Answered(Refusal::ClientNotAllowed);
         }
-        self.accept(
-            now, remote, dcid, scid, responder, client_key, hello, len, validated,
-        )
+        let initiation = Initiation {
+            remote,
+            dcid,
+            scid,
+            len,
+            digest: initiation_digest(noise),
+            validated,
+        };
+        self.accept(now, initiation, responder, client_key, hello)
     }
 
     /// Replay protection: the initiation must be newer than the last one
@@ -517,14 +579,19 @@ impl Endpoint {
         let now_ns = self.unix_now_ns(now);
         let skew = policy.max_clock_skew.as_nanos() as u64;
         let server = self.server.as_mut().expect("server");
-        let stale = timestamp.abs_diff(now_ns) > skew;
-        let repeated = server
+        if timestamp.abs_diff(now_ns) > skew {
+            self.stats.stale_initiations += 1;
+            let offset_ms = (timestamp as i128 - now_ns as i128) / 1_000_000;
+            info!(client = %client, offset_ms, "handshake timestamp outside the allowed clock skew");
+            return Err(Refusal::StaleInitiation);
+        }
+        if server
             .timestamps
             .get(&client)
-            .is_some_and(|&last| timestamp <= last);
-        if stale || repeated {
+            .is_some_and(|&last| timestamp <= last)
+        {
             self.stats.replayed_initiations += 1;
-            info!(client = %client, stale, "replayed handshake initiation refused");
+            info!(client = %client, "replayed handshake initiation refused");
             return Err(Refusal::ReplayedInitiation);
         }
         server.timestamps.insert(client, timestamp);
@@ -535,19 +602,22 @@ impl Endpoint {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn accept(
         &mut self,
         now: Instant,
-        remote: SocketAddr,
-        dcid: ConnectionId,
-        scid: ConnectionId,
+        initiation: Initiation,
         responder: Responder,
         client_key: PublicKey,
         hello: ClientHello,
-        len: usize,
-        validated: bool,
     ) -> Incoming {
+        let Initiation {
+            remote,
+            dcid,
+            scid,
+            len,
+            digest,
+            validated,
+        } = initiation;
         let local_cid = self.fresh_cid();
         let mut payload = Vec::new();
         ServerHello::Accept {
@@ -564,15 +634,18 @@ impl Endpoint {
         let conn = Connection::accepted(
             now,
             self.config.transport.clone(),
-            KeyState::new(secrets, now),
-            client_key,
-            hello.params,
-            remote,
-            local_cid,
-            scid,
-            reply,
-            len,
-            validated,
+            Accepted {
+                keys: KeyState::new(secrets, now),
+                client_key,
+                client_params: hello.params,
+                remote,
+                local_cid,
+                remote_cid: scid,
+                reply,
+                initial_len: len,
+                initiation: digest,
+                address_validated: validated,
+            },
         );
         let h = ConnectionHandle(self.connections.insert(conn));
         let key = (remote, scid, dcid);

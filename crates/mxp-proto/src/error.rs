@@ -111,6 +111,17 @@ pub enum ConnectionError {
     /// The server authenticated us and refused our client key.
     #[error("handshake refused: this client's key is not on the server's allow-list")]
     ClientNotAllowed,
+    /// The server refused our handshake timestamp: the clocks of the two
+    /// hosts differ by more than the server allows (replay protection
+    /// relies on them roughly agreeing).
+    #[error(
+        "handshake refused: this host's clock is {local_ahead_ms} ms off the server's, more than it allows (check time sync)"
+    )]
+    ClockSkew {
+        /// How far this host's clock is ahead of the server's (negative:
+        /// behind), in milliseconds.
+        local_ahead_ms: i64,
+    },
     /// No answer to the handshake within the handshake timeout.
     #[error("handshake timed out: no answer from the server")]
     HandshakeTimedOut,
@@ -148,6 +159,7 @@ impl ConnectionError {
             ConnectionError::VersionMismatch => "version_mismatch",
             ConnectionError::ServerKeyMismatch => "server_key_mismatch",
             ConnectionError::ClientNotAllowed => "client_not_allowed",
+            ConnectionError::ClockSkew { .. } => "clock_skew",
             ConnectionError::HandshakeTimedOut => "handshake_timed_out",
             ConnectionError::TransportError(_) => "transport_error",
             ConnectionError::ApplicationClosed { .. } => "application_closed",

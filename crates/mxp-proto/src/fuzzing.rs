@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::config::{EndpointConfig, TransportConfig};
-use crate::connection::Connection;
+use crate::connection::{Accepted, Connection};
 use crate::crypto::{Keypair, Secret, SessionSecrets};
 use crate::endpoint::Endpoint;
 use crate::message::{Message, MessageDecoder};
@@ -76,15 +76,18 @@ fn server_connection(now: Instant) -> Connection {
     Connection::accepted(
         now,
         config,
-        keys(now),
-        Keypair::from_secret([8; 32]).public(),
-        params,
-        remote,
-        ConnectionId([1; 8]),
-        ConnectionId([2; 8]),
-        Vec::new(),
-        1200,
-        true,
+        Accepted {
+            keys: keys(now),
+            client_key: Keypair::from_secret([8; 32]).public(),
+            client_params: params,
+            remote,
+            local_cid: ConnectionId([1; 8]),
+            remote_cid: ConnectionId([2; 8]),
+            reply: Vec::new(),
+            initial_len: 1200,
+            initiation: 0,
+            address_validated: true,
+        },
     )
 }
 

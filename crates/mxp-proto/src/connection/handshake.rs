@@ -19,6 +19,11 @@ use crate::packet::keys::KeyState;
 use crate::packet::{self, CID_LEN, ConnectionId, Header, RejectReason};
 use crate::transport_params::TransportParams;
 
+/// Identifies an initiation, so a server recognises exact retransmissions.
+pub(crate) fn initiation_digest(noise: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(noise)
+}
+
 /// Longest wait between two copies of the client's Initial.
 const MAX_INITIAL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -56,6 +61,9 @@ pub(crate) enum ServerHello {
     },
     /// Authenticated, and not on the allow-list.
     ClientNotAllowed,
+    /// The initiation's timestamp is outside the server's allowed clock
+    /// skew; the server's clock reads this (ns since the Unix epoch).
+    ClockSkew { server_time_ns: u64 },
 }
 
 impl ServerHello {
@@ -67,6 +75,10 @@ impl ServerHello {
                 params.encode(out);
             }
             ServerHello::ClientNotAllowed => out.push(1),
+            ServerHello::ClockSkew { server_time_ns } => {
+                out.push(2);
+                out.extend_from_slice(&server_time_ns.to_be_bytes());
+            }
         }
     }
 
@@ -79,6 +91,9 @@ impl ServerHello {
                 Some(ServerHello::Accept { cid, params })
             }
             1 => Some(ServerHello::ClientNotAllowed),
+            2 => Some(ServerHello::ClockSkew {
+                server_time_ns: r.u64().ok()?,
+            }),
             _ => None,
         }
     }
@@ -110,6 +125,26 @@ pub(crate) struct ClientHandshake {
     key_rejects: u32,
 }
 
+/// What the endpoint learned from an initiation it accepted, to start the
+/// server side of the connection with.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    pub keys: KeyState,
+    pub client_key: PublicKey,
+    pub client_params: TransportParams,
+    pub remote: SocketAddr,
+    pub local_cid: ConnectionId,
+    pub remote_cid: ConnectionId,
+    /// The Handshake packet answering it.
+    pub reply: Vec<u8>,
+    /// Size of the Initial datagram (the first anti-amplification credit).
+    pub initial_len: usize,
+    /// Digest of the initiation, to recognise the client's retransmissions.
+    pub initiation: u64,
+    /// The client proved its address with a retry token.
+    pub address_validated: bool,
+}
+
 /// Handshake progress.
 #[derive(Debug)]
 pub(crate) enum Handshake {
@@ -121,6 +156,9 @@ pub(crate) enum Handshake {
         reply: Vec<u8>,
         need_send: bool,
         sent_at: Option<Instant>,
+        /// Digest of the client's Noise message 1: only exact copies of it
+        /// count as retransmissions.
+        initiation: u64,
     },
     Done,
 }
@@ -198,40 +236,28 @@ impl Connection {
     }
 
     /// Creates the server side of a connection whose initiation the
-    /// endpoint accepted; `reply` is the Handshake packet to send.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn accepted(
-        now: Instant,
-        config: Arc<TransportConfig>,
-        keys: KeyState,
-        client_key: PublicKey,
-        client_params: TransportParams,
-        remote: SocketAddr,
-        local_cid: ConnectionId,
-        remote_cid: ConnectionId,
-        reply: Vec<u8>,
-        initial_len: usize,
-        address_validated: bool,
-    ) -> Connection {
+    /// endpoint accepted.
+    pub(crate) fn accepted(now: Instant, config: Arc<TransportConfig>, a: Accepted) -> Connection {
         let handshake = Handshake::Server {
-            reply,
+            reply: a.reply,
             need_send: true,
             sent_at: None,
+            initiation: a.initiation,
         };
-        let mut path = Path::new(remote, address_validated);
-        path.received = initial_len as u64;
+        let mut path = Path::new(a.remote, a.address_validated);
+        path.received = a.initial_len as u64;
         let mut conn = Connection::new(
             Side::Server,
             config,
-            local_cid,
-            remote_cid,
+            a.local_cid,
+            a.remote_cid,
             path,
             handshake,
             now,
         );
-        conn.keys = Some(keys);
-        conn.peer_key = Some(client_key);
-        conn.apply_peer_params(client_params);
+        conn.keys = Some(a.keys);
+        conn.peer_key = Some(a.client_key);
+        conn.apply_peer_params(a.client_params);
         conn
     }
 
@@ -247,20 +273,36 @@ impl Connection {
         self.peer_params = Some(params);
     }
 
-    /// A retransmitted Initial reached the server side: the client did not
-    /// get our answer. Resend it (within the amplification budget).
-    pub(crate) fn on_repeated_initial(&mut self, now: Instant, remote: SocketAddr, len: usize) {
-        if remote != self.path.remote {
-            // Same ids from another address: a replay, not the client.
+    /// An Initial with this connection's ids reached the server side: if it
+    /// is the client's retransmission, it did not get our answer, so resend
+    /// it (within the amplification budget). Anything else with these ids
+    /// is dropped and counted, and earns no amplification credit.
+    pub(crate) fn on_repeated_initial(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        len: usize,
+        noise: &[u8],
+    ) {
+        let Handshake::Server {
+            need_send,
+            initiation,
+            ..
+        } = &mut self.handshake
+        else {
+            // The handshake is over: a late copy or a replay.
+            self.stats.dropped_packets += 1;
+            return;
+        };
+        if remote != self.path.remote || initiation_digest(noise) != *initiation {
+            // Another address, or not the same initiation: not the client.
             self.stats.dropped_packets += 1;
             return;
         }
+        *need_send = true;
         self.path.received += len as u64;
         self.stats.packets_received += 1;
         self.stats.bytes_received += len as u64;
-        if let Handshake::Server { need_send, .. } = &mut self.handshake {
-            *need_send = true;
-        }
         self.reset_idle_timer(now);
     }
 
@@ -289,6 +331,7 @@ impl Connection {
                 reply,
                 need_send,
                 sent_at,
+                ..
             } if *need_send => {
                 if (reply.len() as u64) > self.path.budget() {
                     // Anti-amplification: wait for more bytes from the client.
@@ -329,8 +372,12 @@ impl Connection {
             need_send,
             retried,
             key_rejects,
+            unix_time_ns,
+            started,
             ..
         } = &mut **hs;
+        let local_clock_ns =
+            *unix_time_ns + now.saturating_duration_since(*started).as_nanos() as u64;
         match header {
             // The header's copy of the server's id is not authenticated (a
             // flipped bit there must not kill the handshake): the one inside
@@ -373,6 +420,13 @@ impl Connection {
                     Some(ServerHello::ClientNotAllowed) => {
                         info!(conn = %self.local_cid, peer = %self.path.remote, "server refused our client key");
                         self.lost(ConnectionError::ClientNotAllowed);
+                        self.set_drained();
+                    }
+                    Some(ServerHello::ClockSkew { server_time_ns }) => {
+                        let local_ahead_ms =
+                            ((local_clock_ns as i128 - server_time_ns as i128) / 1_000_000) as i64;
+                        info!(conn = %self.local_cid, peer = %self.path.remote, local_ahead_ms, "server refused our handshake timestamp");
+                        self.lost(ConnectionError::ClockSkew { local_ahead_ms });
                         self.set_drained();
                     }
                     _ => {
@@ -594,6 +648,60 @@ mod tests {
                     reason: crate::ConnectionError::VersionMismatch
                 }
             ))
+        );
+    }
+
+    /// Only an exact copy of the client's initiation, from the client's
+    /// address, while the handshake is still open, makes the server resend
+    /// its answer and grants amplification credit.
+    #[test]
+    fn only_exact_repeats_of_the_initiation_count_as_retransmissions() {
+        let now = std::time::Instant::now();
+        let unix = Duration::from_secs(1_767_225_600);
+        let server_keys = Keypair::generate();
+        let server_key = server_keys.public();
+        let mut server = Endpoint::new(EndpointConfig::server(server_keys), now, unix);
+        let mut client = Endpoint::new(EndpointConfig::client(Keypair::generate()), now, unix);
+        let (client_addr, server_addr) =
+            ("10.0.0.2:2".parse().unwrap(), "10.0.0.1:1".parse().unwrap());
+        client.connect(now, server_addr, server_key).unwrap();
+        let mut initial = Vec::new();
+        let t = client.poll_transmit(now, &mut initial).unwrap();
+        initial.truncate(t.size);
+        let Incoming::Accepted(h) = server.handle(now, client_addr, BytesMut::from(&initial[..]))
+        else {
+            panic!("initiation not accepted");
+        };
+        let mut out = Vec::new();
+        assert!(server.poll_transmit(now, &mut out).is_some(), "the answer");
+        let received = |server: &mut Endpoint| server.connection(h).unwrap().stats();
+
+        // A corrupted copy with the same ids: dropped, no credit, no answer.
+        let Ok(Header::Initial { noise, .. }) = packet::parse(&initial) else {
+            panic!("an Initial");
+        };
+        let at = initial
+            .windows(noise.len())
+            .position(|w| w == noise)
+            .unwrap();
+        let mut corrupted = initial.clone();
+        corrupted[at + 5] ^= 1;
+        let before = received(&mut server);
+        server.handle(now, client_addr, BytesMut::from(&corrupted[..]));
+        let after = received(&mut server);
+        assert_eq!(after.packets_received, before.packets_received);
+        assert_eq!(after.dropped_packets, before.dropped_packets + 1);
+        assert!(server.poll_transmit(now, &mut out).is_none());
+
+        // The exact copy: the client lost our answer, so it goes again.
+        server.handle(now, client_addr, BytesMut::from(&initial[..]));
+        assert_eq!(
+            received(&mut server).packets_received,
+            after.packets_received + 1
+        );
+        assert!(
+            server.poll_transmit(now, &mut out).is_some(),
+            "answer resent"
         );
     }
 }

@@ -38,7 +38,7 @@ use crate::transport_params::TransportParams;
 use crate::{Band, Dir, Side, StreamId};
 
 use ack::AckState;
-pub(crate) use handshake::{ClientHello, Handshake, ServerHello};
+pub(crate) use handshake::{Accepted, ClientHello, Handshake, ServerHello, initiation_digest};
 use recovery::Recovery;
 pub use stats::ConnectionStats;
 

@@ -24,8 +24,9 @@ impl Connection {
         let len = datagram.len();
         match packet::parse(&datagram) {
             Ok(Header::Short { .. }) => {}
-            Ok(Header::Initial { .. }) => {
-                self.on_repeated_initial(now, remote, len);
+            Ok(Header::Initial { noise, .. }) => {
+                let noise = noise.to_vec();
+                self.on_repeated_initial(now, remote, len, &noise);
                 return;
             }
             Ok(header) => {

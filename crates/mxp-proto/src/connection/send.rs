@@ -9,9 +9,8 @@ use tracing::debug;
 
 use super::recovery::SentPacket;
 use super::{Connection, State, Timer, Transmit};
-use crate::coding::put_varint;
 use crate::crypto::TAG_LEN;
-use crate::frame::{self, types};
+use crate::frame;
 use crate::packet::{self, MIN_SHORT_LEN, number};
 use crate::scheduler::Flow;
 use crate::{Band, Side};
@@ -178,7 +177,7 @@ impl Connection {
             if urgent && buf.len() > after_ack {
                 // Critical traffic and probes: acknowledge at once, so a
                 // loss is noticed one round trip later, not one ACK delay.
-                put_varint(buf, types::IMMEDIATE_ACK);
+                frame::Frame::ImmediateAck.encode(buf);
             }
         }
         let ack_eliciting = buf.len() > after_ack;
@@ -232,7 +231,7 @@ impl Connection {
             self.pending.path_challenge = false;
         }
         if self.pending.ping && buf.len() < limit {
-            put_varint(buf, types::PING);
+            frame::Frame::Ping.encode(buf);
             self.pending.ping = false;
         }
     }

@@ -14,9 +14,8 @@ use std::collections::{HashMap, VecDeque};
 use bytes::Bytes;
 use thiserror::Error;
 
-use crate::coding::put_varint;
 use crate::error::{TransportError, TransportErrorCode};
-use crate::frame::{self, types};
+use crate::frame::{self, Frame, types};
 use crate::{Band, Dir, Side, StreamId};
 
 pub(crate) use recv::RecvBuffer;
@@ -812,98 +811,107 @@ impl Streams {
         out: &mut Vec<u8>,
         sent: &mut Vec<Record>,
     ) {
-        let start = out.len();
-        let fits = |out: &Vec<u8>, need: usize| out.len() - start + need <= space;
-        const MAX_CONTROL: usize = 1 + 8 + 8 + 8;
-        if self.pending.max_data && fits(out, MAX_CONTROL) {
+        let end = out.len() + space;
+        let mut put = |out: &mut Vec<u8>, frame: Frame, record: Record| -> bool {
+            if out.len() + frame.encoded_len() > end {
+                return false;
+            }
+            frame.encode(out);
+            sent.push(record);
+            true
+        };
+        if self.pending.max_data && put(out, Frame::MaxData(self.recv_max), Record::MaxData) {
             self.pending.max_data = false;
-            put_varint(out, types::MAX_DATA);
-            put_varint(out, self.recv_max);
-            sent.push(Record::MaxData);
             self.stats.window_updates_sent += 1;
         }
-        while fits(out, MAX_CONTROL) {
-            let Some(id) = self.pending.max_stream_data.pop_front() else {
-                break;
-            };
+        while let Some(&id) = self.pending.max_stream_data.front() {
             let stream_window = self.stream_recv_window;
             let Some(recv) = self.map.get_mut(&id).and_then(|s| s.recv.as_mut()) else {
+                self.pending.max_stream_data.pop_front();
                 continue;
             };
-            recv.update_queued = false;
             if recv.buf.final_size().is_some() || recv.stopped {
+                recv.update_queued = false;
+                self.pending.max_stream_data.pop_front();
                 continue;
             }
-            recv.max_data = recv.max_data.max(recv.buf.bytes_read() + stream_window);
-            put_varint(out, types::MAX_STREAM_DATA);
-            put_varint(out, id.0);
-            put_varint(out, recv.max_data);
-            sent.push(Record::MaxStreamData(id));
+            let max = recv.max_data.max(recv.buf.bytes_read() + stream_window);
+            if !put(
+                out,
+                Frame::MaxStreamData { id, max },
+                Record::MaxStreamData(id),
+            ) {
+                break;
+            }
+            recv.max_data = max;
+            recv.update_queued = false;
+            self.pending.max_stream_data.pop_front();
             self.stats.window_updates_sent += 1;
         }
         for dir in Dir::ALL {
             let d = dir_index(dir);
-            if self.pending.max_streams[d] && fits(out, MAX_CONTROL) {
+            let count = self.max_remote[d];
+            if self.pending.max_streams[d]
+                && put(
+                    out,
+                    Frame::MaxStreams { dir, count },
+                    Record::MaxStreams(dir),
+                )
+            {
                 self.pending.max_streams[d] = false;
-                put_varint(out, [types::MAX_STREAMS_BIDI, types::MAX_STREAMS_UNI][d]);
-                put_varint(out, self.max_remote[d]);
-                sent.push(Record::MaxStreams(dir));
             }
             if let Some(limit) = self.pending.streams_blocked[d] {
-                if fits(out, MAX_CONTROL) {
+                if put(
+                    out,
+                    Frame::StreamsBlocked { dir, limit },
+                    Record::StreamsBlocked(dir, limit),
+                ) {
                     self.pending.streams_blocked[d] = None;
-                    put_varint(
-                        out,
-                        [types::STREAMS_BLOCKED_BIDI, types::STREAMS_BLOCKED_UNI][d],
-                    );
-                    put_varint(out, limit);
-                    sent.push(Record::StreamsBlocked(dir, limit));
                 }
             }
         }
         if let Some(limit) = self.pending.data_blocked {
-            if fits(out, MAX_CONTROL) {
+            if put(out, Frame::DataBlocked(limit), Record::DataBlocked(limit)) {
                 self.pending.data_blocked = None;
-                put_varint(out, types::DATA_BLOCKED);
-                put_varint(out, limit);
-                sent.push(Record::DataBlocked(limit));
             }
         }
-        while fits(out, MAX_CONTROL) {
-            let Some((id, limit)) = self.pending.stream_data_blocked.pop_front() else {
+        while let Some(&(id, limit)) = self.pending.stream_data_blocked.front() {
+            if !put(
+                out,
+                Frame::StreamDataBlocked { id, limit },
+                Record::StreamDataBlocked(id, limit),
+            ) {
                 break;
-            };
-            put_varint(out, types::STREAM_DATA_BLOCKED);
-            put_varint(out, id.0);
-            put_varint(out, limit);
-            sent.push(Record::StreamDataBlocked(id, limit));
+            }
+            self.pending.stream_data_blocked.pop_front();
         }
-        while fits(out, MAX_CONTROL) {
-            let Some(id) = self.pending.resets.pop_front() else {
-                break;
-            };
-            let Some(reset) = self
+        while let Some(&id) = self.pending.resets.front() {
+            let reset = self
                 .map
                 .get(&id)
                 .and_then(|s| s.send.as_ref())
-                .and_then(|s| s.reset.as_ref())
-            else {
-                continue;
-            };
-            put_varint(out, types::RESET_STREAM);
-            put_varint(out, id.0);
-            put_varint(out, reset.code);
-            put_varint(out, reset.final_size);
-            sent.push(Record::Reset(id));
+                .and_then(|s| s.reset.as_ref());
+            if let Some(r) = reset {
+                let frame = Frame::ResetStream(frame::ResetStream {
+                    id,
+                    error_code: r.code,
+                    final_size: r.final_size,
+                });
+                if !put(out, frame, Record::Reset(id)) {
+                    break;
+                }
+            }
+            self.pending.resets.pop_front();
         }
-        while fits(out, MAX_CONTROL) {
-            let Some((id, code)) = self.pending.stop_sending.pop_front() else {
+        while let Some(&(id, code)) = self.pending.stop_sending.front() {
+            let frame = Frame::StopSending(frame::StopSending {
+                id,
+                error_code: code,
+            });
+            if !put(out, frame, Record::StopSending(id, code)) {
                 break;
-            };
-            put_varint(out, types::STOP_SENDING);
-            put_varint(out, id.0);
-            put_varint(out, code);
-            sent.push(Record::StopSending(id, code));
+            }
+            self.pending.stop_sending.pop_front();
         }
     }
 
