@@ -25,8 +25,7 @@ impl Connection {
         match packet::parse(&datagram) {
             Ok(Header::Short { .. }) => {}
             Ok(Header::Initial { noise, .. }) => {
-                let noise = noise.to_vec();
-                self.on_repeated_initial(now, remote, len, &noise);
+                self.on_repeated_initial(now, remote, len, noise);
                 return;
             }
             Ok(header) => {
@@ -198,11 +197,7 @@ impl Connection {
             Frame::Ack(ack) => self.on_ack_frame(now, &ack)?,
             Frame::Stream(f) => self.streams.on_stream_frame(f)?,
             Frame::ResetStream(f) => self.streams.on_reset(f)?,
-            Frame::StopSending(f) => {
-                let id = f.id;
-                self.streams.on_stop_sending(f)?;
-                let _ = id;
-            }
+            Frame::StopSending(f) => self.streams.on_stop_sending(f)?,
             Frame::MaxData(max) => self.streams.on_max_data(max),
             Frame::MaxStreamData { id, max } => self.streams.on_max_stream_data(id, max)?,
             Frame::MaxStreams { dir, count } => self.streams.on_max_streams(dir, count),

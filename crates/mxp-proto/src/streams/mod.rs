@@ -712,6 +712,7 @@ impl Streams {
             id: f.id,
             code: f.error_code,
         });
+        // Already reset, or everything acknowledged: nothing to abandon.
         let _ = self.reset(f.id, f.error_code);
         Ok(())
     }
