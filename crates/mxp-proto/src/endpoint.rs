@@ -732,45 +732,23 @@ impl Endpoint {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::crypto::Keypair;
-
-    /// Carries every datagram `from` wants to send to `to`.
-    fn carry(from: &mut Endpoint, from_addr: SocketAddr, to: &mut Endpoint, now: Instant) -> usize {
-        let mut n = 0;
-        let mut buf = Vec::new();
-        while let Some(t) = from.poll_transmit(now, &mut buf) {
-            let datagram = BytesMut::from(&buf[buf.len() - t.size..]);
-            to.handle(now, from_addr, datagram);
-            buf.clear();
-            n += 1;
-        }
-        n
-    }
+    use crate::test_support::Pair;
 
     #[test]
     fn both_ends_count_a_completed_handshake() {
-        let now = Instant::now();
-        let unix = Duration::from_secs(1_767_225_600);
-        let server_keys = Keypair::generate();
-        let server_key = server_keys.public();
-        let mut server = Endpoint::new(EndpointConfig::server(server_keys), now, unix);
-        let mut client = Endpoint::new(EndpointConfig::client(Keypair::generate()), now, unix);
-        let (client_addr, server_addr) =
-            ("10.0.0.2:2".parse().unwrap(), "10.0.0.1:1".parse().unwrap());
-        client.connect(now, server_addr, server_key).unwrap();
-        assert_eq!(carry(&mut client, client_addr, &mut server, now), 1);
-        assert_eq!(server.stats().handshakes_accepted, 1);
+        let mut p = Pair::new();
+        assert_eq!(p.client_to_server(), 1);
+        assert_eq!(p.server.stats().handshakes_accepted, 1);
         assert_eq!(
-            client.stats().handshakes_accepted,
+            p.client.stats().handshakes_accepted,
             0,
             "not before the answer"
         );
-        assert_eq!(carry(&mut server, server_addr, &mut client, now), 1);
-        assert_eq!(client.stats().handshakes_accepted, 1);
+        assert_eq!(p.server_to_client(), 1);
+        assert_eq!(p.client.stats().handshakes_accepted, 1);
         // Later packets do not count it again.
-        carry(&mut client, client_addr, &mut server, now);
-        carry(&mut server, server_addr, &mut client, now);
-        assert_eq!(client.stats().handshakes_accepted, 1);
+        p.client_to_server();
+        p.server_to_client();
+        assert_eq!(p.client.stats().handshakes_accepted, 1);
     }
 }

@@ -24,6 +24,8 @@ pub mod replay;
 mod scheduler;
 mod stream_id;
 mod streams;
+#[cfg(test)]
+mod test_support;
 pub mod transport_params;
 
 pub use config::{EndpointConfig, RetryPolicy, ServerConfig, TransportConfig};

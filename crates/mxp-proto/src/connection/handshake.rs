@@ -534,34 +534,23 @@ impl Connection {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use bytes::BytesMut;
 
     use crate::packet::{self, Header};
-    use crate::{Endpoint, EndpointConfig, Event, Incoming, Keypair};
+    use crate::test_support::Pair;
+    use crate::{ConnectionError, Event, Incoming};
 
     /// The server's id in a Handshake packet's header is outside Noise's
     /// authentication; a bit flipped there must not fail the handshake.
     #[test]
     fn corrupted_server_id_in_the_handshake_header_does_not_fail_the_handshake() {
-        let now = std::time::Instant::now();
-        let unix = Duration::from_secs(1_767_225_600);
-        let server_keys = Keypair::generate();
-        let server_key = server_keys.public();
-        let mut server = Endpoint::new(EndpointConfig::server(server_keys), now, unix);
-        let mut client = Endpoint::new(EndpointConfig::client(Keypair::generate()), now, unix);
-        let (client_addr, server_addr) =
-            ("10.0.0.2:2".parse().unwrap(), "10.0.0.1:1".parse().unwrap());
-        let h = client.connect(now, server_addr, server_key).unwrap();
-
-        let mut buf = Vec::new();
-        let t = client.poll_transmit(now, &mut buf).unwrap();
-        let accepted = server.handle(now, client_addr, BytesMut::from(&buf[..t.size]));
+        let mut p = Pair::new();
+        let initial = p.client_datagram();
+        let accepted = p
+            .server
+            .handle(p.now, p.client_addr, BytesMut::from(&initial[..]));
         assert!(matches!(accepted, Incoming::Accepted(_)));
-        let mut answer = Vec::new();
-        let t = server.poll_transmit(now, &mut answer).unwrap();
-        answer.truncate(t.size);
+        let answer = p.server_datagram();
         let Ok(Header::Handshake { scid, .. }) = packet::parse(&answer) else {
             panic!("expected a Handshake packet");
         };
@@ -572,24 +561,46 @@ mod tests {
         let mut corrupted = answer.clone();
         corrupted[at] ^= 0x10;
 
-        assert!(matches!(
-            client.handle(now, server_addr, BytesMut::from(&corrupted[..])),
-            Incoming::Routed(_)
-        ));
-        assert_eq!(client.poll_event(), Some((h, Event::Connected)));
-        let conn = client.connection(h).unwrap();
+        let routed = p
+            .client
+            .handle(p.now, p.server_addr, BytesMut::from(&corrupted[..]));
+        assert!(matches!(routed, Incoming::Routed(_)));
+        assert_eq!(p.client.poll_event(), Some((p.conn, Event::Connected)));
+        let conn = p.client.connection(p.conn).unwrap();
         assert_eq!(conn.remote_cid, scid, "the authenticated id is used");
 
         // The server recognises the client's packets.
-        buf.clear();
-        let t = client.poll_transmit(now, &mut buf).unwrap();
-        let routed = server.handle(now, client_addr, BytesMut::from(&buf[..t.size]));
+        let proof = p.client_datagram();
+        let routed = p
+            .server
+            .handle(p.now, p.client_addr, BytesMut::from(&proof[..]));
         assert!(matches!(routed, Incoming::Routed(_)), "{routed:?}");
         assert!(
-            server
+            p.server
                 .poll_event()
                 .is_some_and(|(_, e)| e == Event::Connected)
         );
+    }
+
+    /// Carries the client's next Initial to the server, spoiling its version
+    /// if asked, and the server's answer back twice, as a duplicating
+    /// network would.
+    fn exchange(p: &mut Pair, spoil: bool) -> Incoming {
+        let mut initial = p.client_datagram();
+        if spoil {
+            let version = packet::VERSION.to_be_bytes();
+            let at = initial.windows(4).position(|w| w == version).unwrap();
+            initial[at + 3] ^= 0x01;
+        }
+        let outcome = p
+            .server
+            .handle(p.now, p.client_addr, BytesMut::from(&initial[..]));
+        let answer = p.server_datagram();
+        for _ in 0..2 {
+            p.client
+                .handle(p.now, p.server_addr, BytesMut::from(&answer[..]));
+        }
+        outcome
     }
 
     /// A bit flipped in the Initial's version field makes the server answer
@@ -598,57 +609,19 @@ mod tests {
     /// and still gives up on a real mismatch (two Initials refused).
     #[test]
     fn one_version_refusal_is_retried_and_a_second_is_believed() {
-        let now = std::time::Instant::now();
-        let unix = Duration::from_secs(1_767_225_600);
-        let server_keys = Keypair::generate();
-        let server_key = server_keys.public();
-        let mut server = Endpoint::new(EndpointConfig::server(server_keys), now, unix);
-        let client_addr = "10.0.0.2:2".parse().unwrap();
-        let server_addr = "10.0.0.1:1".parse().unwrap();
-        let version = packet::VERSION.to_be_bytes();
+        let mut p = Pair::new();
+        assert!(matches!(exchange(&mut p, true), Incoming::Answered(_)));
+        assert_eq!(p.client.poll_event(), None, "one refusal is not believed");
+        assert!(matches!(exchange(&mut p, false), Incoming::Accepted(_)));
+        assert_eq!(p.client.poll_event(), Some((p.conn, Event::Connected)));
 
-        // Carries the client's next Initial to the server, spoiling its
-        // version if asked, and the server's answer back (twice, as a
-        // duplicating network would).
-        let mut exchange = |client: &mut Endpoint, spoil: bool| {
-            let mut initial = Vec::new();
-            let t = client.poll_transmit(now, &mut initial).expect("an Initial");
-            initial.truncate(t.size);
-            if spoil {
-                let at = initial.windows(4).position(|w| w == version).unwrap();
-                initial[at + 3] ^= 0x01;
-            }
-            let outcome = server.handle(now, client_addr, BytesMut::from(&initial[..]));
-            let mut answer = Vec::new();
-            let t = server.poll_transmit(now, &mut answer).expect("an answer");
-            client.handle(now, server_addr, BytesMut::from(&answer[..t.size]));
-            client.handle(now, server_addr, BytesMut::from(&answer[..t.size]));
-            outcome
+        let mut p = Pair::new();
+        exchange(&mut p, true);
+        exchange(&mut p, true);
+        let lost = Event::ConnectionLost {
+            reason: ConnectionError::VersionMismatch,
         };
-
-        let mut client = Endpoint::new(EndpointConfig::client(Keypair::generate()), now, unix);
-        let h = client.connect(now, server_addr, server_key).unwrap();
-        assert!(matches!(exchange(&mut client, true), Incoming::Answered(_)));
-        assert_eq!(client.poll_event(), None, "one refusal is not believed");
-        assert!(matches!(
-            exchange(&mut client, false),
-            Incoming::Accepted(_)
-        ));
-        assert_eq!(client.poll_event(), Some((h, Event::Connected)));
-
-        let mut client = Endpoint::new(EndpointConfig::client(Keypair::generate()), now, unix);
-        let h = client.connect(now, server_addr, server_key).unwrap();
-        exchange(&mut client, true);
-        exchange(&mut client, true);
-        assert_eq!(
-            client.poll_event(),
-            Some((
-                h,
-                Event::ConnectionLost {
-                    reason: crate::ConnectionError::VersionMismatch
-                }
-            ))
-        );
+        assert_eq!(p.client.poll_event(), Some((p.conn, lost)));
     }
 
     /// Only an exact copy of the client's initiation, from the client's
@@ -656,25 +629,16 @@ mod tests {
     /// its answer and grants amplification credit.
     #[test]
     fn only_exact_repeats_of_the_initiation_count_as_retransmissions() {
-        let now = std::time::Instant::now();
-        let unix = Duration::from_secs(1_767_225_600);
-        let server_keys = Keypair::generate();
-        let server_key = server_keys.public();
-        let mut server = Endpoint::new(EndpointConfig::server(server_keys), now, unix);
-        let mut client = Endpoint::new(EndpointConfig::client(Keypair::generate()), now, unix);
-        let (client_addr, server_addr) =
-            ("10.0.0.2:2".parse().unwrap(), "10.0.0.1:1".parse().unwrap());
-        client.connect(now, server_addr, server_key).unwrap();
-        let mut initial = Vec::new();
-        let t = client.poll_transmit(now, &mut initial).unwrap();
-        initial.truncate(t.size);
-        let Incoming::Accepted(h) = server.handle(now, client_addr, BytesMut::from(&initial[..]))
+        let mut p = Pair::new();
+        let initial = p.client_datagram();
+        let Incoming::Accepted(h) =
+            p.server
+                .handle(p.now, p.client_addr, BytesMut::from(&initial[..]))
         else {
             panic!("initiation not accepted");
         };
-        let mut out = Vec::new();
-        assert!(server.poll_transmit(now, &mut out).is_some(), "the answer");
-        let received = |server: &mut Endpoint| server.connection(h).unwrap().stats();
+        p.server_datagram(); // the answer, lost
+        let received = |p: &mut Pair| p.server.connection(h).unwrap().stats();
 
         // A corrupted copy with the same ids: dropped, no credit, no answer.
         let Ok(Header::Initial { noise, .. }) = packet::parse(&initial) else {
@@ -686,22 +650,21 @@ mod tests {
             .unwrap();
         let mut corrupted = initial.clone();
         corrupted[at + 5] ^= 1;
-        let before = received(&mut server);
-        server.handle(now, client_addr, BytesMut::from(&corrupted[..]));
-        let after = received(&mut server);
+        let before = received(&mut p);
+        p.server
+            .handle(p.now, p.client_addr, BytesMut::from(&corrupted[..]));
+        let after = received(&mut p);
         assert_eq!(after.packets_received, before.packets_received);
         assert_eq!(after.dropped_packets, before.dropped_packets + 1);
-        assert!(server.poll_transmit(now, &mut out).is_none());
+        assert_eq!(p.server_to_client(), 0, "no answer to a forgery");
 
         // The exact copy: the client lost our answer, so it goes again.
-        server.handle(now, client_addr, BytesMut::from(&initial[..]));
+        p.server
+            .handle(p.now, p.client_addr, BytesMut::from(&initial[..]));
         assert_eq!(
-            received(&mut server).packets_received,
+            received(&mut p).packets_received,
             after.packets_received + 1
         );
-        assert!(
-            server.poll_transmit(now, &mut out).is_some(),
-            "answer resent"
-        );
+        assert_eq!(p.server_to_client(), 1, "answer resent");
     }
 }

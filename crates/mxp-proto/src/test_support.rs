@@ -1,0 +1,94 @@
+//! Unit-test support: a client and a server endpoint in memory, connected
+//! by hand, for tests that need to look at single datagrams.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use crate::{ConnectionHandle, Endpoint, EndpointConfig, Keypair};
+
+/// A server and a client endpoint; the client has started connecting.
+pub(crate) struct Pair {
+    pub now: Instant,
+    pub server: Endpoint,
+    pub client: Endpoint,
+    pub server_addr: SocketAddr,
+    pub client_addr: SocketAddr,
+    /// The client's connection.
+    pub conn: ConnectionHandle,
+}
+
+impl Pair {
+    pub fn new() -> Pair {
+        let now = Instant::now();
+        let unix = Duration::from_secs(1_767_225_600);
+        let server_keys = Keypair::generate();
+        let server_key = server_keys.public();
+        let server = Endpoint::new(EndpointConfig::server(server_keys), now, unix);
+        let mut client = Endpoint::new(EndpointConfig::client(Keypair::generate()), now, unix);
+        let server_addr: SocketAddr = "10.0.0.1:1".parse().expect("literal");
+        let client_addr: SocketAddr = "10.0.0.2:2".parse().expect("literal");
+        let conn = client
+            .connect(now, server_addr, server_key)
+            .expect("handshake starts");
+        Pair {
+            now,
+            server,
+            client,
+            server_addr,
+            client_addr,
+            conn,
+        }
+    }
+
+    /// The next datagram the client sends.
+    pub fn client_datagram(&mut self) -> Vec<u8> {
+        next_datagram(&mut self.client, self.now)
+    }
+
+    /// The next datagram the server sends.
+    pub fn server_datagram(&mut self) -> Vec<u8> {
+        next_datagram(&mut self.server, self.now)
+    }
+
+    /// Delivers everything the client wants to send; returns how many.
+    pub fn client_to_server(&mut self) -> usize {
+        carry(
+            &mut self.client,
+            self.client_addr,
+            &mut self.server,
+            self.now,
+        )
+    }
+
+    /// Delivers everything the server wants to send; returns how many.
+    pub fn server_to_client(&mut self) -> usize {
+        carry(
+            &mut self.server,
+            self.server_addr,
+            &mut self.client,
+            self.now,
+        )
+    }
+}
+
+fn next_datagram(from: &mut Endpoint, now: Instant) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let t = from
+        .poll_transmit(now, &mut buf)
+        .expect("a datagram to send");
+    buf.truncate(t.size);
+    buf
+}
+
+fn carry(from: &mut Endpoint, from_addr: SocketAddr, to: &mut Endpoint, now: Instant) -> usize {
+    let mut n = 0;
+    let mut buf = Vec::new();
+    while let Some(t) = from.poll_transmit(now, &mut buf) {
+        to.handle(now, from_addr, BytesMut::from(&buf[buf.len() - t.size..]));
+        buf.clear();
+        n += 1;
+    }
+    n
+}
