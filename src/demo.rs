@@ -20,8 +20,8 @@ pub struct Options {
     /// Seed of the simulated network's randomness.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Fraction of datagrams lost on each direction.
-    #[arg(long, default_value_t = 0.01)]
+    /// Fraction of datagrams lost on each direction, in [0, 1).
+    #[arg(long, default_value_t = 0.01, value_parser = crate::parse_fraction)]
     pub loss: f64,
     /// One-way delay.
     #[arg(long, default_value = "50us", value_parser = crate::parse_duration)]

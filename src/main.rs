@@ -48,6 +48,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// Parses a probability in `[0, 1)`, such as a loss rate.
+pub(crate) fn parse_fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a number: {s:?}"))?;
+    if (0.0..1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("must be at least 0 and below 1, got {v}"))
+    }
+}
+
 /// Parses durations like `50us`, `2ms`, `1s`.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -77,5 +90,13 @@ mod tests {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn fractions_are_bounded() {
+        assert_eq!(parse_fraction("0.05"), Ok(0.05));
+        assert!(parse_fraction("1").is_err());
+        assert!(parse_fraction("-0.1").is_err());
+        assert!(parse_fraction("lots").is_err());
     }
 }

@@ -310,12 +310,10 @@ impl Connection {
         self.on_packets_lost(lost);
         if let Some(records) = probe {
             self.stats.probes += 1;
-            if records.is_empty() {
-                self.pending.ping = true;
-            } else {
-                self.requeue(&records);
-            }
-            if !self.scheduler_has_work() {
+            self.requeue(&records);
+            // An unanswered path challenge may be what was lost.
+            self.pending.path_challenge |= self.path.challenge.is_some();
+            if !self.scheduler_has_work() && !self.pending.path_challenge {
                 self.pending.ping = true;
             }
         }
