@@ -2,3 +2,6 @@
 
 pub use mxp_proto as proto;
 pub use mxp_sim as sim;
+
+pub mod relay;
+mod timer;

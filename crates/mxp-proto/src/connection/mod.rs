@@ -327,6 +327,17 @@ impl Connection {
         Ok(n)
     }
 
+    /// Like [`write`](Self::write), copying from a slice (small writes are
+    /// coalesced without allocating).
+    pub fn write_slice(&mut self, id: StreamId, data: &[u8]) -> Result<usize, WriteError> {
+        if self.is_closed() {
+            return Err(WriteError::ClosedStream);
+        }
+        let n = self.streams.write_slice(id, data)?;
+        self.schedule_stream(id);
+        Ok(n)
+    }
+
     /// Bytes that [`write`](Self::write) would accept on `id` right now.
     pub fn write_credit(&self, id: StreamId) -> u64 {
         self.streams.write_credit(id)

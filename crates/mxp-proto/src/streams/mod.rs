@@ -391,8 +391,37 @@ impl Streams {
         }
     }
 
-    /// Accepts as much of `data` as flow control allows.
+    /// Accepts as much of `data` as flow control allows, keeping the bytes
+    /// it accepts (split off the front of `data`) without copying them.
     pub fn write(&mut self, id: StreamId, data: &mut Bytes) -> Result<usize, WriteError> {
+        let n = self.accept_bytes(id, data.len())?;
+        if n > 0 {
+            self.send_half(id)?.buf.write(data.split_to(n));
+        }
+        Ok(n)
+    }
+
+    /// Like [`write`](Self::write), copying from a slice: small writes go
+    /// straight into the stream's coalescing buffer, with no allocation.
+    pub fn write_slice(&mut self, id: StreamId, data: &[u8]) -> Result<usize, WriteError> {
+        let n = self.accept_bytes(id, data.len())?;
+        if n > 0 {
+            self.send_half(id)?.buf.write_slice(&data[..n]);
+        }
+        Ok(n)
+    }
+
+    fn send_half(&mut self, id: StreamId) -> Result<&mut SendHalf, WriteError> {
+        self.map
+            .get_mut(&id)
+            .and_then(|s| s.send.as_mut())
+            .ok_or(WriteError::ClosedStream)
+    }
+
+    /// How many of `len` bytes flow control lets the application write on
+    /// `id` now; charges them to both windows and, when the answer falls
+    /// short, records who is blocked so a `Writable` event follows.
+    fn accept_bytes(&mut self, id: StreamId, len: usize) -> Result<usize, WriteError> {
         let conn_credit = self.send_max - self.send_written;
         let s = self.map.get_mut(&id).ok_or(WriteError::ClosedStream)?;
         let send = s.send.as_mut().ok_or(WriteError::ClosedStream)?;
@@ -403,8 +432,8 @@ impl Streams {
             return Err(WriteError::ClosedStream);
         }
         let stream_credit = send.max_data - send.buf.end();
-        let n = (data.len() as u64).min(stream_credit).min(conn_credit) as usize;
-        if n < data.len() {
+        let n = (len as u64).min(stream_credit).min(conn_credit) as usize;
+        if n < len {
             self.stats.blocked_events += 1;
             if stream_credit <= conn_credit {
                 send.wants_writable = true;
@@ -424,14 +453,9 @@ impl Streams {
                 }
             }
         }
-        if n == 0 {
-            return if data.is_empty() {
-                Ok(0)
-            } else {
-                Err(WriteError::Blocked)
-            };
+        if n == 0 && len > 0 {
+            return Err(WriteError::Blocked);
         }
-        send.buf.write(data.split_to(n));
         self.send_written += n as u64;
         self.stats.send_credit_consumed += n as u64;
         Ok(n)

@@ -51,6 +51,20 @@ impl SendBuffer {
         }
     }
 
+    /// Appends application data from a slice: small writes are copied into
+    /// the coalescing tail, larger ones into a chunk of their own.
+    pub fn write_slice(&mut self, data: &[u8]) {
+        if data.len() < COALESCE_BELOW {
+            self.end += data.len() as u64;
+            self.tail.extend_from_slice(data);
+            if self.tail.len() >= TAIL_CHUNK {
+                self.seal_tail();
+            }
+        } else {
+            self.write(Bytes::copy_from_slice(data));
+        }
+    }
+
     fn seal_tail(&mut self) {
         if !self.tail.is_empty() {
             let chunk = self.tail.split().freeze();

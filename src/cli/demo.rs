@@ -21,13 +21,13 @@ pub struct Options {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Fraction of datagrams lost on each direction, in [0, 1).
-    #[arg(long, default_value_t = 0.01, value_parser = crate::parse_fraction)]
+    #[arg(long, default_value_t = 0.01, value_parser = crate::cli::parse_fraction)]
     pub loss: f64,
     /// One-way delay.
-    #[arg(long, default_value = "50us", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "50us", value_parser = crate::cli::parse_duration)]
     pub delay: Duration,
     /// Extra random delay per datagram, up to this much.
-    #[arg(long, default_value = "10us", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "10us", value_parser = crate::cli::parse_duration)]
     pub jitter: Duration,
     /// Calls to make (each on its own stream, Critical band).
     #[arg(long, default_value_t = 2000)]
