@@ -10,10 +10,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::HANDSHAKE;
 use bytes::BytesMut;
 use slab::Slab;
 use thiserror::Error;
-use tracing::{debug, info, trace};
+use tracing::{debug, trace};
 
 use crate::config::{EndpointConfig, RetryPolicy, ServerConfig};
 use crate::connection::{
@@ -323,7 +324,7 @@ impl Endpoint {
         )?;
         let handle = ConnectionHandle(self.connections.insert(conn));
         self.by_cid.insert(local_cid, handle);
-        debug!(conn = %local_cid, peer = %remote, "connecting");
+        debug!(target: HANDSHAKE, conn = %local_cid, peer = %remote, "connecting");
         Ok(handle)
     }
 
@@ -511,21 +512,24 @@ impl Endpoint {
         }
         // Only now is the Diffie-Hellman work spent.
         let prologue = packet::handshake_prologue(dcid, scid);
-        let (responder, client_key, payload) =
-            match Responder::read(&self.config.keypair, &prologue, noise) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.stats.handshake_decrypt_failures += 1;
-                    debug!(peer = %remote, error = %e, "initiation did not decrypt");
-                    if e == HandshakeError::Decrypt {
-                        let mut out = Vec::new();
-                        packet::write_reject(scid, dcid, RejectReason::ServerKeyMismatch, &mut out);
-                        self.answer(remote, out, len);
-                        return Incoming::Answered(Refusal::HandshakeFailed(e));
-                    }
-                    return Incoming::Dropped(Refusal::HandshakeFailed(e));
+        let (responder, client_key, payload) = match Responder::read(
+            &self.config.keypair,
+            &prologue,
+            noise,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                self.stats.handshake_decrypt_failures += 1;
+                debug!(target: HANDSHAKE, peer = %remote, error = %e, "initiation did not decrypt");
+                if e == HandshakeError::Decrypt {
+                    let mut out = Vec::new();
+                    packet::write_reject(scid, dcid, RejectReason::ServerKeyMismatch, &mut out);
+                    self.answer(remote, out, len);
+                    return Incoming::Answered(Refusal::HandshakeFailed(e));
                 }
-            };
+                return Incoming::Dropped(Refusal::HandshakeFailed(e));
+            }
+        };
         let Some(hello) = ClientHello::decode(&payload) else {
             self.stats.malformed += 1;
             return Incoming::Dropped(Refusal::Malformed(PacketError::Malformed));
@@ -551,7 +555,7 @@ impl Endpoint {
             .is_none_or(|list| list.contains(&client_key));
         if !allowed {
             self.stats.clients_refused += 1;
-            info!(peer = %remote, client = %client_key, "client key not on the allow-list");
+            debug!(target: HANDSHAKE, peer = %remote, client = %client_key, "client key not on the allow-list");
             self.refuse(remote, scid, responder, ServerHello::ClientNotAllowed, len);
             return Incoming::Answered(Refusal::ClientNotAllowed);
         }
@@ -582,7 +586,7 @@ impl Endpoint {
         if timestamp.abs_diff(now_ns) > skew {
             self.stats.stale_initiations += 1;
             let offset_ms = (timestamp as i128 - now_ns as i128) / 1_000_000;
-            info!(client = %client, offset_ms, "handshake timestamp outside the allowed clock skew");
+            debug!(target: HANDSHAKE, client = %client, offset_ms, "handshake timestamp outside the allowed clock skew");
             return Err(Refusal::StaleInitiation);
         }
         if server
@@ -591,7 +595,7 @@ impl Endpoint {
             .is_some_and(|&last| timestamp <= last)
         {
             self.stats.replayed_initiations += 1;
-            info!(client = %client, "replayed handshake initiation refused");
+            debug!(target: HANDSHAKE, client = %client, "replayed handshake initiation refused");
             return Err(Refusal::ReplayedInitiation);
         }
         server.timestamps.insert(client, timestamp);
@@ -656,7 +660,7 @@ impl Endpoint {
             server.unconfirmed.insert(h);
         }
         self.stats.handshakes_accepted += 1;
-        info!(conn = %local_cid, peer = %remote, client = %client_key, "handshake accepted");
+        debug!(target: HANDSHAKE, conn = %local_cid, peer = %remote, client = %client_key, "handshake accepted");
         Incoming::Accepted(h)
     }
 

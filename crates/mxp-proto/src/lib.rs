@@ -28,6 +28,11 @@ mod streams;
 mod test_support;
 pub mod transport_params;
 
+/// Tracing target of every handshake event (initiations, refusals,
+/// retries, completion), so one filter directive
+/// (`mxp_proto::handshake=debug`) turns them all up.
+pub const HANDSHAKE: &str = "mxp_proto::handshake";
+
 pub use config::{EndpointConfig, RetryPolicy, ServerConfig, TransportConfig};
 pub use connection::{Connection, ConnectionStats, Event, Transmit};
 pub use crypto::{HandshakeError, Keypair, PublicKey};

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::HANDSHAKE;
 use tracing::{debug, info};
 
 use super::{Connection, Path, Timer};
@@ -351,7 +352,7 @@ impl Connection {
     /// The client's handshake retransmission timer fired.
     pub(super) fn on_handshake_timeout(&mut self) {
         if let Handshake::Client(hs) = &mut self.handshake {
-            debug!(conn = %self.local_cid, "retransmitting Initial");
+            debug!(target: HANDSHAKE, conn = %self.local_cid, "retransmitting Initial");
             hs.need_send = true;
         }
     }
@@ -394,7 +395,7 @@ impl Connection {
                     Ok(done) => done,
                     Err(e) => {
                         // Corrupted or forged: keep waiting for the real one.
-                        debug!(conn = %self.local_cid, error = %e, "bad handshake answer");
+                        debug!(target: HANDSHAKE, conn = %self.local_cid, error = %e, "bad handshake answer");
                         self.stats.decrypt_failures += 1;
                         self.restart_handshake(now);
                         return;
@@ -418,14 +419,14 @@ impl Connection {
                         self.on_established(now);
                     }
                     Some(ServerHello::ClientNotAllowed) => {
-                        info!(conn = %self.local_cid, peer = %self.path.remote, "server refused our client key");
+                        info!(target: HANDSHAKE, conn = %self.local_cid, peer = %self.path.remote, "server refused our client key");
                         self.lost(ConnectionError::ClientNotAllowed);
                         self.set_drained();
                     }
                     Some(ServerHello::ClockSkew { server_time_ns }) => {
                         let local_ahead_ms =
                             ((local_clock_ns as i128 - server_time_ns as i128) / 1_000_000) as i64;
-                        info!(conn = %self.local_cid, peer = %self.path.remote, local_ahead_ms, "server refused our handshake timestamp");
+                        info!(target: HANDSHAKE, conn = %self.local_cid, peer = %self.path.remote, local_ahead_ms, "server refused our handshake timestamp");
                         self.lost(ConnectionError::ClockSkew { local_ahead_ms });
                         self.set_drained();
                     }
@@ -445,7 +446,7 @@ impl Connection {
                     self.stats.dropped_packets += 1;
                     return;
                 }
-                debug!(conn = %self.local_cid, "server asked for address validation");
+                debug!(target: HANDSHAKE, conn = %self.local_cid, "server asked for address validation");
                 *retried = true;
                 packet.clear();
                 packet::write_initial(*initial_dcid, self.local_cid, token, noise, packet);
@@ -469,12 +470,12 @@ impl Connection {
                 }
                 match reason {
                     RejectReason::VersionMismatch => {
-                        info!(conn = %self.local_cid, peer = %self.path.remote, "server does not speak our version");
+                        info!(target: HANDSHAKE, conn = %self.local_cid, peer = %self.path.remote, "server does not speak our version");
                         self.lost(ConnectionError::VersionMismatch);
                         self.set_drained();
                     }
                     RejectReason::ServerKeyMismatch => {
-                        info!(conn = %self.local_cid, peer = %self.path.remote, "server could not decrypt our handshake: wrong server key");
+                        info!(target: HANDSHAKE, conn = %self.local_cid, peer = %self.path.remote, "server could not decrypt our handshake: wrong server key");
                         self.lost(ConnectionError::ServerKeyMismatch);
                         self.set_drained();
                     }
@@ -526,7 +527,7 @@ impl Connection {
                 self.remote_cid = dcid;
             }
             Err(e) => {
-                debug!(conn = %self.local_cid, error = %e, "cannot restart handshake");
+                debug!(target: HANDSHAKE, conn = %self.local_cid, error = %e, "cannot restart handshake");
             }
         }
     }

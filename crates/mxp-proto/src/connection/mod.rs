@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::HANDSHAKE;
 use bytes::Bytes;
 use tracing::{debug, info};
 
@@ -563,7 +564,7 @@ impl Connection {
                 Timer::Close => self.set_drained(),
                 Timer::Handshake => {
                     if self.state == State::Handshake {
-                        info!(conn = %self.local_cid, peer = %self.path.remote, "handshake timed out");
+                        info!(target: HANDSHAKE, conn = %self.local_cid, peer = %self.path.remote, "handshake timed out");
                         self.lost(ConnectionError::HandshakeTimedOut);
                         self.set_drained();
                     }
