@@ -3,5 +3,15 @@
 pub use mxp_proto as proto;
 pub use mxp_sim as sim;
 
+mod connection;
+mod driver;
+pub mod echo;
+mod endpoint;
 pub mod relay;
+mod streams;
 mod timer;
+mod udp;
+
+pub use connection::{CallError, Connection, SendDatagramError};
+pub use endpoint::{ConnectError, Endpoint};
+pub use streams::{ReadError, RecvStream, SendStream, WriteError};

@@ -1,0 +1,294 @@
+//! The endpoint driver: one tokio task per endpoint owns the socket and
+//! runs the protocol core for every connection on it.
+//!
+//! Application handles (connections, streams) share the core with the
+//! driver through one mutex: they call into it directly (a write is a
+//! function call, not a message to another task) and nudge the driver to
+//! transmit. The driver receives in batches, runs timers with microsecond
+//! precision, turns core events into task wake-ups, and sends in GSO
+//! batches.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::Instant;
+
+use mxp_proto::{
+    ConnectionError, ConnectionHandle, Dir, Endpoint as ProtoEndpoint, Event, StreamEvent, StreamId,
+};
+use tokio::sync::Notify;
+use tracing::{debug, warn};
+
+use crate::timer::Timer;
+use crate::udp::{RecvBuffers, Socket, TxQueue};
+
+/// Bytes gathered for sending before the driver hands them to the kernel
+/// (and takes another look at the socket and timers).
+const TX_BUDGET: usize = 256 * 1024;
+/// Receive batches processed before the driver also sends.
+const RX_BATCHES: usize = 8;
+
+/// What the driver and the application handles share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    wake: Notify,
+    pub local_addr: SocketAddr,
+}
+
+impl Shared {
+    pub fn new(proto: ProtoEndpoint, local_addr: SocketAddr) -> Shared {
+        Shared {
+            state: Mutex::new(State {
+                proto,
+                conns: HashMap::new(),
+                incoming: VecDeque::new(),
+                accept_wakers: Vec::new(),
+                endpoint_handles: 1,
+                accepting: true,
+                idle_wakers: Vec::new(),
+            }),
+            wake: Notify::new(),
+            local_addr,
+        }
+    }
+
+    /// Locks the state. A panic elsewhere while holding it leaves the
+    /// protocol state consistent (every operation on it is a plain function
+    /// call), so a poisoned lock is taken over rather than propagated.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells the driver there may be something to send.
+    pub fn wake_driver(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Tasks waiting on one connection.
+#[derive(Debug, Default)]
+pub(crate) struct Wakers {
+    pub connect: Option<Waker>,
+    pub readers: HashMap<StreamId, Waker>,
+    pub writers: HashMap<StreamId, Waker>,
+    pub accept: [Vec<Waker>; 2],
+    pub open: [Vec<Waker>; 2],
+    pub datagram: Vec<Waker>,
+    pub closed: Vec<Waker>,
+}
+
+impl Wakers {
+    fn wake_all(&mut self) {
+        self.connect.take().into_iter().for_each(Waker::wake);
+        self.readers.drain().for_each(|(_, w)| w.wake());
+        self.writers.drain().for_each(|(_, w)| w.wake());
+        for list in self
+            .accept
+            .iter_mut()
+            .chain(self.open.iter_mut())
+            .chain([&mut self.datagram, &mut self.closed])
+        {
+            list.drain(..).for_each(Waker::wake);
+        }
+    }
+}
+
+/// What the runtime tracks per connection beyond the core's state.
+#[derive(Debug, Default)]
+pub(crate) struct ConnState {
+    pub connected: bool,
+    pub error: Option<ConnectionError>,
+    /// The core has forgotten the connection.
+    pub drained: bool,
+    /// No application handle refers to it any more.
+    pub detached: bool,
+    pub wakers: Wakers,
+}
+
+/// The state behind the mutex.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub proto: ProtoEndpoint,
+    pub conns: HashMap<ConnectionHandle, ConnState>,
+    /// Accepted connections not yet handed to `Endpoint::accept`.
+    pub incoming: VecDeque<ConnectionHandle>,
+    pub accept_wakers: Vec<Waker>,
+    /// Live `Endpoint` handles; the driver stops when none are left and
+    /// every connection has drained.
+    pub endpoint_handles: usize,
+    /// Whether new connections are accepted.
+    pub accepting: bool,
+    pub idle_wakers: Vec<Waker>,
+}
+
+impl State {
+    /// Turns the core's events into wake-ups.
+    pub fn dispatch(&mut self) {
+        while let Some((h, event)) = self.proto.poll_event() {
+            if event == Event::Connected && !self.conns.contains_key(&h) {
+                // A new server-side connection.
+                if self.accepting {
+                    self.conns.insert(h, ConnState::default());
+                    self.incoming.push_back(h);
+                    self.accept_wakers.drain(..).for_each(Waker::wake);
+                } else if let Some(c) = self.proto.connection(h) {
+                    c.close(Instant::now(), 0, &b"not accepting connections"[..]);
+                    continue;
+                }
+            }
+            let Some(cs) = self.conns.get_mut(&h) else {
+                continue;
+            };
+            let w = &mut cs.wakers;
+            match event {
+                Event::Connected => {
+                    cs.connected = true;
+                    w.connect.take().into_iter().for_each(Waker::wake);
+                }
+                Event::ConnectionLost { reason } => {
+                    debug!(peer = ?self.proto.connection_ref(h).map(|c| c.remote_address()), %reason, "connection lost");
+                    cs.error.get_or_insert(reason);
+                    w.wake_all();
+                }
+                Event::Stream(StreamEvent::Opened { dir }) => {
+                    w.accept[dir_index(dir)].drain(..).for_each(Waker::wake)
+                }
+                Event::Stream(StreamEvent::Readable { id }) => {
+                    w.readers.remove(&id).into_iter().for_each(Waker::wake)
+                }
+                Event::Stream(StreamEvent::Writable { id } | StreamEvent::Stopped { id, .. }) => {
+                    w.writers.remove(&id).into_iter().for_each(Waker::wake)
+                }
+                Event::Stream(StreamEvent::Finished { .. }) => {}
+                Event::Stream(StreamEvent::Available { dir }) => {
+                    w.open[dir_index(dir)].drain(..).for_each(Waker::wake)
+                }
+                Event::DatagramReceived => w.datagram.drain(..).for_each(Waker::wake),
+                Event::Drained => {
+                    cs.drained = true;
+                    cs.error.get_or_insert(ConnectionError::LocallyClosed);
+                    w.wake_all();
+                    if cs.detached {
+                        self.conns.remove(&h);
+                    }
+                    if self.proto.connection_count() == 0 {
+                        self.idle_wakers.drain(..).for_each(Waker::wake);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The error a connection ended with (or a generic one if the core
+    /// forgot it).
+    pub fn error_of(&self, h: ConnectionHandle) -> ConnectionError {
+        self.conns
+            .get(&h)
+            .and_then(|c| c.error.clone())
+            .or_else(|| {
+                self.proto
+                    .connection_ref(h)
+                    .and_then(|c| c.error().cloned())
+            })
+            .unwrap_or(ConnectionError::LocallyClosed)
+    }
+
+    fn finished(&self) -> bool {
+        self.endpoint_handles == 0 && self.conns.is_empty() && self.proto.connection_count() == 0
+    }
+}
+
+pub(crate) fn dir_index(dir: Dir) -> usize {
+    match dir {
+        Dir::Bi => 0,
+        Dir::Uni => 1,
+    }
+}
+
+/// Runs the endpoint until every handle is gone and every connection has
+/// drained.
+pub(crate) async fn run(shared: Arc<Shared>, socket: Socket) {
+    if let Err(e) = drive(&shared, &socket).await {
+        warn!(error = %e, local = %shared.local_addr, "endpoint driver stopped");
+        let mut state = shared.lock();
+        for cs in state.conns.values_mut() {
+            cs.error.get_or_insert(ConnectionError::LocallyClosed);
+            cs.wakers.wake_all();
+        }
+    }
+}
+
+async fn drive(shared: &Shared, socket: &Socket) -> io::Result<()> {
+    let mut timer = Timer::new()?;
+    let mut rx = RecvBuffers::new(socket);
+    let mut tx = TxQueue::default();
+    let max_segments = socket.max_gso_segments();
+    let mut send_blocked = false;
+    loop {
+        // Receive what is waiting (a bounded amount, so sending is not
+        // starved by a flood).
+        for _ in 0..RX_BATCHES {
+            match rx.recv(socket) {
+                Ok(_) => {
+                    let mut state = shared.lock();
+                    let now = Instant::now();
+                    rx.drain(|from, datagram| {
+                        state.proto.handle(now, from, datagram);
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // E.g. ICMP port unreachable surfacing on Linux: not
+                    // fatal for an unconnected UDP socket.
+                    debug!(error = %e, "receive error");
+                    break;
+                }
+            }
+        }
+
+        let (deadline, more, finished) = {
+            let mut state = shared.lock();
+            let now = Instant::now();
+            if state.proto.poll_timeout().is_some_and(|t| t <= now) {
+                state.proto.handle_timeout(now);
+            }
+            state.dispatch();
+            if !send_blocked {
+                while tx.len() < TX_BUDGET {
+                    match state.proto.poll_transmit(now, &mut tx.buf) {
+                        Some(t) => tx.push(t.destination, t.size, max_segments),
+                        None => break,
+                    }
+                }
+            }
+            // Handing off may have drained connections.
+            state.dispatch();
+            let more = tx.len() >= TX_BUDGET;
+            (state.proto.poll_timeout(), more, state.finished())
+        };
+
+        match tx.send(socket) {
+            Ok(()) => send_blocked = false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => send_blocked = true,
+            Err(e) => return Err(e),
+        }
+        if finished && tx.is_empty() {
+            return Ok(());
+        }
+        timer.set(deadline)?;
+        if more && !send_blocked {
+            // More to send: let other tasks run, then carry on.
+            tokio::task::yield_now().await;
+            continue;
+        }
+        tokio::select! {
+            r = socket.readable() => r?,
+            r = timer.expired() => r?,
+            _ = shared.wake.notified() => {}
+            r = socket.writable(), if send_blocked => r?,
+        }
+    }
+}

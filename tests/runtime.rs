@@ -1,0 +1,153 @@
+//! The runtime over real loopback UDP: handshakes, calls, streams,
+//! datagrams, restarts, wrong keys, garbage and closing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mxp::echo::{self, EchoStats};
+use mxp::proto::message::{Message, MessageType};
+use mxp::proto::{Band, ConnectionError, EndpointConfig, Keypair};
+use mxp::{ConnectError, Endpoint};
+use tokio::time::timeout;
+
+/// Upper bound for anything to happen: a guard against hangs, not a
+/// performance expectation.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// A node serving the echo application, and its stats.
+fn node() -> (Endpoint, Arc<EchoStats>) {
+    let node = Endpoint::bind(any_port(), EndpointConfig::server(Keypair::generate())).unwrap();
+    let stats = Arc::new(EchoStats::default());
+    tokio::spawn(echo::serve(node.clone(), stats.clone()));
+    (node, stats)
+}
+
+fn client() -> Endpoint {
+    Endpoint::bind(any_port(), EndpointConfig::client(Keypair::generate())).unwrap()
+}
+
+fn call(id: u64, payload: &str) -> Message {
+    Message::new(MessageType::Call, payload.to_owned())
+        .with_message_id(id)
+        .with_trace_id(id * 7)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_then_calls_are_answered() {
+    let (node, stats) = node();
+    let client = client();
+    let url = format!("mxp://{}", node.local_addr());
+    let conn = timeout(PATIENCE, client.connect(&url, node.public_key()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(conn.peer_key(), node.public_key());
+    for i in 0..100 {
+        let reply = timeout(PATIENCE, conn.call(&call(i, "hello")))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply.kind, MessageType::Response);
+        assert_eq!((reply.message_id, reply.trace_id), (i, i * 7));
+        assert_eq!(&reply.payload[..], b"hello");
+    }
+    assert_eq!(stats.calls.load(Ordering::Relaxed), 100);
+    assert_eq!(node.stats().handshakes_accepted, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_streams_echo_their_bytes() {
+    let (node, _) = node();
+    let client = client();
+    let conn = client
+        .connect_to(node.local_addr(), node.public_key())
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..1000u32 {
+        let conn = conn.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut send, mut recv) = conn.open_bi(Band::Streaming).await?;
+            let data: Vec<u8> = (0..2000u32).map(|k| (k * 31 + i) as u8).collect();
+            send.write_all(&data).await?;
+            send.finish()?;
+            let back = recv.read_to_end(1 << 20).await?;
+            Ok::<bool, Box<dyn std::error::Error + Send + Sync>>(back == data)
+        }));
+    }
+    for t in tasks {
+        assert!(
+            timeout(PATIENCE, t).await.unwrap().unwrap().unwrap(),
+            "a stream came back different"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_are_echoed() {
+    let (node, stats) = node();
+    let client = client();
+    let conn = client
+        .connect_to(node.local_addr(), node.public_key())
+        .await
+        .unwrap();
+    let mut echoed = 0;
+    for i in 0..200u32 {
+        conn.send_datagram(Bytes::copy_from_slice(&i.to_be_bytes()), Band::Control)
+            .unwrap();
+        // Loopback rarely drops; wait for each echo (bounded) to stay under
+        // the send buffer.
+        if let Ok(Ok(d)) = timeout(Duration::from_secs(1), conn.read_datagram()).await {
+            assert_eq!(d.len(), 4);
+            echoed += 1;
+        }
+    }
+    assert!(echoed > 150, "only {echoed} datagrams came back");
+    assert!(stats.datagrams.load(Ordering::Relaxed) >= echoed);
+    let too_big = Bytes::from(vec![0; conn.max_datagram_size() + 1]);
+    assert!(conn.send_datagram(too_big, Band::Control).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_server_key_fails_clearly_and_quickly() {
+    let (node, _) = node();
+    let client = client();
+    let wrong = Keypair::generate().public();
+    let result = timeout(PATIENCE, client.connect_to(node.local_addr(), wrong))
+        .await
+        .unwrap();
+    match result {
+        Err(ConnectError::Handshake(ConnectionError::ServerKeyMismatch)) => {}
+        other => panic!("expected a server key mismatch, got {other:?}"),
+    }
+    assert!(node.stats().handshake_decrypt_failures >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_close_reaches_the_peer_with_code_and_reason() {
+    let (node, _) = node();
+    let server = Endpoint::bind(any_port(), EndpointConfig::server(Keypair::generate())).unwrap();
+    drop(node);
+    let client = client();
+    let (addr, key) = (server.local_addr(), server.public_key());
+    let accept = tokio::spawn(async move { server.accept().await });
+    let conn = client.connect_to(addr, key).await.unwrap();
+    let server_side = timeout(PATIENCE, accept).await.unwrap().unwrap().unwrap();
+    conn.close(7, b"bye");
+    let reason = timeout(PATIENCE, server_side.closed()).await.unwrap();
+    assert_eq!(
+        reason,
+        ConnectionError::ApplicationClosed {
+            code: 7,
+            reason: Bytes::from_static(b"bye")
+        }
+    );
+    timeout(PATIENCE, client.wait_idle()).await.unwrap();
+}
