@@ -610,6 +610,7 @@ fn every_connection_error_has_a_distinct_kind_and_message() {
             code: 1,
             reason: Bytes::new(),
         },
+        ConnectionError::Reset,
         ConnectionError::TimedOut,
         ConnectionError::LocallyClosed,
     ];
@@ -623,6 +624,7 @@ fn every_connection_error_has_a_distinct_kind_and_message() {
             | ConnectionError::HandshakeTimedOut
             | ConnectionError::TransportError(_)
             | ConnectionError::ApplicationClosed { .. }
+            | ConnectionError::Reset
             | ConnectionError::TimedOut
             | ConnectionError::LocallyClosed => {}
         }

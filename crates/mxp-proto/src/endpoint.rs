@@ -20,12 +20,13 @@ use crate::config::{EndpointConfig, RetryPolicy, ServerConfig};
 use crate::connection::{
     Accepted, ClientHello, Connection, Event, ServerHello, Transmit, initiation_digest,
 };
+use crate::crypto::ResetKey;
 use crate::crypto::handshake::Responder;
 use crate::crypto::token::TokenKey;
 use crate::crypto::{HandshakeError, PublicKey};
 use crate::packet::keys::KeyState;
 use crate::packet::{
-    self, ConnectionId, Header, MIN_INITIAL_SIZE, PacketError, RejectReason, VERSION,
+    self, ConnectionId, Header, MIN_INITIAL_SIZE, MIN_RESET_LEN, PacketError, RejectReason, VERSION,
 };
 use crate::transport_params::TransportParams;
 
@@ -130,6 +131,10 @@ pub struct EndpointStats {
     pub stale_initiations: u64,
     /// Initiations sent to a client-only endpoint.
     pub not_a_server: u64,
+    /// Stateless resets sent for connections this node no longer has.
+    pub stateless_resets_sent: u64,
+    /// Stateless resets received: a server lost one of our connections.
+    pub stateless_resets_received: u64,
     /// Stateless answers withheld because they would exceed three times the
     /// bytes of the datagram that caused them.
     pub amplification_blocked: u64,
@@ -185,6 +190,9 @@ impl RateLimiter {
 
 type InitialKey = (SocketAddr, ConnectionId, ConnectionId);
 
+/// Stateless resets a node sends per second at most.
+const RESETS_PER_SECOND: u32 = 1000;
+
 /// An initiation that passed admission: where it came from and what it
 /// proved.
 #[derive(Debug)]
@@ -224,6 +232,10 @@ pub struct Endpoint {
     unix_epoch_ns: u64,
     transmit_cursor: usize,
     stats: EndpointStats,
+    reset_key: ResetKey,
+    /// Bounds stateless resets, so garbage aimed at a node cannot turn it
+    /// into a traffic source.
+    reset_limiter: RateLimiter,
 }
 
 /// Why a connection could not be started.
@@ -239,6 +251,7 @@ impl Endpoint {
     /// (time since the Unix epoch); handshake timestamps are derived from it
     /// so the core itself never reads a clock.
     pub fn new(config: EndpointConfig, now: Instant, unix_time: Duration) -> Self {
+        let reset_key = ResetKey::new(config.keypair.secret_bytes());
         let server = config.server.as_ref().map(|s| Server {
             token_key: TokenKey::generate(),
             timestamps: HashMap::new(),
@@ -257,6 +270,8 @@ impl Endpoint {
             unix_epoch_ns: unix_time.as_nanos() as u64,
             transmit_cursor: 0,
             stats: EndpointStats::default(),
+            reset_key,
+            reset_limiter: RateLimiter::new(RESETS_PER_SECOND, RESETS_PER_SECOND, now),
         }
     }
 
@@ -340,6 +355,7 @@ impl Endpoint {
                 return Incoming::Dropped(Refusal::Malformed(e));
             }
         };
+        let short = matches!(header, Header::Short { .. });
         let dcid = match &header {
             Header::Initial {
                 version,
@@ -371,16 +387,52 @@ impl Endpoint {
             | Header::Reject { dcid, .. }
             | Header::Short { dcid } => *dcid,
         };
-        match self.by_cid.get(&dcid) {
-            Some(&h) => {
-                self.deliver(now, h, remote, datagram);
-                Incoming::Routed(h)
-            }
-            None => {
-                self.stats.unknown_connection += 1;
-                Incoming::Dropped(Refusal::UnknownConnection)
-            }
+        if let Some(&h) = self.by_cid.get(&dcid) {
+            self.deliver(now, h, remote, datagram);
+            return Incoming::Routed(h);
         }
+        if short {
+            if let Some(h) = self.find_reset(remote, &datagram) {
+                self.stats.stateless_resets_received += 1;
+                if let Some(conn) = self.connections.get_mut(h.0) {
+                    conn.stateless_reset();
+                }
+                return Incoming::Routed(h);
+            }
+            self.send_stateless_reset(now, remote, dcid, datagram.len());
+        }
+        self.stats.unknown_connection += 1;
+        Incoming::Dropped(Refusal::UnknownConnection)
+    }
+
+    /// A connection to `remote` whose stateless-reset token ends the
+    /// datagram: the server lost that connection.
+    fn find_reset(&self, remote: SocketAddr, datagram: &[u8]) -> Option<ConnectionHandle> {
+        self.connections
+            .iter()
+            .find(|(_, c)| c.remote_address() == remote && c.is_stateless_reset(datagram))
+            .map(|(k, _)| ConnectionHandle(k))
+    }
+
+    /// Tells a client whose connection this node no longer has (it
+    /// restarted) that it is gone: the token proves it is this node.
+    fn send_stateless_reset(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        dcid: ConnectionId,
+        received: usize,
+    ) {
+        if self.config.server.is_none()
+            || received <= MIN_RESET_LEN
+            || !self.reset_limiter.try_take(now)
+        {
+            return;
+        }
+        let mut out = Vec::with_capacity(MIN_RESET_LEN);
+        packet::write_stateless_reset(&self.reset_key.token(&dcid.0), &mut out);
+        self.stats.stateless_resets_sent += 1;
+        self.answer(remote, out, received);
     }
 
     fn deliver(
@@ -626,6 +678,7 @@ impl Endpoint {
         let mut payload = Vec::new();
         ServerHello::Accept {
             cid: local_cid,
+            reset_token: self.reset_key.token(&local_cid.0),
             params: TransportParams::from_config(&self.config.transport),
         }
         .encode(&mut payload);
@@ -736,6 +789,7 @@ impl Endpoint {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::test_support::Pair;
 
     #[test]
@@ -754,5 +808,52 @@ mod tests {
         p.client_to_server();
         p.server_to_client();
         assert_eq!(p.client.stats().handshakes_accepted, 1);
+    }
+
+    #[test]
+    fn a_restarted_server_resets_the_client_at_once() {
+        let mut p = Pair::new();
+        p.client_to_server();
+        p.server_to_client();
+        p.client_to_server();
+        assert!(p.client.connection(p.conn).unwrap().is_established());
+        // The node restarts with the same key and no connections.
+        p.restart_server();
+        let c = p.client.connection(p.conn).unwrap();
+        let stream = c.open(crate::Dir::Uni, crate::Band::Streaming).unwrap();
+        c.write(stream, &b"are you there?"[..]).unwrap();
+        assert_eq!(p.client_to_server(), 1);
+        assert_eq!(p.server.stats().stateless_resets_sent, 1);
+        assert_eq!(p.server_to_client(), 1);
+        assert_eq!(p.client.stats().stateless_resets_received, 1);
+        let reset = crate::Event::ConnectionLost {
+            reason: crate::ConnectionError::Reset,
+        };
+        let events: Vec<_> = std::iter::from_fn(|| p.client.poll_event()).collect();
+        assert!(events.contains(&(p.conn, reset)), "{events:?}");
+    }
+
+    #[test]
+    fn a_reset_with_the_wrong_token_is_ignored() {
+        let mut p = Pair::new();
+        p.client_to_server();
+        p.server_to_client();
+        let mut forged = Vec::new();
+        crate::packet::write_stateless_reset(&[7; 16], &mut forged);
+        let outcome = p
+            .client
+            .handle(p.now, p.server_addr, BytesMut::from(&forged[..]));
+        assert_eq!(outcome, Incoming::Dropped(Refusal::UnknownConnection));
+        assert!(p.client.connection(p.conn).unwrap().is_established());
+    }
+
+    #[test]
+    fn small_unknown_packets_get_no_reset_so_resets_cannot_loop() {
+        let mut p = Pair::new();
+        let mut tiny = Vec::new();
+        crate::packet::write_stateless_reset(&[7; 16], &mut tiny);
+        p.server
+            .handle(p.now, p.client_addr, BytesMut::from(&tiny[..]));
+        assert_eq!(p.server.stats().stateless_resets_sent, 0);
     }
 }

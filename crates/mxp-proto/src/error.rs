@@ -136,6 +136,10 @@ pub enum ConnectionError {
         /// Application-supplied reason.
         reason: Bytes,
     },
+    /// The peer no longer has this connection (it restarted, or lost its
+    /// state) and said so with a stateless reset.
+    #[error("connection reset: the peer no longer has this connection (did it restart?)")]
+    Reset,
     /// Nothing was heard from the peer for the idle timeout.
     #[error("connection timed out (idle)")]
     TimedOut,
@@ -163,6 +167,7 @@ impl ConnectionError {
             ConnectionError::HandshakeTimedOut => "handshake_timed_out",
             ConnectionError::TransportError(_) => "transport_error",
             ConnectionError::ApplicationClosed { .. } => "application_closed",
+            ConnectionError::Reset => "reset",
             ConnectionError::TimedOut => "timed_out",
             ConnectionError::LocallyClosed => "locally_closed",
         }

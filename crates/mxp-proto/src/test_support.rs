@@ -11,6 +11,7 @@ use crate::{ConnectionHandle, Endpoint, EndpointConfig, Keypair};
 /// A server and a client endpoint; the client has started connecting.
 pub(crate) struct Pair {
     pub now: Instant,
+    server_keys: Keypair,
     pub server: Endpoint,
     pub client: Endpoint,
     pub server_addr: SocketAddr,
@@ -25,7 +26,7 @@ impl Pair {
         let unix = Duration::from_secs(1_767_225_600);
         let server_keys = Keypair::generate();
         let server_key = server_keys.public();
-        let server = Endpoint::new(EndpointConfig::server(server_keys), now, unix);
+        let server = Endpoint::new(EndpointConfig::server(server_keys.clone()), now, unix);
         let mut client = Endpoint::new(EndpointConfig::client(Keypair::generate()), now, unix);
         let server_addr: SocketAddr = "10.0.0.1:1".parse().expect("literal");
         let client_addr: SocketAddr = "10.0.0.2:2".parse().expect("literal");
@@ -34,12 +35,20 @@ impl Pair {
             .expect("handshake starts");
         Pair {
             now,
+            server_keys,
             server,
             client,
             server_addr,
             client_addr,
             conn,
         }
+    }
+
+    /// Replaces the server with a fresh endpoint holding the same key, as a
+    /// restarted node would be: no connections, same identity.
+    pub fn restart_server(&mut self) {
+        let config = EndpointConfig::server(self.server_keys.clone());
+        self.server = Endpoint::new(config, self.now, Duration::from_secs(1_767_225_600));
     }
 
     /// The next datagram the client sends.

@@ -14,7 +14,7 @@ use crate::Side;
 use crate::coding::Reader;
 use crate::config::TransportConfig;
 use crate::crypto::handshake::Initiator;
-use crate::crypto::{Keypair, PublicKey};
+use crate::crypto::{Keypair, PublicKey, RESET_TOKEN_LEN};
 use crate::error::ConnectionError;
 use crate::packet::keys::KeyState;
 use crate::packet::{self, CID_LEN, ConnectionId, Header, RejectReason};
@@ -55,9 +55,11 @@ impl ClientHello {
 /// What the server says inside Noise message 2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ServerHello {
-    /// Welcome: the server's connection id and limits.
+    /// Welcome: the server's connection id, the token that will prove a
+    /// reset of it, and the server's limits.
     Accept {
         cid: ConnectionId,
+        reset_token: [u8; RESET_TOKEN_LEN],
         params: TransportParams,
     },
     /// Authenticated, and not on the allow-list.
@@ -70,9 +72,14 @@ pub(crate) enum ServerHello {
 impl ServerHello {
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            ServerHello::Accept { cid, params } => {
+            ServerHello::Accept {
+                cid,
+                reset_token,
+                params,
+            } => {
                 out.push(0);
                 out.extend_from_slice(&cid.0);
+                out.extend_from_slice(reset_token);
                 params.encode(out);
             }
             ServerHello::ClientNotAllowed => out.push(1),
@@ -88,8 +95,13 @@ impl ServerHello {
         match r.u8().ok()? {
             0 => {
                 let cid = ConnectionId(r.array::<CID_LEN>().ok()?);
+                let reset_token = r.array::<RESET_TOKEN_LEN>().ok()?;
                 let params = TransportParams::decode(r.rest()).ok()?;
-                Some(ServerHello::Accept { cid, params })
+                Some(ServerHello::Accept {
+                    cid,
+                    reset_token,
+                    params,
+                })
             }
             1 => Some(ServerHello::ClientNotAllowed),
             2 => Some(ServerHello::ClockSkew {
@@ -404,8 +416,13 @@ impl Connection {
                 self.stats.packets_received += 1;
                 self.stats.bytes_received += len as u64;
                 match ServerHello::decode(&payload) {
-                    Some(ServerHello::Accept { cid, params }) => {
+                    Some(ServerHello::Accept {
+                        cid,
+                        reset_token,
+                        params,
+                    }) => {
                         self.remote_cid = cid;
+                        self.reset_token = Some(reset_token);
                         self.keys = Some(KeyState::new(secrets, now));
                         self.apply_peer_params(params);
                         if let Some(rtt) = sample {

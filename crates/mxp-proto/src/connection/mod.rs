@@ -26,12 +26,12 @@ use bytes::Bytes;
 use tracing::{debug, info};
 
 use crate::config::TransportConfig;
-use crate::crypto::PublicKey;
+use crate::crypto::{PublicKey, RESET_TOKEN_LEN};
 use crate::datagrams::{DatagramError, Datagrams};
 use crate::error::{ConnectionError, TransportError};
 use crate::frame::{Close, CloseKind};
 use crate::packet::keys::KeyState;
-use crate::packet::{ConnectionId, SHORT_OVERHEAD};
+use crate::packet::{ConnectionId, MIN_RESET_LEN, SHORT_OVERHEAD};
 use crate::replay::ReplayWindow;
 use crate::scheduler::{Flow, Scheduler};
 use crate::streams::{Limits, OpenError, ReadError, StreamEvent, Streams, WriteError};
@@ -153,6 +153,8 @@ pub struct Connection {
     keys: Option<KeyState>,
     peer_params: Option<TransportParams>,
     peer_key: Option<PublicKey>,
+    /// The server's proof that it lost this connection (client side).
+    reset_token: Option<[u8; RESET_TOKEN_LEN]>,
     recovery: Recovery,
     replay: ReplayWindow,
     acks: AckState,
@@ -213,6 +215,7 @@ impl Connection {
             keys: None,
             peer_params: None,
             peer_key: None,
+            reset_token: None,
             pending: Pending::default(),
             close_frame: None,
             closing_received: 0,
@@ -469,6 +472,25 @@ impl Connection {
         }
         info!(conn = %self.local_cid, peer = %self.path.remote, side = ?self.side, "connected");
         self.events.push_back(Event::Connected);
+    }
+
+    /// Whether `datagram` ends with the server's stateless-reset token for
+    /// this connection (compared in constant time).
+    pub(crate) fn is_stateless_reset(&self, datagram: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(token) = &self.reset_token else {
+            return false;
+        };
+        datagram.len() >= MIN_RESET_LEN
+            && bool::from(datagram[datagram.len() - RESET_TOKEN_LEN..].ct_eq(token))
+    }
+
+    /// The server proved it no longer has this connection (it restarted):
+    /// end at once, sending nothing.
+    pub(crate) fn stateless_reset(&mut self) {
+        info!(conn = %self.local_cid, peer = %self.path.remote, "connection reset by the peer (it lost its state)");
+        self.lost(ConnectionError::Reset);
+        self.set_drained();
     }
 
     /// The peer closed (or the connection failed): report it once.

@@ -58,6 +58,21 @@ pub const SHORT_OVERHEAD: usize = SHORT_PN_OFFSET + 4 + TAG_LEN;
 /// Smallest short packet: the header-protection sample must fit.
 pub const MIN_SHORT_LEN: usize = SHORT_PN_OFFSET + 4 + SAMPLE_LEN;
 
+/// Length of a stateless reset: shorter than any datagram that triggers
+/// one (so two nodes cannot reset each other in a loop), long enough to
+/// look like a short packet.
+pub const MIN_RESET_LEN: usize = MIN_SHORT_LEN + 8;
+
+/// Writes a stateless reset: random bytes shaped like a short packet,
+/// ending in `token`.
+pub fn write_stateless_reset(token: &[u8; crate::crypto::RESET_TOKEN_LEN], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + MIN_RESET_LEN - token.len(), 0);
+    crate::crypto::fill_random(&mut out[start..]);
+    out[start] = (out[start] & PROTECTED_BITS) | FIXED_BIT;
+    out.extend_from_slice(token);
+}
+
 /// A connection id: routes a datagram to its connection without relying on
 /// the sender's address, so a connection survives address changes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
