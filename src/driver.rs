@@ -74,6 +74,8 @@ pub(crate) struct Wakers {
     pub connect: Option<Waker>,
     pub readers: HashMap<StreamId, Waker>,
     pub writers: HashMap<StreamId, Waker>,
+    /// Waiting for the peer to acknowledge a stream's end.
+    pub finishers: HashMap<StreamId, Waker>,
     pub accept: [Vec<Waker>; 2],
     pub open: [Vec<Waker>; 2],
     pub datagram: Vec<Waker>,
@@ -85,6 +87,7 @@ impl Wakers {
         self.connect.take().into_iter().for_each(Waker::wake);
         self.readers.drain().for_each(|(_, w)| w.wake());
         self.writers.drain().for_each(|(_, w)| w.wake());
+        self.finishers.drain().for_each(|(_, w)| w.wake());
         for list in self
             .accept
             .iter_mut()
@@ -162,7 +165,9 @@ impl State {
                 Event::Stream(StreamEvent::Writable { id } | StreamEvent::Stopped { id, .. }) => {
                     w.writers.remove(&id).into_iter().for_each(Waker::wake)
                 }
-                Event::Stream(StreamEvent::Finished { .. }) => {}
+                Event::Stream(StreamEvent::Finished { id }) => {
+                    w.finishers.remove(&id).into_iter().for_each(Waker::wake)
+                }
                 Event::Stream(StreamEvent::Available { dir }) => {
                     w.open[dir_index(dir)].drain(..).for_each(Waker::wake)
                 }

@@ -30,6 +30,10 @@ pub struct EchoStats {
     pub sunk_bytes: AtomicU64,
     /// Messages read from unidirectional streams.
     pub sunk_messages: AtomicU64,
+    /// Of those, events.
+    pub events: AtomicU64,
+    /// Of those, token-stream chunks.
+    pub stream_chunks: AtomicU64,
     /// Datagrams echoed.
     pub datagrams: AtomicU64,
 }
@@ -126,8 +130,13 @@ async fn sink_stream(mut recv: RecvStream, stats: Arc<EchoStats>) {
         }
         if let Some(d) = &mut decoder {
             d.push(chunk);
-            while let Ok(Some(_)) = d.next_message() {
+            while let Ok(Some(m)) = d.next_message() {
                 add(&stats.sunk_messages, 1);
+                match m.kind {
+                    MessageType::Event => add(&stats.events, 1),
+                    MessageType::StreamChunk => add(&stats.stream_chunks, 1),
+                    _ => {}
+                }
             }
         }
     }

@@ -236,6 +236,12 @@ impl Endpoint {
     }
 }
 
+/// Resolves `mxp://host:port` (or `host:port`) to a socket address,
+/// preferring IPv4 when a name has both.
+pub async fn resolve_address(address: &str) -> Result<SocketAddr, ConnectError> {
+    resolve(address, SocketAddr::from(([0, 0, 0, 0], 0))).await
+}
+
 /// Resolves `mxp://host:port` (or `host:port`) to an address of the same
 /// family as the local socket.
 async fn resolve(address: &str, local: SocketAddr) -> Result<SocketAddr, ConnectError> {

@@ -13,5 +13,5 @@ mod timer;
 mod udp;
 
 pub use connection::{CallError, Connection, SendDatagramError};
-pub use endpoint::{ConnectError, Endpoint};
+pub use endpoint::{ConnectError, Endpoint, resolve_address};
 pub use streams::{ReadError, RecvStream, SendStream, WriteError};

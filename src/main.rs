@@ -1,17 +1,15 @@
-//! The `mxp` command.
-//!
-//! For now it has one job: `mxp demo` (also what a bare `mxp` runs) drives
-//! a node and a client through the deterministic in-process network and
-//! prints what happened. Real sockets, `serve`, `ping` and the rest arrive
-//! with the runtime.
+//! The `mxp` command: a node (`serve`), clients (`ping`, `call`, `bench`),
+//! keys (`keygen`), the impairment relay (`relay`), and a one-command tour
+//! (`demo`, also what a bare `mxp` runs).
 
 mod cli;
 
-use cli::demo;
-
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+
+use cli::CliError;
 
 #[derive(Parser)]
 #[command(
@@ -26,25 +24,90 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs a client and a node over the in-process network (lossy by
-    /// default) and prints a summary. Deterministic for a given seed.
-    Demo(demo::Options),
+    /// Start a node and a client on loopback UDP, exchange a mix of agent
+    /// traffic and print a summary (the default command).
+    Demo(cli::demo::DemoArgs),
+    /// Write a node keypair: DIR/node.key (mode 0600) and DIR/node.pub.
+    Keygen(KeygenArgs),
+    /// Run a node: answers calls, echoes or sinks streams and datagrams.
+    Serve(cli::serve::ServeArgs),
+    /// Round trips to a node, with RTT percentiles.
+    Ping(cli::ping::PingArgs),
+    /// One call to a node; prints the response.
+    Call(cli::call::CallArgs),
+    /// Load scenarios against a node: rr, msgs, bulk, handshake, datagram.
+    Bench(cli::bench::BenchArgs),
+    /// UDP forwarder adding loss, delay, jitter, reordering, duplication.
+    Relay(cli::relay::RelayArgs),
+}
+
+#[derive(Args)]
+struct KeygenArgs {
+    /// Directory to write node.key and node.pub into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Replace an existing key (changes the node's identity for every client).
+    #[arg(long)]
+    force: bool,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))
+}
+
+fn client_logging(filter: Option<&str>) -> Result<(), CliError> {
+    // Clients print results on stdout; keep stderr quiet unless asked.
+    cli::logging::init(filter.or(Some("warn")))
+}
+
+fn run(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Keygen(args) => {
+            let key = cli::keygen::generate(&args.out, args.force)?;
+            println!("{key}");
+            eprintln!(
+                "wrote {} (secret, mode 0600) and {}",
+                args.out.join(cli::keygen::KEY_FILE).display(),
+                args.out.join(cli::keygen::PUB_FILE).display()
+            );
+            Ok(())
+        }
+        Command::Demo(args) => {
+            client_logging(None)?;
+            let report = runtime()?.block_on(cli::demo::run(&args))?;
+            print!("{report}");
+            Ok(())
+        }
+        Command::Serve(args) => runtime()?.block_on(cli::serve::run(args)),
+        Command::Ping(args) => {
+            client_logging(args.client.log.as_deref())?;
+            runtime()?.block_on(cli::ping::run(args))
+        }
+        Command::Call(args) => {
+            client_logging(args.client.log.as_deref())?;
+            runtime()?.block_on(cli::call::run(args))
+        }
+        Command::Bench(args) => {
+            client_logging(args.client.log.as_deref())?;
+            runtime()?.block_on(cli::bench::run(args))
+        }
+        Command::Relay(args) => runtime()?.block_on(cli::relay::run(args)),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let opts = match cli.command {
-        Some(Command::Demo(opts)) => opts,
-        None => demo::Options::default(),
-    };
-    match demo::run(&opts) {
-        Ok(report) => {
-            print!("{report}");
-            ExitCode::SUCCESS
-        }
+    let command = cli
+        .command
+        .unwrap_or_else(|| Command::Demo(cli::demo::DemoArgs::default()));
+    match run(command) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mxp demo: {e}");
-            ExitCode::FAILURE
+            eprintln!("mxp: {e}");
+            e.exit_code()
         }
     }
 }

@@ -180,6 +180,29 @@ impl SendStream {
         Ok(())
     }
 
+    /// Finishes the stream (if not yet) and waits until the peer has
+    /// acknowledged everything written and the end.
+    pub async fn finished(&mut self) -> Result<(), WriteError> {
+        if !self.done {
+            self.finish()?;
+        }
+        let id = self.id;
+        poll_fn(|cx| {
+            let result = self.conn.with(|c, cs| {
+                if c.is_send_done(id) {
+                    return Poll::Ready(Ok(()));
+                }
+                if let Some(e) = c.error() {
+                    return Poll::Ready(Err(WriteError::ConnectionLost(e.clone())));
+                }
+                cs.wakers.finishers.insert(id, cx.waker().clone());
+                Poll::Pending
+            });
+            result.unwrap_or_else(|e| Poll::Ready(Err(e.into())))
+        })
+        .await
+    }
+
     /// Abandons the stream: unsent data is dropped and the peer's reads
     /// fail with `code`.
     pub fn reset(&mut self, code: u64) -> Result<(), WriteError> {

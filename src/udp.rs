@@ -120,6 +120,11 @@ impl RecvBuffers {
     }
 }
 
+/// Most bytes one GSO send may carry: the whole batch must fit in one UDP
+/// payload (65,507 bytes over IPv4), or the kernel refuses it (EMSGSIZE)
+/// and every datagram in it is lost.
+const MAX_GSO_BYTES: usize = 65_000;
+
 /// Datagrams waiting to be sent, grouped into GSO batches.
 #[derive(Debug, Default)]
 pub(crate) struct TxQueue {
@@ -161,6 +166,7 @@ impl TxQueue {
                 && !last.closed
                 && last.segments < max_segments
                 && size <= last.segment
+                && last.len + size <= MAX_GSO_BYTES
             {
                 last.len += size;
                 last.segments += 1;
@@ -196,5 +202,44 @@ impl TxQueue {
         self.batches.clear();
         self.next = 0;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(sizes: &[(u16, usize)], max_segments: usize) -> TxQueue {
+        let mut q = TxQueue::default();
+        for &(port, size) in sizes {
+            q.buf.extend(std::iter::repeat_n(0u8, size));
+            q.push(SocketAddr::from(([127, 0, 0, 1], port)), size, max_segments);
+        }
+        q
+    }
+
+    #[test]
+    fn equal_datagrams_to_one_destination_share_a_batch_within_the_udp_limit() {
+        let q = queue(&[(1, 1452); 100], 64);
+        assert!(q.batches.iter().all(|b| b.len <= MAX_GSO_BYTES));
+        assert_eq!(q.batches.iter().map(|b| b.segments).sum::<usize>(), 100);
+        assert!(q.batches.len() < 10, "batched: {}", q.batches.len());
+    }
+
+    #[test]
+    fn a_short_datagram_ends_a_batch_and_destinations_never_mix() {
+        let q = queue(&[(1, 1000), (1, 1000), (1, 300), (1, 1000), (2, 1000)], 64);
+        let shape: Vec<_> = q
+            .batches
+            .iter()
+            .map(|b| (b.destination.port(), b.segments))
+            .collect();
+        assert_eq!(shape, [(1, 3), (1, 1), (2, 1)]);
+    }
+
+    #[test]
+    fn without_gso_every_datagram_is_its_own_send() {
+        let q = queue(&[(1, 500); 5], 1);
+        assert_eq!(q.batches.len(), 5);
     }
 }

@@ -1,11 +1,17 @@
 //! The `mxp` command's pieces: one module per subcommand, plus what they
 //! share (argument parsers, the error type that decides the exit code).
 
+pub mod bench;
+pub mod call;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod keygen;
 pub mod logging;
+pub mod measure;
+pub mod ping;
 pub mod relay;
+pub mod serve;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -64,7 +70,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => 1e-3,
         "s" => 1.0,
         "m" => 60.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use us, ms, s or m)")),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?} (use us, ms, s or m)"
+            ));
+        }
     };
     Duration::try_from_secs_f64(value * scale).map_err(|e| e.to_string())
 }

@@ -342,6 +342,12 @@ impl Connection {
         Ok(n)
     }
 
+    /// Whether the peer has acknowledged everything written on `id` and its
+    /// end (or the stream was reset); a `Finished` event marks the moment.
+    pub fn is_send_done(&self, id: StreamId) -> bool {
+        self.streams.is_send_done(id)
+    }
+
     /// Bytes that [`write`](Self::write) would accept on `id` right now.
     pub fn write_credit(&self, id: StreamId) -> u64 {
         self.streams.write_credit(id)

@@ -87,7 +87,7 @@ impl FromStr for PublicKey {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let t = s.trim();
         let bad = || ParseKeyError(t.chars().take(80).collect());
-        if t.len() != 2 * KEY_LEN || !t.is_ascii() {
+        if t.len() != 2 * KEY_LEN || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
         let mut out = [0u8; KEY_LEN];
@@ -316,6 +316,10 @@ mod tests {
         assert!("abc".parse::<PublicKey>().is_err());
         assert!("zz".repeat(32).parse::<PublicKey>().is_err());
         assert!("é".repeat(64).parse::<PublicKey>().is_err());
+        assert!(
+            "+f".repeat(32).parse::<PublicKey>().is_err(),
+            "signs are not hex"
+        );
     }
 
     #[test]

@@ -1048,6 +1048,15 @@ impl Streams {
         }
     }
 
+    /// Whether everything sent on `id` is settled: acknowledged through the
+    /// end of the stream, reset, or the stream is already forgotten.
+    pub fn is_send_done(&self, id: StreamId) -> bool {
+        self.map
+            .get(&id)
+            .and_then(|s| s.send.as_ref())
+            .is_none_or(SendHalf::is_done)
+    }
+
     /// Bytes the application may still write on `id` right now.
     pub fn write_credit(&self, id: StreamId) -> u64 {
         let conn = self.send_max - self.send_written;

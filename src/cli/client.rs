@@ -1,0 +1,110 @@
+//! What every client command (`ping`, `call`, `bench`) shares: the target,
+//! the server key, the client's own identity, and turning connection
+//! failures into one clear line.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use mxp::proto::{ConnectionError, EndpointConfig, Keypair, PublicKey, TransportConfig};
+use mxp::{ConnectError, Connection, Endpoint};
+
+use super::{CliError, keygen, parse_duration};
+
+/// Flags of every client command.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The node: mxp://host:port
+    pub url: String,
+    /// The node's public key (the line in its node.pub).
+    #[arg(long, value_name = "KEY")]
+    pub server_key: String,
+    /// This client's secret key file (default: a fresh key per run; a node
+    /// with an allow-list needs a stable one).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// How long to wait for the node to answer (handshake and each call).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Print one JSON object on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Log filter (tracing directives), e.g. `debug` or
+    /// `info,mxp_proto::handshake=debug`. Logs go to stderr.
+    #[arg(long, value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+/// A connected client.
+pub struct Client {
+    pub endpoint: Endpoint,
+    pub conn: Connection,
+    /// Time from sending the first handshake packet to being connected.
+    pub handshake: Duration,
+    pub server_key: PublicKey,
+    pub remote: std::net::SocketAddr,
+}
+
+impl ClientArgs {
+    /// Checks the flags, binds a socket and connects.
+    pub async fn connect(&self) -> Result<Client, CliError> {
+        let server_key = keygen::parse_public_key(&self.server_key)?;
+        let remote = mxp::resolve_address(&self.url)
+            .await
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        let keypair = match &self.key {
+            Some(path) => keygen::load_keypair(path)?,
+            None => Keypair::generate(),
+        };
+        let transport = TransportConfig {
+            handshake_timeout: self.timeout,
+            ..TransportConfig::default()
+        };
+        let config = EndpointConfig {
+            transport: Arc::new(transport),
+            ..EndpointConfig::client(keypair)
+        };
+        let local = if remote.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        let endpoint = Endpoint::bind(local.parse().expect("literal"), config)
+            .map_err(|e| CliError::Failed(format!("cannot open a UDP socket: {e}")))?;
+        let start = Instant::now();
+        let conn = endpoint
+            .connect_to(remote, server_key)
+            .await
+            .map_err(|e| connect_failure(&self.url, self.timeout, e))?;
+        Ok(Client {
+            handshake: start.elapsed(),
+            endpoint,
+            conn,
+            server_key,
+            remote,
+        })
+    }
+}
+
+/// One line saying why a connection failed, and what to check.
+pub fn connect_failure(url: &str, timeout: Duration, e: ConnectError) -> CliError {
+    match e {
+        ConnectError::Handshake(ConnectionError::HandshakeTimedOut) => CliError::Failed(format!(
+            "no answer from {url} within {timeout:?}: is a node listening there?"
+        )),
+        ConnectError::InvalidAddress(_) | ConnectError::Resolve { .. } => {
+            CliError::Usage(e.to_string())
+        }
+        other => CliError::Failed(format!("cannot connect to {url}: {other}")),
+    }
+}
+
+impl Client {
+    /// Closes the connection and waits (briefly) for the node to hear it.
+    pub async fn close(self) {
+        self.conn.close(0, b"done");
+        drop(self.conn);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
