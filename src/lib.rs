@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
 
 pub use mxp_proto as proto;
 pub use mxp_sim as sim;

@@ -5,6 +5,8 @@
 //! bytes. That keeps every behaviour — loss, reordering, key rotation,
 //! handshake floods — testable exactly and quickly in-process.
 
+#![warn(missing_docs)]
+
 pub mod coding;
 pub mod config;
 mod connection;

@@ -27,6 +27,8 @@
 //! assert!(connected);
 //! ```
 
+#![warn(missing_docs)]
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
