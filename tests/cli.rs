@@ -1,0 +1,976 @@
+//! The `mxp` command as an operator runs it: the real binary in child
+//! processes over loopback UDP — keys, a node, ping, call, bench, bad input,
+//! node restarts and garbage sprayed at a node.
+//!
+//! Every child runs under a guard that kills and reaps it when dropped, and
+//! every wait has a generous deadline ([`PATIENCE`]) that fails the test
+//! instead of hanging it. No test measures speed.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mxp::proto::message::{Message, MessageType};
+use mxp::proto::{ConnectionError, EndpointConfig, Keypair, PublicKey};
+use mxp::{CallError, Connection, Endpoint};
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::Value;
+
+/// Upper bound for any child or call to finish: a guard against hangs, not
+/// a performance expectation.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------
+// Harness: child processes that cannot outlive a test, and wait deadlines.
+// ---------------------------------------------------------------------------
+
+fn mxp() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mxp"))
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, so that no
+/// process outlives a test, even one that panicked.
+struct Guarded {
+    child: Child,
+    what: String,
+}
+
+impl Guarded {
+    fn spawn(mut cmd: Command, what: impl Into<String>) -> Guarded {
+        let what = what.into();
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Guarded { child, what }
+    }
+
+    /// Waits for the child to exit, killing it and failing the test after
+    /// [`PATIENCE`]. `on_timeout` supplies what the child printed so far.
+    fn wait(&mut self, on_timeout: impl FnOnce(&mut Guarded) -> String) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
+                Ok(None) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    let output = on_timeout(self);
+                    panic!(
+                        "{} did not finish within {PATIENCE:?} (killed); it printed:\n{output}",
+                        self.what
+                    );
+                }
+                Err(e) => panic!("waiting for {}: {e}", self.what),
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads a pipe to its end on a thread (so a chatty child never blocks on
+/// a full pipe).
+fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
+    thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_string(&mut text);
+        }
+        text
+    })
+}
+
+/// How a finished command went.
+#[derive(Debug)]
+struct Outcome {
+    what: String,
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Outcome {
+    fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// Fails unless the command exited 0.
+    fn success(self) -> Outcome {
+        assert!(self.status.success(), "{} failed: {self:#?}", self.what);
+        self
+    }
+
+    /// The single line a failing command must print on stderr; fails if it
+    /// printed more or less, or panicked.
+    fn one_error_line(&self) -> &str {
+        assert!(
+            !self.stderr.contains("panicked"),
+            "{} panicked: {}",
+            self.what,
+            self.stderr
+        );
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "{}: expected one error line on stderr, got {lines:#?}",
+            self.what
+        );
+        lines[0]
+    }
+}
+
+/// Runs a command to completion (or fails the test after [`PATIENCE`]).
+fn run_command(cmd: Command, what: String) -> Outcome {
+    let mut child = Guarded::spawn(cmd, what.clone());
+    let out = drain(child.child.stdout.take());
+    let err = drain(child.child.stderr.take());
+    let mut readers = Some((out, err));
+    let status = child.wait(|_| {
+        // The child is dead, so its pipes are closed and the readers end.
+        let (out, err) = readers.take().expect("readers");
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            out.join().unwrap_or_default(),
+            err.join().unwrap_or_default()
+        )
+    });
+    let (out, err) = readers.take().expect("readers");
+    Outcome {
+        what,
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+/// Runs `mxp ARGS...` to completion.
+fn run(args: &[&str]) -> Outcome {
+    let mut cmd = mxp();
+    cmd.args(args);
+    run_command(cmd, format!("mxp {}", args.join(" ")))
+}
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("mxp-cli-{}-{name}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
+
+/// A node keypair written by `mxp keygen`.
+struct Keys {
+    dir: TempDir,
+    public: String,
+}
+
+impl Keys {
+    fn generate(name: &str) -> Keys {
+        let dir = TempDir::new(name);
+        let out = run(&["keygen", "--out", path_str(&dir.0)]).success();
+        Keys {
+            public: out.stdout.trim().to_owned(),
+            dir,
+        }
+    }
+
+    fn secret_file(&self) -> PathBuf {
+        self.dir.path("node.key")
+    }
+}
+
+/// A running `mxp serve`, killed when dropped.
+struct Node {
+    process: Guarded,
+    addr: SocketAddr,
+    key: String,
+    /// Lines of stdout after the two startup lines.
+    stdout: Receiver<String>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl Node {
+    /// Starts `mxp serve ARGS...` and waits for it to print its address and
+    /// public key.
+    fn start(args: &[&str]) -> Node {
+        let mut cmd = mxp();
+        cmd.arg("serve").args(args);
+        Node::start_command(cmd, format!("mxp serve {}", args.join(" ")))
+    }
+
+    fn start_command(cmd: Command, what: String) -> Node {
+        let mut process = Guarded::spawn(cmd, what);
+        let stdout = process.child.stdout.take().expect("piped stdout");
+        let stderr = drain(process.child.stderr.take());
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            // Reads to the end even when nobody listens any more: a closed
+            // pipe would make the node's last lines fail.
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + PATIENCE;
+        let (mut addr, mut key) = (None, None);
+        let mut seen = Vec::new();
+        while addr.is_none() || key.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(a) = line.strip_prefix("mxp node listening on ") {
+                        addr = Some(a.trim().parse::<SocketAddr>().unwrap_or_else(|e| {
+                            panic!("{}: bad address in {line:?}: {e}", process.what)
+                        }));
+                    } else if let Some(k) = line.strip_prefix("public key: ") {
+                        key = Some(k.split_whitespace().next().unwrap_or_default().to_owned());
+                    }
+                    seen.push(line);
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    // Stdout closed: the node exited before it was ready.
+                    let status = process.wait(|_| String::new());
+                    drop(process.child.stdout.take());
+                    panic!(
+                        "{} exited ({status}) before it was ready; stdout: {seen:#?}; stderr:\n{}",
+                        process.what,
+                        stderr.join().unwrap_or_default()
+                    );
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = process.child.kill();
+                    panic!(
+                        "{} printed no address and key within {PATIENCE:?}; stdout: {seen:#?}",
+                        process.what
+                    );
+                }
+            }
+        }
+        Node {
+            process,
+            addr: addr.expect("address"),
+            key: key.expect("key"),
+            stdout: lines,
+            stderr: Some(stderr),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("mxp://{}", self.addr)
+    }
+
+    fn public_key(&self) -> PublicKey {
+        self.key.parse().expect("the node prints a valid key")
+    }
+
+    /// `mxp ping URL --server-key KEY ARGS...` against this node.
+    fn ping(&self, args: &[&str]) -> Outcome {
+        ping(&self.url(), &self.key, args)
+    }
+
+    /// Crash: SIGKILL, no chance to close anything.
+    fn kill(mut self) {
+        let _ = self.process.child.kill();
+        let _ = self.process.child.wait();
+    }
+
+    /// Stops the node the way a service manager does (SIGTERM) and returns
+    /// everything it printed after starting.
+    fn terminate(mut self) -> Outcome {
+        let pid = self.process.pid().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("the kill command");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        let status = self.process.wait(|_| String::new());
+        let stdout: Vec<String> = self.stdout.iter().collect();
+        Outcome {
+            what: self.process.what.clone(),
+            status,
+            stdout: stdout.join("\n"),
+            stderr: self
+                .stderr
+                .take()
+                .map(|h| h.join().unwrap_or_default())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// `mxp ping URL --server-key KEY ARGS...`
+fn ping(url: &str, key: &str, args: &[&str]) -> Outcome {
+    let mut all = vec!["ping", url, "--server-key", key];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
+/// Finds `NUMBER WORD` in a text (e.g. the `17` of "refused 17 malformed").
+fn number_before(text: &str, word: &str) -> Option<u64> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| w[1] == word)
+        .and_then(|w| w[0].parse().ok())
+}
+
+fn json_object(out: &Outcome) -> serde_json::Map<String, Value> {
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{}: expected one line: {out:#?}", out.what);
+    match serde_json::from_str(lines[0]) {
+        Ok(Value::Object(map)) => map,
+        other => panic!("{}: not a JSON object: {other:?}\n{}", out.what, lines[0]),
+    }
+}
+
+fn positive_number(map: &serde_json::Map<String, Value>, key: &str) -> f64 {
+    let v = map
+        .get(key)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("no number {key:?} in {map:?}"));
+    assert!(v > 0.0, "{key} = {v} in {map:?}");
+    v
+}
+
+fn call_message(id: u64, text: &str) -> Message {
+    Message::new(MessageType::Call, text.to_owned()).with_message_id(id)
+}
+
+/// A client endpoint of the library, on loopback.
+fn library_client() -> Endpoint {
+    Endpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        EndpointConfig::client(Keypair::generate()),
+    )
+    .unwrap()
+}
+
+async fn call_ok(conn: &Connection, id: u64, text: &str) {
+    let reply = tokio::time::timeout(PATIENCE, conn.call(&call_message(id, text)))
+        .await
+        .expect("call within the hang guard")
+        .expect("call answered");
+    assert_eq!(reply.kind, MessageType::Response);
+    assert_eq!(reply.message_id, id);
+    assert_eq!(&reply.payload[..], text.as_bytes());
+}
+
+/// The connection error inside a call error, wherever the call noticed it
+/// (opening the stream, writing the request or reading the response). A
+/// reset that arrives while the call waits for its response comes as
+/// `CallError::Read(ReadError::ConnectionLost(..))`.
+fn connection_error(e: &CallError) -> Option<&ConnectionError> {
+    match e {
+        CallError::ConnectionLost(c) => Some(c),
+        CallError::Write(mxp::WriteError::ConnectionLost(c)) => Some(c),
+        CallError::Read(mxp::ReadError::ConnectionLost(c)) => Some(c),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// keygen, serve, ping, call, bench
+// ---------------------------------------------------------------------------
+
+#[test]
+fn keygen_writes_a_private_key_and_its_public_half_and_keeps_an_existing_key() {
+    let dir = TempDir::new("keygen");
+    let out_dir = dir.path("keys");
+    let out = run(&["keygen", "--out", path_str(&out_dir)]).success();
+    let printed = out.stdout.trim().to_owned();
+    assert_eq!(out.stdout, format!("{printed}\n"), "one line on stdout");
+    printed
+        .parse::<PublicKey>()
+        .unwrap_or_else(|e| panic!("keygen printed {printed:?}: {e}"));
+
+    let key_file = out_dir.join("node.key");
+    let mode = fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "node.key mode {mode:o}");
+    let secret = fs::read_to_string(&key_file).unwrap();
+    assert_eq!(secret.len(), 65, "{secret:?}");
+    assert!(secret.ends_with('\n'));
+    assert!(secret[..64].bytes().all(|b| b.is_ascii_hexdigit()));
+
+    let public = fs::read_to_string(out_dir.join("node.pub")).unwrap();
+    assert_eq!(public, format!("{printed}\n"), "node.pub is one line");
+
+    // A second keygen must not replace the node's identity.
+    let again = run(&["keygen", "--out", path_str(&out_dir)]);
+    assert_eq!(again.code(), Some(2), "{again:#?}");
+    let line = again.one_error_line();
+    assert!(line.contains("already exists"), "{line}");
+    assert!(line.contains("--force"), "{line}");
+    assert_eq!(fs::read_to_string(&key_file).unwrap(), secret);
+    assert_eq!(
+        fs::read_to_string(out_dir.join("node.pub")).unwrap(),
+        public
+    );
+
+    // With --force it is replaced, still private.
+    let forced = run(&["keygen", "--out", path_str(&out_dir), "--force"]).success();
+    assert_ne!(forced.stdout.trim(), printed);
+    assert_ne!(fs::read_to_string(&key_file).unwrap(), secret);
+    let mode = fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[test]
+fn serve_publishes_its_key_and_answers_a_thousand_pings() {
+    let keys = Keys::generate("serve");
+    let node = Node::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--key",
+        path_str(&keys.secret_file()),
+    ]);
+    assert_eq!(node.key, keys.public, "serve publishes the key file's key");
+
+    // The judged command line: --server-key "$(cat DIR/node.pub)".
+    let pub_line = fs::read_to_string(keys.dir.path("node.pub")).unwrap();
+    let url = node.url();
+    let out = run(&[
+        "ping",
+        &url,
+        "--server-key",
+        pub_line.trim_end(),
+        "-c",
+        "1000",
+    ])
+    .success();
+    let first = out.stdout.lines().next().unwrap_or_default();
+    assert_eq!(number_before(first, "replies,"), Some(1000), "{out:#?}");
+    assert_eq!(number_before(first, "pings"), Some(1000), "{out:#?}");
+    let rtt = out.stdout.lines().find(|l| l.starts_with("rtt")).unwrap();
+    for column in ["min", "p50", "p99", "max"] {
+        assert!(rtt.contains(column), "{rtt}");
+    }
+
+    let out = node.ping(&["-c", "50", "--json"]).success();
+    let report = json_object(&out);
+    assert_eq!(report["sent"], 50, "{report:?}");
+    assert_eq!(report["received"], 50, "{report:?}");
+    assert_eq!(report["carrier"], "mxp", "{report:?}");
+    let rtt = report["rtt_us"].as_object().expect("rtt_us is an object");
+    let figure = |k: &str| positive_number(rtt, k);
+    let (min, p50, p99, max) = (figure("min"), figure("p50"), figure("p99"), figure("max"));
+    assert!(min <= p50 && p50 <= p99 && p99 <= max, "{rtt:?}");
+
+    let stopped = node.terminate();
+    assert!(stopped.status.success(), "{stopped:#?}");
+    assert!(
+        stopped.stdout.contains("served 2 connections, 1050 calls"),
+        "{stopped:#?}"
+    );
+}
+
+#[test]
+fn call_prints_the_response() {
+    let node = Node::start(&["--listen", "127.0.0.1:0"]);
+    let url = node.url();
+    let out = run(&["call", &url, "--server-key", &node.key, "--data", "hello"]).success();
+    assert_eq!(out.stdout, "hello\n");
+
+    let out = run(&[
+        "call",
+        &url,
+        "--server-key",
+        &node.key,
+        "--data",
+        "hello again",
+        "--json",
+    ])
+    .success();
+    let report = json_object(&out);
+    assert_eq!(report["response"], "hello again", "{report:?}");
+}
+
+#[test]
+fn bench_json_reports_every_scenario() {
+    let node = Node::start(&["--listen", "127.0.0.1:0"]);
+    let url = node.url();
+    for (scenario, figure) in [
+        ("rr", "p99_us"),
+        ("msgs", "msgs_per_sec"),
+        ("bulk", "mb_per_sec"),
+        ("handshake", "handshakes_per_sec"),
+        ("datagram", "datagrams_per_sec"),
+    ] {
+        let out = run(&[
+            "bench",
+            &url,
+            "--server-key",
+            &node.key,
+            "--scenario",
+            scenario,
+            "--duration",
+            "300ms",
+            "--json",
+        ])
+        .success();
+        let report = json_object(&out);
+        assert_eq!(report["scenario"], scenario, "{report:?}");
+        assert_eq!(report["carrier"], "mxp", "{report:?}");
+        positive_number(&report, figure);
+        for (k, v) in &report {
+            if let Some(n) = v.as_f64() {
+                assert!(n.is_finite() && n >= 0.0, "{scenario}: {k} = {n}");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Bad input: one clear line, a non-zero exit, never a hang
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_bad_config_value_is_named_and_nothing_starts() {
+    let dir = TempDir::new("badconfig");
+    let config = dir.path("node.toml");
+    fs::write(&config, "[transport]\nidle_timeout = \"30x\"\n").unwrap();
+    let out = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        path_str(&config),
+    ]);
+    assert_eq!(out.code(), Some(2), "{out:#?}");
+    let line = out.one_error_line();
+    assert!(line.contains("transport.idle_timeout"), "{line}");
+    assert!(line.contains("30x"), "{line}");
+    assert!(
+        !out.stdout.contains("listening"),
+        "the node started: {out:#?}"
+    );
+}
+
+#[test]
+fn an_unknown_config_key_is_refused() {
+    let dir = TempDir::new("unknownkey");
+    let config = dir.path("node.toml");
+    fs::write(&config, "[transport]\nidle_timout = \"30s\"\n").unwrap();
+    let out = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        path_str(&config),
+    ]);
+    assert_eq!(out.code(), Some(2), "{out:#?}");
+    let line = out.one_error_line();
+    assert!(line.contains("transport.idle_timout"), "{line}");
+    assert!(
+        !out.stdout.contains("listening"),
+        "the node started: {out:#?}"
+    );
+
+    // A missing config file is bad input too.
+    let out = run(&["serve", "--config", path_str(&dir.path("absent.toml"))]);
+    assert_eq!(out.code(), Some(2), "{out:#?}");
+    assert!(out.one_error_line().contains("absent.toml"), "{out:#?}");
+}
+
+#[test]
+fn a_missing_key_file_or_busy_address_stops_serve_before_it_starts() {
+    let dir = TempDir::new("nokey");
+    let out = run(&["serve", "--key", path_str(&dir.path("node.key"))]);
+    assert_eq!(out.code(), Some(2), "{out:#?}");
+    assert!(out.one_error_line().contains("node.key"), "{out:#?}");
+    assert!(!out.stdout.contains("listening"), "{out:#?}");
+
+    let busy = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let out = run(&["serve", "--listen", &addr]);
+    assert_ne!(out.code(), Some(0), "{out:#?}");
+    assert!(out.one_error_line().contains(&addr), "{out:#?}");
+    assert!(!out.stdout.contains("listening"), "{out:#?}");
+}
+
+#[test]
+fn a_wrong_server_key_is_a_clear_error() {
+    let node = Node::start(&["--listen", "127.0.0.1:0"]);
+    let url = node.url();
+    let wrong = Keypair::generate().public().to_string();
+    assert_ne!(wrong, node.key);
+    for command in [
+        vec!["ping", &url, "--server-key", &wrong, "-c", "3"],
+        vec!["call", &url, "--server-key", &wrong, "--data", "x"],
+    ] {
+        let out = run(&command);
+        assert_ne!(out.code(), Some(0), "{out:#?}");
+        let line = out.one_error_line();
+        assert!(line.contains("server public key"), "{line}");
+        assert!(line.contains("--server-key"), "{line}");
+    }
+    // The node is unharmed.
+    node.ping(&["-c", "3"]).success();
+}
+
+#[test]
+fn an_unreachable_address_is_a_clear_error_not_a_hang() {
+    // Bound, so nothing sends back "port unreachable"; never answers.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let url = format!("mxp://{}", silent.local_addr().unwrap());
+    let key = Keypair::generate().public().to_string();
+    for command in [
+        vec![
+            "ping",
+            &url,
+            "--server-key",
+            &key,
+            "-c",
+            "3",
+            "--timeout",
+            "1s",
+        ],
+        vec![
+            "call",
+            &url,
+            "--server-key",
+            &key,
+            "--data",
+            "x",
+            "--timeout",
+            "1s",
+        ],
+        vec![
+            "bench",
+            &url,
+            "--server-key",
+            &key,
+            "--scenario",
+            "rr",
+            "--duration",
+            "300ms",
+            "--timeout",
+            "1s",
+        ],
+    ] {
+        let out = run(&command);
+        assert_ne!(out.code(), Some(0), "{out:#?}");
+        let line = out.one_error_line();
+        assert!(line.contains("no answer"), "{line}");
+        assert!(line.contains(&url), "{line}");
+    }
+    drop(silent);
+}
+
+#[test]
+fn a_malformed_server_key_or_address_is_a_usage_error() {
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let url = format!("mxp://{}", silent.local_addr().unwrap());
+    let short = "ab".repeat(31);
+    for bad in ["abc", short.as_str(), "", "zz not a key"] {
+        let out = run(&["ping", &url, "--server-key", bad, "-c", "1"]);
+        assert_eq!(out.code(), Some(2), "{bad:?}: {out:#?}");
+        assert!(
+            out.one_error_line().contains("--server-key"),
+            "{bad:?}: {out:#?}"
+        );
+    }
+    let key = Keypair::generate().public().to_string();
+    let out = run(&["call", "mxp://nowhere", "--server-key", &key, "--data", "x"]);
+    assert_eq!(out.code(), Some(2), "{out:#?}");
+    assert!(out.one_error_line().contains("nowhere"), "{out:#?}");
+}
+
+// ---------------------------------------------------------------------------
+// Node restarts
+// ---------------------------------------------------------------------------
+
+/// Starts `mxp serve` on a port a previous node just left; retries briefly
+/// in case the port is not free yet.
+fn restart_on(addr: SocketAddr, key_file: &Path) -> Node {
+    let listen = addr.to_string();
+    let args = ["--listen", listen.as_str(), "--key", path_str(key_file)];
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        // Probe the port first so a busy port is a retry, not a panic.
+        match UdpSocket::bind(addr) {
+            Ok(probe) => {
+                drop(probe);
+                return Node::start(&args);
+            }
+            Err(e) if Instant::now() > deadline => panic!("port {addr} stays busy: {e}"),
+            Err(_) => thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_node_restarted_with_its_key_resets_the_client_which_reconnects() {
+    let keys = Keys::generate("crash");
+    let first = Node::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--key",
+        path_str(&keys.secret_file()),
+    ]);
+    let (addr, key) = (first.addr, first.public_key());
+    let client = library_client();
+    let conn = tokio::time::timeout(PATIENCE, client.connect_to(addr, key))
+        .await
+        .expect("connect within the hang guard")
+        .expect("connected");
+    call_ok(&conn, 1, "before the crash").await;
+
+    // kill -9: the node cannot tell anyone.
+    first.kill();
+    let second = restart_on(addr, &keys.secret_file());
+    assert_eq!(second.key, keys.public);
+
+    // The next call reaches the new node, which does not know the
+    // connection and proves with a stateless reset that it is gone.
+    let result = tokio::time::timeout(PATIENCE, conn.call(&call_message(2, "after the crash")))
+        .await
+        .expect("the call fails within the hang guard instead of hanging");
+    let error = result.expect_err("a call on a connection the node lost cannot succeed");
+    assert_eq!(
+        connection_error(&error),
+        Some(&ConnectionError::Reset),
+        "expected the connection reset, got {error:?}"
+    );
+    assert_eq!(
+        tokio::time::timeout(PATIENCE, conn.closed()).await.unwrap(),
+        ConnectionError::Reset
+    );
+    assert!(client.stats().stateless_resets_received >= 1);
+
+    // A fresh connection to the restarted node works.
+    let conn = tokio::time::timeout(PATIENCE, client.connect_to(addr, key))
+        .await
+        .expect("reconnect within the hang guard")
+        .expect("reconnected");
+    for id in 3..13 {
+        call_ok(&conn, id, "after reconnecting").await;
+    }
+    conn.close(0, b"done");
+    drop(conn);
+
+    let stopped = second.terminate();
+    assert!(stopped.status.success(), "{stopped:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_by_sigterm_closes_its_connections_with_a_reason() {
+    let node = Node::start(&["--listen", "127.0.0.1:0"]);
+    let client = library_client();
+    let conn = tokio::time::timeout(PATIENCE, client.connect_to(node.addr, node.public_key()))
+        .await
+        .expect("connect within the hang guard")
+        .expect("connected");
+    call_ok(&conn, 1, "hello").await;
+
+    let closed = tokio::spawn({
+        let conn = conn.clone();
+        async move { conn.closed().await }
+    });
+    let stopped = tokio::task::spawn_blocking(move || node.terminate())
+        .await
+        .unwrap();
+    assert!(stopped.status.success(), "{stopped:#?}");
+    assert!(
+        stopped.stdout.contains("served 1 connections, 1 calls"),
+        "{stopped:#?}"
+    );
+
+    let reason = tokio::time::timeout(PATIENCE, closed)
+        .await
+        .expect("the client hears the close")
+        .unwrap();
+    match &reason {
+        ConnectionError::ApplicationClosed { code: 0, reason } => {
+            assert!(!reason.is_empty(), "the node gives a reason");
+            let text = String::from_utf8_lossy(reason);
+            assert!(text.contains("shutting down"), "{text}");
+        }
+        other => panic!("expected the node's application close, got {other:?}"),
+    }
+    let error = conn.call(&call_message(2, "too late")).await.unwrap_err();
+    assert_eq!(connection_error(&error), Some(&reason), "{error:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Garbage
+// ---------------------------------------------------------------------------
+
+const GARBAGE: u64 = 100_000;
+
+/// Clears a flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_sprayed_at_a_node_is_counted_while_pings_succeed() {
+    let node = Node::start(&["--listen", "127.0.0.1:0"]);
+    let client = library_client();
+    let conn = tokio::time::timeout(PATIENCE, client.connect_to(node.addr, node.public_key()))
+        .await
+        .expect("connect within the hang guard")
+        .expect("connected");
+    call_ok(&conn, 0, "before").await;
+
+    let spraying = Arc::new(AtomicBool::new(true));
+    // Stops the pingers however this test ends.
+    let _stop = StopOnDrop(spraying.clone());
+
+    // A library client pinging on one connection from before the spray
+    // starts until after it ends.
+    let pinger = tokio::spawn({
+        let (conn, spraying) = (conn.clone(), spraying.clone());
+        async move {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            let mut id = 1;
+            while spraying.load(Ordering::Relaxed) {
+                let payload = Bytes::from(format!("ping {id}"));
+                let request = Message::new(MessageType::Call, payload.clone()).with_message_id(id);
+                match tokio::time::timeout(PATIENCE, conn.call(&request)).await {
+                    Ok(Ok(reply)) if reply.payload == payload && reply.message_id == id => ok += 1,
+                    other => failed.push(format!("ping {id}: {other:?}")),
+                }
+                id += 1;
+            }
+            (ok, failed)
+        }
+    });
+
+    // `mxp ping` processes, each with its own handshake, meanwhile.
+    let cli_pings = thread::spawn({
+        let (url, key, spraying) = (node.url(), node.key.clone(), spraying.clone());
+        move || {
+            let mut runs = 0;
+            loop {
+                let out = ping(&url, &key, &["-c", "200"]);
+                assert!(out.status.success(), "mxp ping during the spray: {out:#?}");
+                let first = out.stdout.lines().next().unwrap_or_default();
+                assert_eq!(number_before(first, "replies,"), Some(200), "{out:#?}");
+                runs += 1;
+                if !spraying.load(Ordering::Relaxed) {
+                    return runs;
+                }
+            }
+        }
+    });
+
+    // Random lengths, random bytes, from a plain socket.
+    let seed: u64 = rand::rng().random();
+    let sprayer = thread::spawn({
+        let target = node.addr;
+        move || {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket.connect(target).unwrap();
+            let mut buf = [0u8; 1400];
+            let mut errors = Vec::new();
+            for _ in 0..GARBAGE {
+                let len = rng.random_range(1..=buf.len());
+                rng.fill_bytes(&mut buf[..len]);
+                if let Err(e) = socket.send(&buf[..len]) {
+                    // ECONNREFUSED here would mean the node's port closed.
+                    errors.push(e.to_string());
+                }
+            }
+            errors
+        }
+    });
+    let send_errors = tokio::task::spawn_blocking(move || sprayer.join().unwrap())
+        .await
+        .unwrap();
+    spraying.store(false, Ordering::Relaxed);
+    assert!(
+        send_errors.is_empty(),
+        "seed {seed}: sending garbage failed {} times (did the node die?): {:?}",
+        send_errors.len(),
+        &send_errors[..send_errors.len().min(5)]
+    );
+
+    let (ok, failed) = pinger.await.unwrap();
+    assert!(failed.is_empty(), "seed {seed}: failed pings: {failed:#?}");
+    assert!(ok > 0);
+    let cli_runs = tokio::task::spawn_blocking(move || cli_pings.join())
+        .await
+        .unwrap()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    assert!(cli_runs >= 1);
+
+    // Still serving, on the old connection and a new one.
+    call_ok(&conn, u64::MAX, "after").await;
+    let out = node.ping(&["-c", "100", "--json"]).success();
+    assert_eq!(json_object(&out)["received"], 100, "{out:#?}");
+    conn.close(0, b"done");
+    drop(conn);
+
+    // The node counted the garbage.
+    let stopped = tokio::task::spawn_blocking(move || node.terminate())
+        .await
+        .unwrap();
+    assert!(stopped.status.success(), "{stopped:#?}");
+    let line = stopped
+        .stdout
+        .lines()
+        .find(|l| l.contains("refused"))
+        .unwrap_or_else(|| panic!("no counters printed: {stopped:#?}"));
+    let malformed = number_before(line, "malformed").expect("malformed count");
+    let unknown = number_before(line, "unknown-connection").expect("unknown count");
+    assert!(
+        malformed + unknown > 0,
+        "seed {seed}: no garbage counted: {line}"
+    );
+    eprintln!("seed {seed}: {ok} library pings, {cli_runs} mxp ping runs; node: {line}");
+}
