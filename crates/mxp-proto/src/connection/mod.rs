@@ -156,6 +156,9 @@ pub struct Connection {
     /// The server's proof that it lost this connection (client side).
     reset_token: Option<[u8; RESET_TOKEN_LEN]>,
     recovery: Recovery,
+    /// Scratch lists for ACK processing, kept to avoid allocating per ACK.
+    settled: Vec<recovery::SentPacket>,
+    lost: Vec<recovery::SentPacket>,
     replay: ReplayWindow,
     acks: AckState,
     streams: Streams,
@@ -201,6 +204,8 @@ impl Connection {
         let mut conn = Connection {
             side,
             recovery: Recovery::new(&config, now),
+            settled: Vec::new(),
+            lost: Vec::new(),
             replay: ReplayWindow::new(),
             acks: AckState::default(),
             streams: Streams::new(side, limits),

@@ -247,12 +247,14 @@ impl Connection {
     }
 
     fn on_ack_frame(&mut self, now: Instant, ack: &frame::Ack) -> Result<(), TransportError> {
-        let mut acked = Vec::new();
-        let mut lost = Vec::new();
+        // Reused across ACKs: no allocation per acknowledgement.
+        let mut acked = std::mem::take(&mut self.settled);
+        let mut lost = std::mem::take(&mut self.lost);
         let max_ack_delay = self.peer_max_ack_delay();
-        self.recovery
-            .on_ack(now, ack, &self.config, max_ack_delay, &mut acked, &mut lost)?;
-        for p in acked {
+        let result =
+            self.recovery
+                .on_ack(now, ack, &self.config, max_ack_delay, &mut acked, &mut lost);
+        for p in acked.drain(..) {
             if let Some(largest) = p.ack_largest {
                 self.acks.on_ack_acked(largest);
             }
@@ -261,13 +263,15 @@ impl Connection {
             }
             self.recovery.recycle(p.records);
         }
-        self.on_packets_lost(lost);
+        self.on_packets_lost(&mut lost);
+        self.settled = acked;
+        self.lost = lost;
         self.set_loss_timer();
-        Ok(())
+        result
     }
 
-    pub(super) fn on_packets_lost(&mut self, lost: Vec<super::recovery::SentPacket>) {
-        for p in lost {
+    pub(super) fn on_packets_lost(&mut self, lost: &mut Vec<super::recovery::SentPacket>) {
+        for p in lost.drain(..) {
             self.stats.packets_lost += 1;
             self.stats.bytes_lost += u64::from(p.size);
             self.datagrams.stats.lost += u64::from(p.datagrams);
@@ -303,11 +307,12 @@ impl Connection {
             self.on_handshake_timeout();
             return;
         }
-        let mut lost = Vec::new();
+        let mut lost = std::mem::take(&mut self.lost);
         let probe =
             self.recovery
                 .on_timeout(now, &self.config, self.peer_max_ack_delay(), &mut lost);
-        self.on_packets_lost(lost);
+        self.on_packets_lost(&mut lost);
+        self.lost = lost;
         if let Some(records) = probe {
             self.stats.probes += 1;
             self.requeue(&records);
