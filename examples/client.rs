@@ -18,7 +18,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let server_key: PublicKey = key.parse()?;
 
-    let client = Endpoint::bind("0.0.0.0:0".parse()?, EndpointConfig::client(Keypair::generate()))?;
+    let client = Endpoint::bind(
+        "0.0.0.0:0".parse()?,
+        EndpointConfig::client(Keypair::generate()),
+    )?;
     let conn = client.connect(&format!("mxp://{addr}"), server_key).await?;
 
     // A call: request and response, in the Critical band.
@@ -27,7 +30,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("response: {}", String::from_utf8_lossy(&response.payload));
 
     // An event: one-way and reliable, in the Background band.
-    conn.send_message(&Message::new(MessageType::Event, "task finished")).await?;
+    conn.send_message(&Message::new(MessageType::Event, "task finished"))
+        .await?;
 
     // A heartbeat: unreliable, never retransmitted.
     let heartbeat = Message::new(MessageType::AgentHeartbeat, Bytes::new()).to_bytes()?;

@@ -13,7 +13,10 @@ use mxp::proto::{EndpointConfig, Keypair};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A real node loads its key from a file (see `mxp keygen`), so clients
     // can pin it; a fresh one is fine for trying things out.
-    let node = Endpoint::bind("127.0.0.1:9000".parse()?, EndpointConfig::server(Keypair::generate()))?;
+    let node = Endpoint::bind(
+        "127.0.0.1:9000".parse()?,
+        EndpointConfig::server(Keypair::generate()),
+    )?;
     println!("listening on {}", node.local_addr());
     println!("public key {}", node.public_key());
 

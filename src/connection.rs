@@ -233,10 +233,19 @@ impl Connection {
     /// Sends `request` on a new stream in its band (Critical for a call)
     /// and waits for the one message that answers it.
     pub async fn call(&self, request: &Message) -> Result<Message, CallError> {
-        let (mut send, mut recv) = self.open_bi(request.band()).await?;
-        send.write_message(request).await?;
-        send.finish()?;
-        recv.read_message().await?.ok_or(CallError::NoResponse)
+        let exchange = async {
+            let (mut send, mut recv) = self.open_bi(request.band()).await?;
+            send.write_message(request).await?;
+            send.finish()?;
+            recv.read_message().await?.ok_or(CallError::NoResponse)
+        };
+        // However the loss of the connection surfaced (opening, writing or
+        // reading), report it the same way.
+        exchange.await.map_err(|e| match e {
+            CallError::Write(WriteError::ConnectionLost(e))
+            | CallError::Read(ReadError::ConnectionLost(e)) => CallError::ConnectionLost(e),
+            other => other,
+        })
     }
 
     /// Sends a one-way message (an event, a heartbeat, an acknowledgement)

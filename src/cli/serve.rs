@@ -89,9 +89,10 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     serving.abort();
     let e = node.stats();
     println!(
-        "served {} connections, {} calls; refused {} malformed and {} unknown-connection datagrams",
+        "served {} connections, {} calls; refused {} datagrams ({} malformed, {} for unknown connections)",
         stats.connections.load(Ordering::Relaxed),
         stats.calls.load(Ordering::Relaxed),
+        e.datagrams_refused(),
         e.malformed,
         e.unknown_connection
     );

@@ -144,6 +144,25 @@ pub struct EndpointStats {
     pub stateless_bytes_sent: u64,
 }
 
+impl EndpointStats {
+    /// Every datagram refused before it reached a connection, whatever the
+    /// reason: the one number for "garbage at the door".
+    pub fn datagrams_refused(&self) -> u64 {
+        self.malformed
+            + self.unknown_connection
+            + self.not_a_server
+            + self.initials_too_small
+            + self.version_mismatches
+            + self.invalid_tokens
+            + self.rate_limited
+            + self.connection_limit
+            + self.handshake_decrypt_failures
+            + self.replayed_initiations
+            + self.stale_initiations
+            + self.clients_refused
+    }
+}
+
 /// Token bucket limiting Diffie-Hellman work per second.
 #[derive(Debug)]
 struct RateLimiter {

@@ -97,6 +97,10 @@ enum Timer {
 
 const TIMER_COUNT: usize = 7;
 
+/// Longest a closing connection waits for its close frame to be sent at
+/// all (it normally goes out on the next transmit).
+const CLOSE_FALLBACK: Duration = Duration::from_secs(1);
+
 /// The network path to the peer and its address-validation budget.
 #[derive(Debug)]
 struct Path {
@@ -166,6 +170,8 @@ pub struct Connection {
     scheduler: Scheduler,
     pending: Pending,
     close_frame: Option<Close>,
+    /// The close frame went out at least once.
+    close_sent: bool,
     /// Packets received while closing, and the count at which to answer
     /// with the close frame again (doubles, so a flood gets few answers).
     closing_received: u64,
@@ -223,6 +229,7 @@ impl Connection {
             reset_token: None,
             pending: Pending::default(),
             close_frame: None,
+            close_sent: false,
             closing_received: 0,
             closing_answer_at: 1,
             timers: [None; TIMER_COUNT],
@@ -466,9 +473,12 @@ impl Connection {
         self.pending.close = true;
         self.closing_received = 0;
         self.closing_answer_at = 1;
-        let until = now + 3 * self.recovery.pto(&self.config, self.peer_max_ack_delay());
+        // The closing period starts when the close frame first goes out
+        // (see `build_close`); until then only a fallback bounds it, so a
+        // busy owner that polls late cannot drain the connection before the
+        // peer was ever told.
         self.clear_timers();
-        self.set_timer(Timer::Close, Some(until));
+        self.set_timer(Timer::Close, Some(now + CLOSE_FALLBACK));
     }
 
     /// The handshake is complete on this side (client: the server's answer

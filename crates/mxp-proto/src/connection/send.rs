@@ -24,7 +24,7 @@ impl Connection {
         let start = buf.len();
         let size = match self.state {
             State::Drained | State::Draining => return None,
-            State::Closing => self.build_close(buf),
+            State::Closing => self.build_close(now, buf),
             State::Handshake => match self.poll_handshake_transmit(now, buf) {
                 Some(size) => Some(size),
                 // The server may send early data within its budget; the
@@ -70,12 +70,21 @@ impl Connection {
         Some(size)
     }
 
-    fn build_close(&mut self, buf: &mut Vec<u8>) -> Option<usize> {
-        if !std::mem::take(&mut self.pending.close) {
+    fn build_close(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<usize> {
+        if !self.pending.close || self.keys.is_none() {
             return None;
         }
-        let frame = self.close_frame.clone()?;
+        // Within the anti-amplification budget, or not yet.
         let max = self.packet_size_limit()?;
+        self.pending.close = false;
+        if !self.close_sent {
+            // The closing period runs from the first close frame: three
+            // probe timeouts for stragglers to be answered.
+            self.close_sent = true;
+            let pto = self.recovery.pto(&self.config, self.peer_max_ack_delay());
+            self.set_timer(Timer::Close, Some(now + 3 * pto));
+        }
+        let frame = self.close_frame.clone()?;
         let start = buf.len();
         let keys = self.keys.as_mut()?;
         let pn = self.recovery.next_pn;
