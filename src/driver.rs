@@ -108,6 +108,8 @@ pub(crate) struct ConnState {
     pub drained: bool,
     /// No application handle refers to it any more.
     pub detached: bool,
+    /// The peer is draining it: new work belongs elsewhere.
+    pub going_away: bool,
     pub wakers: Wakers,
 }
 
@@ -172,6 +174,7 @@ impl State {
                     w.open[dir_index(dir)].drain(..).for_each(Waker::wake)
                 }
                 Event::DatagramReceived => w.datagram.drain(..).for_each(Waker::wake),
+                Event::GoAway => cs.going_away = true,
                 Event::Drained => {
                     cs.drained = true;
                     cs.error.get_or_insert(ConnectionError::LocallyClosed);

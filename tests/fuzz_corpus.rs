@@ -93,6 +93,7 @@ fn sample_frames() -> Vec<Frame> {
         Frame::PathChallenge([1; 8]),
         Frame::PathResponse([2; 8]),
         Frame::ImmediateAck,
+        Frame::GoAway,
         Frame::Datagram(Bytes::from_static(b"datagram")),
         Frame::Close(Close {
             kind: CloseKind::Application,

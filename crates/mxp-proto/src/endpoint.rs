@@ -94,6 +94,9 @@ pub enum Refusal {
     /// The client key is not on the allow-list.
     #[error("client key not allowed")]
     ClientNotAllowed,
+    /// The node does not accept MXP connections now (carrier switch).
+    #[error("not accepting MXP connections")]
+    NotAccepting,
 }
 
 /// Endpoint-wide counters: everything refused before reaching a
@@ -102,6 +105,8 @@ pub enum Refusal {
 pub struct EndpointStats {
     /// Datagrams handed to [`Endpoint::handle`].
     pub datagrams_received: u64,
+    /// Initiations refused because the node does not accept MXP now.
+    pub carrier_refusals: u64,
     /// Their bytes.
     pub bytes_received: u64,
     /// Datagrams that could not be parsed.
@@ -160,6 +165,7 @@ impl EndpointStats {
             + self.replayed_initiations
             + self.stale_initiations
             + self.clients_refused
+            + self.carrier_refusals
     }
 }
 
@@ -228,6 +234,11 @@ struct Initiation {
 /// Server-only state.
 #[derive(Debug)]
 struct Server {
+    /// New MXP connections are accepted (the rollout's carrier switch can
+    /// turn this off at runtime).
+    accepting: bool,
+    /// Where refused clients are sent instead: the QUIC listener's port.
+    quic_port: Option<u16>,
     token_key: TokenKey,
     /// Newest initiation timestamp accepted per client key.
     timestamps: HashMap<PublicKey, u64>,
@@ -272,6 +283,8 @@ impl Endpoint {
     pub fn new(config: EndpointConfig, now: Instant, unix_time: Duration) -> Self {
         let reset_key = ResetKey::new(config.keypair.secret_bytes());
         let server = config.server.as_ref().map(|s| Server {
+            accepting: true,
+            quic_port: None,
             token_key: TokenKey::generate(),
             timestamps: HashMap::new(),
             limiter: RateLimiter::new(s.handshake_rate, s.handshake_burst, now),
@@ -292,6 +305,24 @@ impl Endpoint {
             reset_key,
             reset_limiter: RateLimiter::new(RESETS_PER_SECOND, RESETS_PER_SECOND, now),
         }
+    }
+
+    /// Whether new MXP connections are accepted. When they are not, each
+    /// initiation is answered with a refusal naming `quic_port` (the node's
+    /// QUIC listener), so clients fall back at once instead of timing out.
+    /// Existing connections are unaffected (drain them with
+    /// [`Connection::go_away`]).
+    pub fn set_accepting(&mut self, accepting: bool, quic_port: Option<u16>) {
+        if let Some(server) = &mut self.server {
+            server.accepting = accepting;
+            server.quic_port = quic_port;
+        }
+    }
+
+    /// Whether new MXP connections are accepted (false for a client-only
+    /// endpoint).
+    pub fn is_accepting(&self) -> bool {
+        self.server.as_ref().is_some_and(|s| s.accepting)
     }
 
     /// This node's public key: what clients need to connect to it.
@@ -534,6 +565,19 @@ impl Endpoint {
             packet::write_reject(scid, dcid, RejectReason::VersionMismatch, &mut out);
             self.answer(remote, out, len);
             return Incoming::Answered(Refusal::VersionMismatch(version));
+        }
+        if let Some(server) = self.server.as_ref().filter(|s| !s.accepting) {
+            let quic_port = server.quic_port.unwrap_or(0);
+            self.stats.carrier_refusals += 1;
+            let mut out = Vec::new();
+            packet::write_reject(
+                scid,
+                dcid,
+                RejectReason::CarrierRefused { quic_port },
+                &mut out,
+            );
+            self.answer(remote, out, len);
+            return Incoming::Answered(Refusal::NotAccepting);
         }
         if self.connections.len() >= policy.max_connections {
             self.stats.connection_limit += 1;

@@ -122,6 +122,13 @@ pub enum ConnectionError {
         /// behind), in milliseconds.
         local_ahead_ms: i64,
     },
+    /// The node does not accept MXP connections now (its operator switched
+    /// it to the QUIC carrier); it accepts QUIC on `quic_port` if given.
+    #[error("the node does not accept MXP connections now{}", quic_hint(*quic_port))]
+    CarrierRefused {
+        /// UDP port of the node's QUIC listener, if it has one.
+        quic_port: Option<u16>,
+    },
     /// No answer to the handshake within the handshake timeout.
     #[error("handshake timed out: no answer from the server")]
     HandshakeTimedOut,
@@ -148,6 +155,11 @@ pub enum ConnectionError {
     LocallyClosed,
 }
 
+fn quic_hint(port: Option<u16>) -> String {
+    port.map(|p| format!(" (it accepts QUIC on port {p})"))
+        .unwrap_or_default()
+}
+
 fn reason_suffix(reason: &Bytes) -> String {
     if reason.is_empty() {
         String::new()
@@ -164,6 +176,7 @@ impl ConnectionError {
             ConnectionError::ServerKeyMismatch => "server_key_mismatch",
             ConnectionError::ClientNotAllowed => "client_not_allowed",
             ConnectionError::ClockSkew { .. } => "clock_skew",
+            ConnectionError::CarrierRefused { .. } => "carrier_refused",
             ConnectionError::HandshakeTimedOut => "handshake_timed_out",
             ConnectionError::TransportError(_) => "transport_error",
             ConnectionError::ApplicationClosed { .. } => "application_closed",

@@ -11,6 +11,9 @@
 //!
 //! * **ACK delay is in microseconds.** There is no `ack_delay_exponent`
 //!   transport parameter to negotiate or get wrong.
+//! * **`GOAWAY` (0x1e)** tells the peer this connection is being drained:
+//!   finish what is in flight, open new work elsewhere (the rollout's
+//!   carrier switch).
 //! * **`IMMEDIATE_ACK` (0x1f)** asks the receiver to acknowledge at once
 //!   instead of waiting for its delayed-ACK timer; latency-critical traffic
 //!   sets it so loss is detected a round trip sooner.
@@ -85,6 +88,8 @@ pub mod types {
     pub const APPLICATION_CLOSE: u64 = 0x1d;
     /// Asks the receiver to acknowledge immediately (MXP extension).
     pub const IMMEDIATE_ACK: u64 = 0x1f;
+    /// The sender is draining the connection: no new work on it.
+    pub const GOAWAY: u64 = 0x1e;
     /// Unreliable datagram running to the end of the packet.
     pub const DATAGRAM: u64 = 0x30;
     /// Unreliable datagram with an explicit length.
@@ -126,6 +131,7 @@ pub fn frame_type_name(ty: u64) -> &'static str {
         types::CONNECTION_CLOSE => "CONNECTION_CLOSE",
         types::APPLICATION_CLOSE => "APPLICATION_CLOSE",
         types::IMMEDIATE_ACK => "IMMEDIATE_ACK",
+        types::GOAWAY => "GOAWAY",
         types::DATAGRAM | types::DATAGRAM_WITH_LEN => "DATAGRAM",
         _ => "unknown",
     }
@@ -227,6 +233,8 @@ pub enum Frame {
     Close(Close),
     /// Acknowledge this packet now rather than after the ACK delay.
     ImmediateAck,
+    /// The connection is draining: finish in-flight work, open nothing new.
+    GoAway,
     /// An unreliable, unordered message.
     Datagram(Bytes),
 }
@@ -261,6 +269,7 @@ impl Frame {
             Frame::PathResponse(_) => types::PATH_RESPONSE,
             Frame::Close(c) => c.kind.frame_type(),
             Frame::ImmediateAck => types::IMMEDIATE_ACK,
+            Frame::GoAway => types::GOAWAY,
             Frame::Datagram(_) => types::DATAGRAM_WITH_LEN,
         }
     }
@@ -274,7 +283,7 @@ impl Frame {
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Frame::Padding(n) => out.resize(out.len() + n, 0),
-            Frame::Ping | Frame::ImmediateAck => put_varint(out, self.frame_type()),
+            Frame::Ping | Frame::ImmediateAck | Frame::GoAway => put_varint(out, self.frame_type()),
             Frame::Ack(ack) => {
                 debug_assert_eq!(
                     ack.ranges.first().map(|r| *r.end()),
@@ -337,7 +346,7 @@ impl Frame {
     pub fn encoded_len(&self) -> usize {
         match self {
             Frame::Padding(n) => *n,
-            Frame::Ping | Frame::ImmediateAck => 1,
+            Frame::Ping | Frame::ImmediateAck | Frame::GoAway => 1,
             Frame::Ack(ack) => Ack::ranges_encoded_len(ack.half_open(), ack.delay_us),
             Frame::ResetStream(r) => {
                 1 + varint_len(r.id.0) + varint_len(r.error_code) + varint_len(r.final_size)
@@ -813,6 +822,7 @@ fn parse_frame(payload: &Bytes, start: usize) -> Result<(Frame, usize), FrameErr
             })
         }
         types::IMMEDIATE_ACK => Frame::ImmediateAck,
+        types::GOAWAY => Frame::GoAway,
         types::DATAGRAM => {
             let len = r.remaining() as u64;
             Frame::Datagram(take(payload, start, &mut r, len).map_err(t)?)
@@ -997,6 +1007,7 @@ mod tests {
             any::<[u8; 8]>().prop_map(Frame::PathResponse),
             close().prop_map(Frame::Close),
             Just(Frame::ImmediateAck),
+            Just(Frame::GoAway),
             bytes(64).prop_map(Frame::Datagram),
         ]
     }
@@ -1179,7 +1190,7 @@ mod tests {
 
     #[test]
     fn unit_frames_round_trip() {
-        for f in [Frame::Ping, Frame::ImmediateAck] {
+        for f in [Frame::Ping, Frame::ImmediateAck, Frame::GoAway] {
             let bytes = encode_all(std::slice::from_ref(&f));
             assert_eq!(bytes, [f.frame_type() as u8]);
             assert_eq!(parse_ok(&bytes), vec![f]);

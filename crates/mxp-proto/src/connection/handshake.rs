@@ -475,6 +475,13 @@ impl Connection {
                     self.stats.dropped_packets += 1;
                     return;
                 }
+                if let RejectReason::CarrierRefused { quic_port } = reason {
+                    info!(target: HANDSHAKE, conn = %self.local_cid, peer = %self.path.remote, quic_port, "node does not accept MXP now");
+                    let quic_port = (quic_port != 0).then_some(quic_port);
+                    self.lost(ConnectionError::CarrierRefused { quic_port });
+                    self.set_drained();
+                    return;
+                }
                 // Unauthenticated, and a corrupted Initial (a flipped
                 // version bit, a spoiled ciphertext) looks the same to the
                 // server: believe a refusal only when a fresh Initial is
@@ -496,6 +503,7 @@ impl Connection {
                         self.lost(ConnectionError::ServerKeyMismatch);
                         self.set_drained();
                     }
+                    RejectReason::CarrierRefused { .. } => unreachable!("handled above"),
                 }
             }
             _ => self.stats.dropped_packets += 1,

@@ -58,6 +58,9 @@ pub enum Event {
     Stream(StreamEvent),
     /// A datagram is waiting in [`Connection::recv_datagram`].
     DatagramReceived,
+    /// The peer is draining this connection (its carrier stopped accepting):
+    /// finish what is in flight here and open new work elsewhere.
+    GoAway,
     /// Everything is over, including the closing period; the owner may drop
     /// the connection.
     Drained,
@@ -138,6 +141,8 @@ impl Path {
 #[derive(Debug, Default)]
 struct Pending {
     ping: bool,
+    /// Send GOAWAY (again, if it was lost).
+    go_away: bool,
     /// Send (again) the close frame while closing.
     close: bool,
     path_responses: VecDeque<[u8; 8]>,
@@ -172,6 +177,10 @@ pub struct Connection {
     close_frame: Option<Close>,
     /// The close frame went out at least once.
     close_sent: bool,
+    /// This end told the peer it is draining the connection.
+    going_away: bool,
+    /// The peer told us it is draining the connection.
+    peer_going_away: bool,
     /// Packets received while closing, and the count at which to answer
     /// with the close frame again (doubles, so a flood gets few answers).
     closing_received: u64,
@@ -230,6 +239,8 @@ impl Connection {
             pending: Pending::default(),
             close_frame: None,
             close_sent: false,
+            going_away: false,
+            peer_going_away: false,
             closing_received: 0,
             closing_answer_at: 1,
             timers: [None; TIMER_COUNT],
@@ -427,6 +438,28 @@ impl Connection {
         if let Some(band) = self.streams.wants_schedule(id) {
             self.scheduler.push(band, Flow::Stream(id));
         }
+    }
+
+    // ---- draining ----------------------------------------------------------
+
+    /// Tells the peer this connection is being drained: it should finish
+    /// what is in flight and open new work elsewhere. The connection keeps
+    /// working meanwhile; close it when the drain deadline passes.
+    pub fn go_away(&mut self) {
+        if !self.going_away && !self.is_closed() {
+            self.going_away = true;
+            self.pending.go_away = true;
+        }
+    }
+
+    /// Whether this end asked the peer to go away.
+    pub fn is_going_away(&self) -> bool {
+        self.going_away
+    }
+
+    /// Whether the peer asked us to go away.
+    pub fn peer_going_away(&self) -> bool {
+        self.peer_going_away
     }
 
     // ---- closing -----------------------------------------------------------

@@ -25,6 +25,8 @@ pub(super) struct SentPacket {
     pub ack_largest: Option<u64>,
     /// Datagram frames it carried (counted if lost; never resent).
     pub datagrams: u16,
+    /// It carried GOAWAY (resent if lost).
+    pub go_away: bool,
     /// Stream and flow-control frames it carried, resent if it is lost.
     pub records: Vec<Record>,
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use tracing::{debug, trace};
+use tracing::{debug, info, trace};
 
 use super::{Connection, Event, Handshake, State, Timer};
 use crate::error::{ConnectionError, TransportError, TransportErrorCode};
@@ -194,6 +194,13 @@ impl Connection {
     fn on_frame(&mut self, now: Instant, frame: Frame) -> Result<(), TransportError> {
         match frame {
             Frame::Padding(_) | Frame::Ping | Frame::ImmediateAck => {}
+            Frame::GoAway => {
+                if !self.peer_going_away {
+                    self.peer_going_away = true;
+                    info!(conn = %self.local_cid, peer = %self.path.remote, "peer is draining this connection");
+                    self.events.push_back(Event::GoAway);
+                }
+            }
             Frame::Ack(ack) => self.on_ack_frame(now, &ack)?,
             Frame::Stream(f) => self.streams.on_stream_frame(f)?,
             Frame::ResetStream(f) => self.streams.on_reset(f)?,
@@ -272,6 +279,9 @@ impl Connection {
 
     pub(super) fn on_packets_lost(&mut self, lost: &mut Vec<super::recovery::SentPacket>) {
         for p in lost.drain(..) {
+            if p.go_away {
+                self.pending.go_away = true;
+            }
             self.stats.packets_lost += 1;
             self.stats.bytes_lost += u64::from(p.size);
             self.datagrams.stats.lost += u64::from(p.datagrams);

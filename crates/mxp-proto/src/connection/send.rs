@@ -52,6 +52,7 @@ impl Connection {
 
     fn has_data_to_send(&self) -> bool {
         self.pending.ping
+            || self.pending.go_away
             || self.pending.path_challenge
             || !self.pending.path_responses.is_empty()
             || self.streams.has_pending_control()
@@ -149,8 +150,14 @@ impl Connection {
         let after_ack = buf.len();
         let mut records = self.recovery.take_records();
         let mut datagrams = 0u16;
+        let mut go_away = false;
         let mut urgent = self.recovery.probes > 0;
         if send_data {
+            if self.pending.go_away && buf.len() < limit {
+                frame::Frame::GoAway.encode(buf);
+                self.pending.go_away = false;
+                go_away = true;
+            }
             self.write_pending_frames(buf, limit);
             let room = limit.saturating_sub(buf.len());
             self.streams.write_control_frames(room, buf, &mut records);
@@ -210,6 +217,7 @@ impl Connection {
                 in_flight: ack_eliciting,
                 ack_largest,
                 datagrams,
+                go_away,
                 records,
             },
         );

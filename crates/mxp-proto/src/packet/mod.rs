@@ -116,22 +116,44 @@ pub enum LongType {
 }
 
 /// Why a server refused an initiation before any key was agreed. Sent in
-/// the clear, so a client treats it as a hint it confirms (see the
-/// connection's handshake logic), never as proof.
+/// the clear, so a client treats the key and version refusals as hints it
+/// confirms (see the connection's handshake logic), never as proof.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectReason {
     /// The server speaks another protocol version.
-    VersionMismatch = 1,
+    VersionMismatch,
     /// The initiation did not decrypt: the client used the wrong server key.
-    ServerKeyMismatch = 2,
+    ServerKeyMismatch,
+    /// The node does not accept new MXP connections now (its operator
+    /// switched it to the QUIC carrier); `quic_port` (0: none) is where it
+    /// does. Believing a forged one only moves a client to another
+    /// authenticated carrier, so it is believed at once.
+    CarrierRefused {
+        /// UDP port of the node's QUIC listener, or 0.
+        quic_port: u16,
+    },
 }
 
 impl RejectReason {
-    fn from_u8(v: u8) -> Option<Self> {
-        match v {
-            1 => Some(Self::VersionMismatch),
-            2 => Some(Self::ServerKeyMismatch),
-            _ => None,
+    fn decode(r: &mut Reader<'_>) -> Result<Self, PacketError> {
+        Ok(match r.u8()? {
+            1 => Self::VersionMismatch,
+            2 => Self::ServerKeyMismatch,
+            3 => Self::CarrierRefused {
+                quic_port: r.u16()?,
+            },
+            _ => return Err(PacketError::Malformed),
+        })
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::VersionMismatch => out.push(1),
+            Self::ServerKeyMismatch => out.push(2),
+            Self::CarrierRefused { quic_port } => {
+                out.push(3);
+                out.extend_from_slice(&quic_port.to_be_bytes());
+            }
         }
     }
 }
@@ -300,7 +322,7 @@ pub fn parse(datagram: &[u8]) -> Result<Header<'_>, PacketError> {
         _ => Header::Reject {
             dcid,
             scid,
-            reason: RejectReason::from_u8(r.u8()?).ok_or(PacketError::Malformed)?,
+            reason: RejectReason::decode(&mut r)?,
         },
     })
 }
@@ -355,7 +377,7 @@ pub fn write_reject(
     out: &mut Vec<u8>,
 ) {
     long_header(LongType::Reject, dcid, scid, out);
-    out.push(reason as u8);
+    reason.encode(out);
 }
 
 /// The Noise prologue for a handshake: binds the version and both
@@ -416,6 +438,21 @@ mod tests {
                 dcid: B,
                 scid: A,
                 token: b"t"
+            }
+        );
+        buf.clear();
+        write_reject(
+            B,
+            A,
+            RejectReason::CarrierRefused { quic_port: 4434 },
+            &mut buf,
+        );
+        assert_eq!(
+            parse(&buf).unwrap(),
+            Header::Reject {
+                dcid: B,
+                scid: A,
+                reason: RejectReason::CarrierRefused { quic_port: 4434 }
             }
         );
         buf.clear();
