@@ -1,69 +1,24 @@
-//! An MXP connection as the application sees it.
+//! A connection as the application sees it: the same API whichever
+//! carrier (MXP or QUIC) is underneath, and, on the client side, a session
+//! that moves new work to the other carrier when the node drains the
+//! current one.
 
-use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use mxp_proto::message::Message;
-use mxp_proto::{
-    Band, ConnectionError, ConnectionHandle, ConnectionStats, DatagramError, Dir, OpenError,
-    PublicKey, StreamId,
-};
+use mxp_proto::{Band, ConnectionError, ConnectionStats, DatagramError, Dir, PublicKey};
 use thiserror::Error;
+use tracing::{info, warn};
 
-use crate::driver::{ConnState, Shared, dir_index};
+use crate::carrier::{Carrier, CarrierMode};
+use crate::endpoint::{Endpoint, Target};
+use crate::mxp::conn::MxpConn;
+use crate::mxp::streams::{MxpRecv, MxpSend};
+use crate::quic::{self, QuicConn};
 use crate::streams::{ReadError, RecvStream, SendStream, WriteError};
-
-/// An established MXP connection. Cheap to clone; the connection closes
-/// when the last clone and every stream of it are dropped.
-///
-/// ```no_run
-/// # async fn example(conn: mxp::Connection) -> Result<(), Box<dyn std::error::Error>> {
-/// use mxp::proto::message::{Message, MessageType};
-///
-/// // A call: one request, one response, in the Critical band.
-/// let response = conn.call(&Message::new(MessageType::Call, "hello")).await?;
-/// assert_eq!(response.kind, MessageType::Response);
-///
-/// // A one-way message rides in its type's band (an event: Background).
-/// conn.send_message(&Message::new(MessageType::Event, "happened")).await?;
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone)]
-pub struct Connection(Arc<Inner>);
-
-#[derive(Debug)]
-struct Inner {
-    shared: Arc<Shared>,
-    handle: ConnectionHandle,
-    remote: SocketAddr,
-    peer_key: PublicKey,
-    /// One long-lived unidirectional stream per band for one-way messages,
-    /// serialised so concurrent senders never interleave two messages.
-    lanes: [tokio::sync::Mutex<Option<StreamId>>; Band::COUNT],
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        let mut guard = self.shared.lock();
-        let state = &mut *guard;
-        if let Some(cs) = state.conns.get_mut(&self.handle) {
-            if cs.drained {
-                state.conns.remove(&self.handle);
-            } else {
-                cs.detached = true;
-                if let Some(c) = state.proto.connection(self.handle) {
-                    c.close(Instant::now(), 0, Bytes::new());
-                }
-            }
-        }
-        drop(guard);
-        self.shared.wake_driver();
-    }
-}
 
 /// Why a call failed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -82,152 +37,309 @@ pub enum CallError {
     NoResponse,
 }
 
-impl Connection {
-    pub(crate) fn new(shared: Arc<Shared>, handle: ConnectionHandle) -> Option<Connection> {
-        let (remote, peer_key) = {
-            let state = shared.lock();
-            let c = state.proto.connection_ref(handle)?;
-            (c.remote_address(), c.peer_key()?)
-        };
-        Some(Connection(Arc::new(Inner {
-            shared,
-            handle,
-            remote,
-            peer_key,
-            lanes: Default::default(),
-        })))
+/// Why a datagram was not sent.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SendDatagramError {
+    /// Too large, or the peer does not take datagrams.
+    #[error(transparent)]
+    Refused(#[from] DatagramError),
+    /// The connection ended.
+    #[error(transparent)]
+    ConnectionLost(#[from] ConnectionError),
+}
+
+/// One carrier connection.
+#[derive(Debug, Clone)]
+pub(crate) enum Link {
+    Mxp(MxpConn),
+    Quic(QuicConn),
+}
+
+impl Link {
+    pub fn carrier(&self) -> Carrier {
+        match self {
+            Link::Mxp(_) => Carrier::Mxp,
+            Link::Quic(_) => Carrier::Quic,
+        }
     }
 
-    /// The peer's address when the connection was established.
+    fn remote_address(&self) -> SocketAddr {
+        match self {
+            Link::Mxp(c) => c.remote_address(),
+            Link::Quic(c) => c.remote_address(),
+        }
+    }
+
+    fn peer_key(&self) -> PublicKey {
+        match self {
+            Link::Mxp(c) => c.peer_key(),
+            Link::Quic(c) => c.peer_key(),
+        }
+    }
+
+    fn peer_going_away(&self) -> bool {
+        match self {
+            Link::Mxp(c) => c.peer_going_away(),
+            Link::Quic(c) => c.peer_going_away(),
+        }
+    }
+
+    async fn open_bi(&self, band: Band) -> Result<(SendStream, RecvStream), ConnectionError> {
+        match self {
+            Link::Mxp(c) => {
+                let id = c.open(Dir::Bi, band).await?;
+                Ok((
+                    SendStream::mxp(MxpSend::new(c.clone(), id)),
+                    RecvStream::mxp(MxpRecv::new(c.clone(), id)),
+                ))
+            }
+            Link::Quic(c) => {
+                let (send, recv) = c.inner().open_bi().await.map_err(quic::connection_error)?;
+                let _ = send.set_priority(quic::priority(band));
+                Ok((SendStream::quic(send), RecvStream::quic(recv)))
+            }
+        }
+    }
+
+    async fn open_uni(&self, band: Band) -> Result<SendStream, ConnectionError> {
+        match self {
+            Link::Mxp(c) => {
+                let id = c.open(Dir::Uni, band).await?;
+                Ok(SendStream::mxp(MxpSend::new(c.clone(), id)))
+            }
+            Link::Quic(c) => {
+                let send = c.inner().open_uni().await.map_err(quic::connection_error)?;
+                let _ = send.set_priority(quic::priority(band));
+                Ok(SendStream::quic(send))
+            }
+        }
+    }
+
+    async fn accept_bi(&self) -> Result<(SendStream, RecvStream), ConnectionError> {
+        match self {
+            Link::Mxp(c) => {
+                let id = c.accept(Dir::Bi).await?;
+                Ok((
+                    SendStream::mxp(MxpSend::new(c.clone(), id)),
+                    RecvStream::mxp(MxpRecv::new(c.clone(), id)),
+                ))
+            }
+            Link::Quic(c) => {
+                let (send, recv) = c
+                    .inner()
+                    .accept_bi()
+                    .await
+                    .map_err(quic::connection_error)?;
+                Ok((SendStream::quic(send), RecvStream::quic(recv)))
+            }
+        }
+    }
+
+    async fn accept_uni(&self) -> Result<RecvStream, ConnectionError> {
+        match self {
+            Link::Mxp(c) => {
+                let id = c.accept(Dir::Uni).await?;
+                Ok(RecvStream::mxp(MxpRecv::new(c.clone(), id)))
+            }
+            Link::Quic(c) => {
+                let recv = c
+                    .inner()
+                    .accept_uni()
+                    .await
+                    .map_err(quic::connection_error)?;
+                Ok(RecvStream::quic(recv))
+            }
+        }
+    }
+
+    fn send_datagram(&self, data: Bytes, band: Band) -> Result<(), SendDatagramError> {
+        match self {
+            Link::Mxp(c) => c.send_datagram(data, band),
+            Link::Quic(c) => c.send_datagram(data),
+        }
+    }
+
+    fn max_datagram_size(&self) -> usize {
+        match self {
+            Link::Mxp(c) => c.max_datagram_size(),
+            Link::Quic(c) => c.max_datagram_size(),
+        }
+    }
+
+    async fn read_datagram(&self) -> Result<Bytes, ConnectionError> {
+        match self {
+            Link::Mxp(c) => c.read_datagram().await,
+            Link::Quic(c) => c.read_datagram().await,
+        }
+    }
+
+    fn stats(&self) -> ConnectionStats {
+        match self {
+            Link::Mxp(c) => c.stats(),
+            Link::Quic(c) => c.stats(),
+        }
+    }
+
+    fn close(&self, code: u64, reason: &[u8]) {
+        match self {
+            Link::Mxp(c) => c.close(code, reason),
+            Link::Quic(c) => c.close(code, reason),
+        }
+    }
+
+    async fn closed(&self) -> ConnectionError {
+        match self {
+            Link::Mxp(c) => c.closed().await,
+            Link::Quic(c) => c.closed().await,
+        }
+    }
+}
+
+/// A carrier connection with its one-way message lanes.
+#[derive(Debug)]
+struct Current {
+    link: Link,
+    /// One long-lived unidirectional stream per band for one-way messages,
+    /// serialised so concurrent senders never interleave two messages.
+    lanes: [tokio::sync::Mutex<Option<SendStream>>; Band::COUNT],
+}
+
+impl Current {
+    fn new(link: Link) -> Arc<Current> {
+        Arc::new(Current {
+            link,
+            lanes: Default::default(),
+        })
+    }
+}
+
+/// How a client session reopens itself on another carrier.
+#[derive(Debug)]
+struct Reconnect {
+    endpoint: Endpoint,
+    target: Target,
+}
+
+#[derive(Debug)]
+struct Session {
+    current: Mutex<Arc<Current>>,
+    reconnect: Option<Reconnect>,
+    /// Serialises carrier switches.
+    switching: tokio::sync::Mutex<()>,
+    closed_by_app: AtomicBool,
+}
+
+/// A connection to an MXP node (or, on a node, from a client). Cheap to
+/// clone; it closes when the last clone and every stream of it are
+/// dropped.
+///
+/// The API is the same on both carriers. On the client side, when the node
+/// drains the current carrier (a rollback to QUIC, or back to MXP), work
+/// already in flight finishes where it is and new work (calls, streams,
+/// messages, datagrams) goes over a new connection on the carrier the node
+/// accepts — without the application doing anything.
+///
+/// ```no_run
+/// # async fn example(conn: mxp::Connection) -> Result<(), Box<dyn std::error::Error>> {
+/// use mxp::proto::message::{Message, MessageType};
+///
+/// // A call: one request, one response, in the Critical band.
+/// let response = conn.call(&Message::new(MessageType::Call, "hello")).await?;
+/// assert_eq!(response.kind, MessageType::Response);
+///
+/// // A one-way message rides in its type's band (an event: Background).
+/// conn.send_message(&Message::new(MessageType::Event, "happened")).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Connection(Arc<Session>);
+
+impl Connection {
+    pub(crate) fn node_side(link: Link) -> Connection {
+        Self::with(link, None)
+    }
+
+    pub(crate) fn client_side(link: Link, endpoint: Endpoint, target: Target) -> Connection {
+        Self::with(link, Some(Reconnect { endpoint, target }))
+    }
+
+    fn with(link: Link, reconnect: Option<Reconnect>) -> Connection {
+        Connection(Arc::new(Session {
+            current: Mutex::new(Current::new(link)),
+            reconnect,
+            switching: tokio::sync::Mutex::new(()),
+            closed_by_app: AtomicBool::new(false),
+        }))
+    }
+
+    fn snapshot(&self) -> Arc<Current> {
+        self.0
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The carrier connection new work should use: the current one, or, if
+    /// the node is draining it, a new one on the carrier the node accepts.
+    async fn current(&self) -> Arc<Current> {
+        let cur = self.snapshot();
+        let Some(reconnect) = &self.0.reconnect else {
+            return cur;
+        };
+        if !cur.link.peer_going_away() || self.0.closed_by_app.load(Ordering::Relaxed) {
+            return cur;
+        }
+        let _switching = self.0.switching.lock().await;
+        let latest = self.snapshot();
+        if !Arc::ptr_eq(&latest, &cur) {
+            return latest; // someone else switched meanwhile
+        }
+        let from = cur.link.carrier();
+        match reconnect
+            .endpoint
+            .establish(&reconnect.target, CarrierMode::Auto)
+            .await
+        {
+            Ok(link) => {
+                info!(from = %from, to = %link.carrier(), peer = %link.remote_address(), "node is draining the connection: new work moves to a new connection");
+                let next = Current::new(link);
+                *self.0.current.lock().unwrap_or_else(|e| e.into_inner()) = next.clone();
+                next
+            }
+            Err(e) => {
+                // The old connection still works until the drain deadline.
+                warn!(from = %from, error = %e, "node is draining the connection, and no other carrier answered");
+                cur
+            }
+        }
+    }
+
+    /// The carrier new work goes over now.
+    pub fn carrier(&self) -> Carrier {
+        self.snapshot().link.carrier()
+    }
+
+    /// The peer's address (of the current carrier connection).
     pub fn remote_address(&self) -> SocketAddr {
-        self.0.remote
+        self.snapshot().link.remote_address()
     }
 
     /// The peer's authenticated static public key.
     pub fn peer_key(&self) -> PublicKey {
-        self.0.peer_key
+        self.snapshot().link.peer_key()
     }
 
-    /// Counters and current state: RTT, congestion window, loss, streams,
-    /// flow control, per-band scheduler counts.
+    /// Counters and current state of the current carrier connection: RTT,
+    /// congestion window, loss, streams, flow control, per-band scheduler
+    /// counts (QUIC reports what quinn counts).
     pub fn stats(&self) -> ConnectionStats {
-        self.with(|c, _| c.stats()).unwrap_or_default()
+        self.snapshot().link.stats()
     }
 
-    /// Runs `f` on the core connection and this connection's runtime
-    /// state, or fails with why the connection is gone.
-    pub(crate) fn with<R>(
-        &self,
-        f: impl FnOnce(&mut mxp_proto::Connection, &mut ConnState) -> R,
-    ) -> Result<R, ConnectionError> {
-        let mut guard = self.0.shared.lock();
-        let state = &mut *guard;
-        let error = state.error_of(self.0.handle);
-        match (
-            state.proto.connection(self.0.handle),
-            state.conns.get_mut(&self.0.handle),
-        ) {
-            (Some(conn), Some(cs)) => Ok(f(conn, cs)),
-            _ => Err(error),
-        }
-    }
-
-    /// Tells the driver there is something to send.
-    pub(crate) fn wake_driver(&self) {
-        self.0.shared.wake_driver();
-    }
-
-    /// Closes the connection with an application code and reason. Data not
-    /// yet acknowledged is abandoned; the peer gets
-    /// [`ConnectionError::ApplicationClosed`].
-    pub fn close(&self, code: u64, reason: &[u8]) {
-        let _ = self.with(|c, _| c.close(Instant::now(), code, Bytes::copy_from_slice(reason)));
-        self.wake_driver();
-    }
-
-    /// Waits until the connection ends and says why.
-    pub async fn closed(&self) -> ConnectionError {
-        poll_fn(|cx| {
-            let result = self.with(|c, cs| match c.error() {
-                Some(e) => Poll::Ready(e.clone()),
-                None => {
-                    cs.wakers.closed.push(cx.waker().clone());
-                    Poll::Pending
-                }
-            });
-            result.unwrap_or_else(Poll::Ready)
-        })
-        .await
-    }
-
-    fn poll_open(
-        &self,
-        cx: &mut Context<'_>,
-        dir: Dir,
-        band: Band,
-    ) -> Poll<Result<StreamId, ConnectionError>> {
-        let result = self.with(|c, cs| {
-            if let Some(e) = c.error() {
-                return Poll::Ready(Err(e.clone()));
-            }
-            match c.open(dir, band) {
-                Ok(id) => Poll::Ready(Ok(id)),
-                Err(OpenError::Limit) => {
-                    cs.wakers.open[dir_index(dir)].push(cx.waker().clone());
-                    Poll::Pending
-                }
-            }
-        });
-        result.unwrap_or_else(|e| Poll::Ready(Err(e)))
-    }
-
-    /// Opens a bidirectional stream whose data is sent in `band`, waiting
-    /// if the peer's stream limit is reached.
-    pub async fn open_bi(&self, band: Band) -> Result<(SendStream, RecvStream), ConnectionError> {
-        let id = poll_fn(|cx| self.poll_open(cx, Dir::Bi, band)).await?;
-        Ok((
-            SendStream::new(self.clone(), id),
-            RecvStream::new(self.clone(), id),
-        ))
-    }
-
-    /// Opens a unidirectional stream whose data is sent in `band`.
-    pub async fn open_uni(&self, band: Band) -> Result<SendStream, ConnectionError> {
-        let id = poll_fn(|cx| self.poll_open(cx, Dir::Uni, band)).await?;
-        Ok(SendStream::new(self.clone(), id))
-    }
-
-    fn poll_accept(
-        &self,
-        cx: &mut Context<'_>,
-        dir: Dir,
-    ) -> Poll<Result<StreamId, ConnectionError>> {
-        let result = self.with(|c, cs| {
-            if let Some(id) = c.accept(dir) {
-                return Poll::Ready(Ok(id));
-            }
-            if let Some(e) = c.error() {
-                return Poll::Ready(Err(e.clone()));
-            }
-            cs.wakers.accept[dir_index(dir)].push(cx.waker().clone());
-            Poll::Pending
-        });
-        result.unwrap_or_else(|e| Poll::Ready(Err(e)))
-    }
-
-    /// Waits for the peer to open a bidirectional stream.
-    pub async fn accept_bi(&self) -> Result<(SendStream, RecvStream), ConnectionError> {
-        let id = poll_fn(|cx| self.poll_accept(cx, Dir::Bi)).await?;
-        Ok((
-            SendStream::new(self.clone(), id),
-            RecvStream::new(self.clone(), id),
-        ))
-    }
-
-    /// Waits for the peer to open a unidirectional stream.
-    pub async fn accept_uni(&self) -> Result<RecvStream, ConnectionError> {
-        let id = poll_fn(|cx| self.poll_accept(cx, Dir::Uni)).await?;
-        Ok(RecvStream::new(self.clone(), id))
+    /// Whether the node asked this connection to move new work elsewhere.
+    pub fn is_draining(&self) -> bool {
+        self.snapshot().link.peer_going_away()
     }
 
     /// Sends `request` on a new stream in its band (Critical for a call)
@@ -248,70 +360,75 @@ impl Connection {
         })
     }
 
+    /// Opens a bidirectional stream whose data is sent in `band`, waiting
+    /// if the peer's stream limit is reached.
+    pub async fn open_bi(&self, band: Band) -> Result<(SendStream, RecvStream), ConnectionError> {
+        self.current().await.link.open_bi(band).await
+    }
+
+    /// Opens a unidirectional stream whose data is sent in `band`.
+    pub async fn open_uni(&self, band: Band) -> Result<SendStream, ConnectionError> {
+        self.current().await.link.open_uni(band).await
+    }
+
+    /// Waits for the peer to open a bidirectional stream.
+    pub async fn accept_bi(&self) -> Result<(SendStream, RecvStream), ConnectionError> {
+        self.snapshot().link.accept_bi().await
+    }
+
+    /// Waits for the peer to open a unidirectional stream.
+    pub async fn accept_uni(&self) -> Result<RecvStream, ConnectionError> {
+        self.snapshot().link.accept_uni().await
+    }
+
     /// Sends a one-way message (an event, a heartbeat, an acknowledgement)
     /// reliably, in the band of its type. Messages of one band arrive in
     /// the order they were sent, on one long-lived stream the peer accepts
     /// with [`accept_uni`](Self::accept_uni).
     pub async fn send_message(&self, message: &Message) -> Result<(), WriteError> {
+        let current = self.current().await;
         let band = message.band();
-        let mut lane = self.0.lanes[band.index()].lock().await;
-        let id = match *lane {
-            Some(id) => id,
-            None => {
-                let id = poll_fn(|cx| self.poll_open(cx, Dir::Uni, band))
-                    .await
-                    .map_err(WriteError::ConnectionLost)?;
-                *lane = Some(id);
-                id
-            }
-        };
-        let mut encoded = Vec::with_capacity(message.encoded_len());
-        message
-            .encode(&mut encoded)
-            .map_err(|_| WriteError::TooLarge)?;
-        crate::streams::write_all(self, id, &encoded).await
+        let mut lane = current.lanes[band.index()].lock().await;
+        if lane.is_none() {
+            *lane = Some(current.link.open_uni(band).await?);
+        }
+        let stream = lane.as_mut().expect("just opened");
+        stream.write_message(message).await
     }
 
     /// Sends an unreliable datagram in `band`: never retransmitted, dropped
     /// (and counted) if the send queue is full.
     pub fn send_datagram(&self, data: Bytes, band: Band) -> Result<(), SendDatagramError> {
-        let result = self.with(|c, _| c.send_datagram(data, band))?;
-        result?;
-        self.wake_driver();
-        Ok(())
+        self.snapshot().link.send_datagram(data, band)
     }
 
     /// Largest datagram payload the peer accepts.
     pub fn max_datagram_size(&self) -> usize {
-        self.with(|c, _| c.max_datagram_size()).unwrap_or(0)
+        self.snapshot().link.max_datagram_size()
     }
 
     /// Waits for the next datagram.
     pub async fn read_datagram(&self) -> Result<Bytes, ConnectionError> {
-        poll_fn(|cx| {
-            let result = self.with(|c, cs| {
-                if let Some(d) = c.recv_datagram() {
-                    return Poll::Ready(Ok(d));
-                }
-                if let Some(e) = c.error() {
-                    return Poll::Ready(Err(e.clone()));
-                }
-                cs.wakers.datagram.push(cx.waker().clone());
-                Poll::Pending
-            });
-            result.unwrap_or_else(|e| Poll::Ready(Err(e)))
-        })
-        .await
+        self.snapshot().link.read_datagram().await
     }
-}
 
-/// Why a datagram was not sent.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum SendDatagramError {
-    /// Too large, or the peer does not take datagrams.
-    #[error(transparent)]
-    Refused(#[from] DatagramError),
-    /// The connection ended.
-    #[error(transparent)]
-    ConnectionLost(#[from] ConnectionError),
+    /// Closes the connection with an application code and reason. Data not
+    /// yet acknowledged is abandoned; the peer gets
+    /// [`ConnectionError::ApplicationClosed`].
+    pub fn close(&self, code: u64, reason: &[u8]) {
+        self.0.closed_by_app.store(true, Ordering::Relaxed);
+        self.snapshot().link.close(code, reason);
+    }
+
+    /// Waits until the connection ends (its current carrier connection
+    /// closes and is not replaced) and says why.
+    pub async fn closed(&self) -> ConnectionError {
+        loop {
+            let cur = self.snapshot();
+            let error = cur.link.closed().await;
+            if Arc::ptr_eq(&cur, &self.snapshot()) {
+                return error;
+            }
+        }
+    }
 }

@@ -1,25 +1,29 @@
-//! An MXP endpoint on a real UDP socket.
+//! An MXP endpoint: the MXP carrier on one UDP socket, and (for a node that
+//! keeps the legacy path, or a client that may fall back) the QUIC carrier
+//! beside it.
 
-use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::task::Poll;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use mxp_proto::{ConnectionError, EndpointConfig, EndpointStats, PublicKey};
+use serde::Serialize;
 use thiserror::Error;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
 
-use crate::connection::Connection;
-use crate::driver::{self, ConnState, Shared};
-use crate::udp::Socket;
+use crate::carrier::{Carrier, CarrierMode, Carriers};
+use crate::connection::{Connection, Link};
+use crate::mxp::endpoint::MxpEndpoint;
+use crate::quic::QuicEndpoint;
 
 /// Why a connection could not be made.
 #[derive(Debug, Error)]
 pub enum ConnectError {
     /// The address is not `mxp://host:port` (or `host:port`).
-    #[error("invalid address {0:?}: expected mxp://host:port")]
+    #[error("invalid address {0:?}: expected mxp://host:port[?quic=PORT]")]
     InvalidAddress(String),
     /// The host name did not resolve.
     #[error("cannot resolve {host}: {source}")]
@@ -35,15 +39,120 @@ pub enum ConnectError {
     /// The first handshake message could not be built.
     #[error(transparent)]
     Start(#[from] mxp_proto::ConnectError),
+    /// The QUIC carrier could not be set up.
+    #[error("QUIC: {0}")]
+    Quic(String),
 }
 
-/// A UDP socket with the MXP protocol on it: connects out, and accepts
-/// connections if its configuration has a server policy.
+/// Everything an [`Endpoint`] can be configured with beyond the protocol
+/// core's [`EndpointConfig`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Identity, transport settings and (for a node) admission policy.
+    pub config: EndpointConfig,
+    /// A node also listens for the QUIC carrier here.
+    pub quic_listen: Option<SocketAddr>,
+    /// Which carriers a node accepts new sessions on at start.
+    pub carriers: Carriers,
+    /// How a client picks the carrier of a new connection.
+    pub carrier: CarrierMode,
+    /// How long `Auto` waits for MXP before trying QUIC.
+    pub mxp_timeout: Duration,
+    /// After MXP did not answer, how long `Auto` goes straight to QUIC
+    /// before trying MXP again.
+    pub mxp_retry_after: Duration,
+    /// How long a drained carrier's connections may finish their work
+    /// before they are closed.
+    pub drain_timeout: Duration,
+}
+
+impl Options {
+    /// Defaults around `config`: both carriers accepted, `Auto` carrier
+    /// choice, 1 s MXP patience, a 5-minute drain.
+    pub fn new(config: EndpointConfig) -> Options {
+        Options {
+            config,
+            quic_listen: None,
+            carriers: Carriers::BOTH,
+            carrier: CarrierMode::Auto,
+            mxp_timeout: Duration::from_secs(1),
+            mxp_retry_after: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Where a node is: its MXP address, the QUIC addresses to try, its key.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub mxp: SocketAddr,
+    pub quic: Vec<SocketAddr>,
+    pub key: PublicKey,
+}
+
+/// A carrier being drained.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DrainStatus {
+    /// The carrier whose connections are told to go away.
+    pub carrier: Carrier,
+    /// Seconds until the remaining connections are closed.
+    pub deadline_in_s: f64,
+    /// Connections still open on it.
+    pub connections: usize,
+}
+
+/// What `mxp admin status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// Which carriers accept new sessions.
+    pub accepting: Carriers,
+    /// Drains in progress.
+    pub draining: Vec<DrainStatus>,
+    /// Connections per carrier.
+    pub connections: ConnectionsPerCarrier,
+    /// Client-side fallbacks from MXP to QUIC so far.
+    pub fallbacks: u64,
+}
+
+/// Connections per carrier.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ConnectionsPerCarrier {
+    /// On MXP.
+    pub mxp: usize,
+    /// On QUIC.
+    pub quic: usize,
+}
+
+#[derive(Debug)]
+struct Drain {
+    carrier: Carrier,
+    deadline: Instant,
+    /// Cancels the scheduled close when the carrier is accepted again.
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    options: Options,
+    mxp: MxpEndpoint,
+    /// A node's QUIC listener, or a client's QUIC socket once needed.
+    quic: tokio::sync::OnceCell<QuicEndpoint>,
+    carriers: Mutex<Carriers>,
+    drains: Mutex<Vec<Drain>>,
+    incoming: tokio::sync::Mutex<mpsc::Receiver<Link>>,
+    fallbacks: AtomicU64,
+    /// MXP did not answer: `Auto` skips it until then.
+    mxp_silent_until: Mutex<Option<Instant>>,
+}
+
+/// An MXP node or client.
 ///
-/// A driver task (spawned on the current tokio runtime by
-/// [`bind`](Self::bind)) runs the protocol for every connection of the
-/// endpoint. Clones share it; it stops once every clone is dropped and every
-/// connection has closed.
+/// [`bind`](Self::bind) opens the MXP socket and spawns its driver on the
+/// current tokio runtime. A node configured with a QUIC address also
+/// listens on the legacy QUIC path, and [`accept`](Self::accept) yields
+/// connections from both; [`set_carriers`](Self::set_carriers) flips which
+/// carriers take new sessions and drains the other, at runtime. Clones
+/// share the endpoint.
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -75,178 +184,429 @@ pub enum ConnectError {
 /// assert_eq!(&answer.payload[..], b"ping");
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
-pub struct Endpoint {
-    shared: Arc<Shared>,
-    public_key: PublicKey,
-}
-
-impl Clone for Endpoint {
-    fn clone(&self) -> Self {
-        self.shared.lock().endpoint_handles += 1;
-        Endpoint {
-            shared: self.shared.clone(),
-            public_key: self.public_key,
-        }
-    }
-}
-
-impl Drop for Endpoint {
-    fn drop(&mut self) {
-        let mut state = self.shared.lock();
-        state.endpoint_handles -= 1;
-        if state.endpoint_handles == 0 {
-            state.accepting = false;
-            state.accept_wakers.drain(..).for_each(|w| w.wake());
-        }
-        drop(state);
-        self.shared.wake_driver();
-    }
-}
-
-fn unix_time() -> std::time::Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-}
+#[derive(Debug, Clone)]
+pub struct Endpoint(Arc<Inner>);
 
 impl Endpoint {
-    /// Binds a UDP socket to `addr` and starts the endpoint's driver on the
-    /// current tokio runtime.
+    /// An endpoint on `addr` with default options (a node, if `config` has
+    /// a server policy, listens on MXP only).
     pub fn bind(addr: SocketAddr, config: EndpointConfig) -> io::Result<Endpoint> {
-        let socket = Socket::bind(addr)?;
-        let local_addr = socket.local_addr()?;
-        let public_key = config.keypair.public();
-        let proto = mxp_proto::Endpoint::new(config, Instant::now(), unix_time());
-        let shared = Arc::new(Shared::new(proto, local_addr));
-        tokio::spawn(driver::run(shared.clone(), socket));
-        Ok(Endpoint { shared, public_key })
+        Self::with_options(addr, Options::new(config))
     }
 
-    /// The address the socket is bound to.
+    /// An endpoint on `addr` with explicit options.
+    pub fn with_options(addr: SocketAddr, options: Options) -> io::Result<Endpoint> {
+        let mxp = MxpEndpoint::bind(addr, options.config.clone())?;
+        let quic = tokio::sync::OnceCell::new();
+        let node_policy = options.config.server.clone();
+        if let (Some(listen), Some(policy)) = (options.quic_listen, node_policy.clone()) {
+            let q = QuicEndpoint::node(
+                listen,
+                options.config.keypair.clone(),
+                &options.config.transport,
+                policy,
+            )?;
+            quic.set(q).expect("fresh cell");
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        let inner = Arc::new(Inner {
+            carriers: Mutex::new(options.carriers),
+            options,
+            mxp,
+            quic,
+            drains: Mutex::new(Vec::new()),
+            incoming: tokio::sync::Mutex::new(rx),
+            fallbacks: AtomicU64::new(0),
+            mxp_silent_until: Mutex::new(None),
+        });
+        let endpoint = Endpoint(inner);
+        if node_policy.is_some() {
+            endpoint.forward_incoming(tx);
+            endpoint.apply_carriers(endpoint.carriers());
+        }
+        Ok(endpoint)
+    }
+
+    /// Feeds accepted connections of both carriers into one queue.
+    fn forward_incoming(&self, tx: mpsc::Sender<Link>) {
+        let mxp = self.0.mxp.clone();
+        let mxp_tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(c) = mxp.accept().await {
+                if mxp_tx.send(Link::Mxp(c)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        if let Some(quic) = self.0.quic.get().cloned() {
+            tokio::spawn(async move {
+                while let Some(c) = quic.accept().await {
+                    if tx.send(Link::Quic(c)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+
+    /// The MXP socket's address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.shared.local_addr
+        self.0.mxp.local_addr()
+    }
+
+    /// The QUIC listener's address, if this node has one.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.0
+            .options
+            .quic_listen
+            .and(self.0.quic.get()?.local_addr().ok())
     }
 
     /// This node's public key: what a client passes to
     /// [`connect`](Self::connect).
     pub fn public_key(&self) -> PublicKey {
-        self.public_key
+        self.0.options.config.keypair.public()
     }
 
-    /// Endpoint-wide counters: handshakes, refusals, garbage.
+    /// MXP-carrier counters: handshakes, refusals, garbage.
     pub fn stats(&self) -> EndpointStats {
-        self.shared.lock().proto.stats()
+        self.0.mxp.stats()
     }
 
-    /// Connects to `address` (`mxp://host:port` or `host:port`), which must
-    /// hold the secret key for `server_key`.
+    /// The next connection a client opened to this node, on either carrier;
+    /// `None` once the endpoint is closed.
+    pub async fn accept(&self) -> Option<Connection> {
+        let link = self.0.incoming.lock().await.recv().await?;
+        Some(Connection::node_side(link))
+    }
+
+    /// Connects to `address` — `mxp://host:port`, optionally with
+    /// `?quic=PORT` naming the node's QUIC port (default: the MXP port + 1,
+    /// then the MXP port itself) — which must hold the secret key for
+    /// `server_key`. The carrier follows [`Options::carrier`].
     pub async fn connect(
         &self,
         address: &str,
         server_key: PublicKey,
     ) -> Result<Connection, ConnectError> {
-        let remote = resolve(address, self.local_addr()).await?;
-        self.connect_to(remote, server_key).await
+        let target = resolve_target(address, server_key).await?;
+        self.connect_target(target).await
     }
 
-    /// Connects to a socket address.
+    /// Connects to a node's MXP socket address (QUIC, if needed, at the
+    /// next port up or the same port).
     pub async fn connect_to(
         &self,
         remote: SocketAddr,
         server_key: PublicKey,
     ) -> Result<Connection, ConnectError> {
-        let handle = {
-            let mut state = self.shared.lock();
-            let h = state.proto.connect(Instant::now(), remote, server_key)?;
-            state.conns.insert(h, ConnState::default());
-            h
-        };
-        self.shared.wake_driver();
-        poll_fn(|cx| {
-            let mut state = self.shared.lock();
-            let error = state.error_of(handle);
-            let Some(cs) = state.conns.get_mut(&handle) else {
-                return Poll::Ready(Err(error));
-            };
-            if cs.connected {
-                return Poll::Ready(Ok(()));
-            }
-            if let Some(e) = &cs.error {
-                return Poll::Ready(Err(e.clone()));
-            }
-            cs.wakers.connect = Some(cx.waker().clone());
-            Poll::Pending
+        self.connect_target(Target {
+            mxp: remote,
+            quic: default_quic_addrs(remote),
+            key: server_key,
         })
-        .await?;
-        Connection::new(self.shared.clone(), handle)
-            .ok_or(ConnectError::Handshake(ConnectionError::LocallyClosed))
+        .await
     }
 
-    /// The next connection a client opened to this node; `None` once the
-    /// endpoint no longer accepts.
-    pub async fn accept(&self) -> Option<Connection> {
-        loop {
-            let handle = poll_fn(|cx| {
-                let mut state = self.shared.lock();
-                if let Some(h) = state.incoming.pop_front() {
-                    return Poll::Ready(Some(h));
+    async fn connect_target(&self, target: Target) -> Result<Connection, ConnectError> {
+        let link = self.establish(&target, self.0.options.carrier).await?;
+        Ok(Connection::client_side(link, self.clone(), target))
+    }
+
+    /// Opens a carrier connection to `target` following `mode`.
+    pub(crate) async fn establish(
+        &self,
+        target: &Target,
+        mode: CarrierMode,
+    ) -> Result<Link, ConnectError> {
+        match mode {
+            CarrierMode::Mxp => Ok(Link::Mxp(
+                self.0.mxp.connect_to(target.mxp, target.key).await?,
+            )),
+            CarrierMode::Quic => self.connect_quic(&target.quic, target.key).await,
+            CarrierMode::Auto => self.connect_auto(target).await,
+        }
+    }
+
+    async fn connect_auto(&self, target: &Target) -> Result<Link, ConnectError> {
+        let silent = self
+            .0
+            .mxp_silent_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|until| Instant::now() < until);
+        let mut quic_addrs = target.quic.clone();
+        let why = if silent {
+            "MXP did not answer recently"
+        } else {
+            let attempt = self.0.mxp.connect_to(target.mxp, target.key);
+            match tokio::time::timeout(self.0.options.mxp_timeout, attempt).await {
+                Ok(Ok(c)) => return Ok(Link::Mxp(c)),
+                Ok(Err(ConnectError::Handshake(ConnectionError::CarrierRefused { quic_port }))) => {
+                    if let Some(port) = quic_port {
+                        quic_addrs = vec![SocketAddr::new(target.mxp.ip(), port)];
+                    }
+                    "the node refused MXP"
                 }
-                if !state.accepting {
-                    return Poll::Ready(None);
+                // Identity problems are the same on every carrier.
+                Ok(Err(
+                    e @ ConnectError::Handshake(
+                        ConnectionError::ServerKeyMismatch
+                        | ConnectionError::ClientNotAllowed
+                        | ConnectionError::ClockSkew { .. },
+                    ),
+                )) => return Err(e),
+                Ok(Err(_)) | Err(_) => {
+                    *self
+                        .0
+                        .mxp_silent_until
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) =
+                        Some(Instant::now() + self.0.options.mxp_retry_after);
+                    "MXP did not answer"
                 }
-                state.accept_wakers.push(cx.waker().clone());
-                Poll::Pending
+            }
+        };
+        self.0.fallbacks.fetch_add(1, Ordering::Relaxed);
+        info!(peer = %target.mxp, reason = why, "falling back to QUIC");
+        self.connect_quic(&quic_addrs, target.key).await
+    }
+
+    async fn quic(&self) -> Result<&QuicEndpoint, ConnectError> {
+        self.0
+            .quic
+            .get_or_try_init(|| async {
+                let bind = if self.local_addr().is_ipv4() {
+                    "0.0.0.0:0"
+                } else {
+                    "[::]:0"
+                };
+                QuicEndpoint::client(
+                    bind.parse().expect("literal"),
+                    self.0.options.config.keypair.clone(),
+                    &self.0.options.config.transport,
+                )
+                .map_err(|e| ConnectError::Quic(e.to_string()))
             })
-            .await?;
-            // It may have closed in between; then take the next one.
-            if let Some(conn) = Connection::new(self.shared.clone(), handle) {
-                return Some(conn);
+            .await
+    }
+
+    /// Tries the QUIC addresses together; the first to authenticate wins,
+    /// within the handshake timeout.
+    async fn connect_quic(
+        &self,
+        addrs: &[SocketAddr],
+        key: PublicKey,
+    ) -> Result<Link, ConnectError> {
+        let patience = self.0.options.config.transport.handshake_timeout;
+        tokio::time::timeout(patience, self.race_quic(addrs, key))
+            .await
+            .unwrap_or(Err(ConnectError::Handshake(
+                ConnectionError::HandshakeTimedOut,
+            )))
+    }
+
+    async fn race_quic(&self, addrs: &[SocketAddr], key: PublicKey) -> Result<Link, ConnectError> {
+        let quic = self.quic().await?;
+        let mut attempts = tokio::task::JoinSet::new();
+        for &addr in addrs {
+            let quic = quic.clone();
+            attempts.spawn(async move { quic.connect(addr, key).await });
+        }
+        let mut last = ConnectError::Quic("no QUIC address to try".into());
+        while let Some(done) = attempts.join_next().await {
+            match done {
+                Ok(Ok(c)) => return Ok(Link::Quic(c)),
+                Ok(Err(e)) => last = e,
+                Err(e) => last = ConnectError::Quic(e.to_string()),
+            }
+        }
+        Err(last)
+    }
+
+    /// Which carriers accept new sessions.
+    pub fn carriers(&self) -> Carriers {
+        *self.0.carriers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Flips which carriers accept new sessions (the deployment switch).
+    /// Connections on a carrier that stops accepting are told to go away
+    /// and closed after the drain timeout; a carrier accepted again stops
+    /// being drained.
+    pub fn set_carriers(&self, carriers: Carriers) {
+        let before = {
+            let mut c = self.0.carriers.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::replace(&mut *c, carriers)
+        };
+        info!(from = %before, to = %carriers, "carrier switch");
+        self.apply_carriers(carriers);
+        for carrier in [Carrier::Mxp, Carrier::Quic] {
+            if before.accepts(carrier) && !carriers.accepts(carrier) {
+                self.drain(carrier, self.0.options.drain_timeout);
             }
         }
     }
 
-    /// Stops accepting and closes every connection with `code` and `reason`.
-    pub fn close(&self, code: u64, reason: &[u8]) {
-        let mut state = self.shared.lock();
-        state.accepting = false;
-        state.accept_wakers.drain(..).for_each(|w| w.wake());
-        let handles: Vec<_> = state.proto.connection_handles().collect();
-        let now = Instant::now();
-        for h in handles {
-            if let Some(c) = state.proto.connection(h) {
-                c.close(now, code, Bytes::copy_from_slice(reason));
+    fn apply_carriers(&self, carriers: Carriers) {
+        let quic_port = self.quic_addr().map(|a| a.port());
+        self.0.mxp.set_accepting(carriers.mxp, quic_port);
+        if let Some(quic) = self.0.quic.get() {
+            quic.set_accepting(carriers.quic);
+        }
+        // Accepting again ends a drain.
+        self.0
+            .drains
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|d| {
+                let keep = !carriers.accepts(d.carrier);
+                if !keep {
+                    d.task.abort();
+                }
+                keep
+            });
+    }
+
+    /// Drains `carrier`: its connections are told to go away now and the
+    /// rest closed after `timeout`. Calling it again moves the deadline.
+    pub fn drain(&self, carrier: Carrier, timeout: Duration) {
+        match carrier {
+            Carrier::Mxp => self.0.mxp.go_away_all(),
+            Carrier::Quic => {
+                if let Some(q) = self.0.quic.get() {
+                    q.go_away_all();
+                }
             }
         }
-        drop(state);
-        self.shared.wake_driver();
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let still = !this.carriers().accepts(carrier);
+            if still {
+                warn!(%carrier, "drain deadline: closing the remaining connections");
+                this.close_carrier(carrier, crate::DRAINED, b"drained: reconnect to the node");
+            }
+        });
+        let mut drains = self.0.drains.lock().unwrap_or_else(|e| e.into_inner());
+        drains.retain(|d| {
+            let keep = d.carrier != carrier;
+            if !keep {
+                d.task.abort();
+            }
+            keep
+        });
+        drains.push(Drain {
+            carrier,
+            deadline: Instant::now() + timeout,
+            task,
+        });
+    }
+
+    /// Drains every carrier that is not accepting, with a new deadline.
+    pub fn drain_all(&self, timeout: Duration) -> Vec<Carrier> {
+        let carriers = self.carriers();
+        [Carrier::Mxp, Carrier::Quic]
+            .into_iter()
+            .filter(|&c| !carriers.accepts(c))
+            .inspect(|&c| self.drain(c, timeout))
+            .collect()
+    }
+
+    fn close_carrier(&self, carrier: Carrier, code: u64, reason: &[u8]) {
+        match carrier {
+            Carrier::Mxp => self.0.mxp.close_all(code, reason),
+            Carrier::Quic => {
+                if let Some(q) = self.0.quic.get() {
+                    q.close_all(code, reason);
+                }
+            }
+        }
+    }
+
+    fn connections(&self, carrier: Carrier) -> usize {
+        match carrier {
+            Carrier::Mxp => self.0.mxp.connection_count(),
+            Carrier::Quic => self.0.quic.get().map_or(0, QuicEndpoint::connection_count),
+        }
+    }
+
+    /// What `mxp admin status` shows.
+    pub fn status(&self) -> Status {
+        let now = Instant::now();
+        let draining = self
+            .0
+            .drains
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|d| DrainStatus {
+                carrier: d.carrier,
+                deadline_in_s: d.deadline.saturating_duration_since(now).as_secs_f64(),
+                connections: self.connections(d.carrier),
+            })
+            .collect();
+        Status {
+            accepting: self.carriers(),
+            draining,
+            connections: ConnectionsPerCarrier {
+                mxp: self.connections(Carrier::Mxp),
+                quic: self.connections(Carrier::Quic),
+            },
+            fallbacks: self.0.fallbacks.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops accepting and closes every connection on both carriers.
+    pub fn close(&self, code: u64, reason: &[u8]) {
+        self.0.mxp.close(code, reason);
+        if let Some(q) = self.0.quic.get() {
+            q.close(code, reason);
+        }
     }
 
     /// Waits until every connection has finished closing.
     pub async fn wait_idle(&self) {
-        poll_fn(|cx| {
-            let mut state = self.shared.lock();
-            if state.proto.connection_count() == 0 {
-                return Poll::Ready(());
-            }
-            state.idle_wakers.push(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
+        self.0.mxp.wait_idle().await;
+        if let Some(q) = self.0.quic.get() {
+            q.wait_idle().await;
+        }
     }
+}
+
+/// The QUIC addresses to try when only the MXP address is known: the next
+/// port up (the default layout) and the same port.
+fn default_quic_addrs(mxp: SocketAddr) -> Vec<SocketAddr> {
+    let mut addrs = Vec::new();
+    if let Some(next) = mxp.port().checked_add(1) {
+        addrs.push(SocketAddr::new(mxp.ip(), next));
+    }
+    addrs.push(mxp);
+    addrs
+}
+
+async fn resolve_target(address: &str, key: PublicKey) -> Result<Target, ConnectError> {
+    let (base, quic_port) = match address.split_once("?quic=") {
+        Some((base, port)) => {
+            let port: u16 = port
+                .parse()
+                .map_err(|_| ConnectError::InvalidAddress(address.to_owned()))?;
+            (base, Some(port))
+        }
+        None => (address, None),
+    };
+    let mxp = resolve_address(base).await?;
+    let quic = match quic_port {
+        Some(p) => vec![SocketAddr::new(mxp.ip(), p)],
+        None => default_quic_addrs(mxp),
+    };
+    Ok(Target { mxp, quic, key })
 }
 
 /// Resolves `mxp://host:port` (or `host:port`) to a socket address,
 /// preferring IPv4 when a name has both.
 pub async fn resolve_address(address: &str) -> Result<SocketAddr, ConnectError> {
-    resolve(address, SocketAddr::from(([0, 0, 0, 0], 0))).await
-}
-
-/// Resolves `mxp://host:port` (or `host:port`) to an address of the same
-/// family as the local socket.
-async fn resolve(address: &str, local: SocketAddr) -> Result<SocketAddr, ConnectError> {
     let rest = address.strip_prefix("mxp://").unwrap_or(address);
-    let host_port = rest.split('/').next().unwrap_or_default();
+    let host_port = rest.split(['/', '?']).next().unwrap_or_default();
     if host_port.is_empty() || !host_port.contains(':') {
         return Err(ConnectError::InvalidAddress(address.to_owned()));
     }
@@ -262,7 +622,7 @@ async fn resolve(address: &str, local: SocketAddr) -> Result<SocketAddr, Connect
             })?;
     let mut first = None;
     for a in addrs {
-        if a.is_ipv4() == local.is_ipv4() {
+        if a.is_ipv4() {
             return Ok(a);
         }
         first.get_or_insert(a);
@@ -278,30 +638,50 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn addresses_parse_with_or_without_scheme() {
-        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    async fn addresses_parse_with_or_without_scheme_and_a_quic_port() {
         for a in [
             "mxp://127.0.0.1:9000",
             "127.0.0.1:9000",
             "mxp://127.0.0.1:9000/agent-1",
         ] {
             assert_eq!(
-                resolve(a, local).await.unwrap(),
+                resolve_address(a).await.unwrap(),
                 "127.0.0.1:9000".parse().unwrap()
             );
         }
         assert_eq!(
-            resolve("mxp://localhost:9000", local).await.unwrap().port(),
+            resolve_address("mxp://localhost:9000")
+                .await
+                .unwrap()
+                .port(),
             9000
         );
         for bad in ["mxp://", "nonsense", "mxp://host-without-port"] {
             assert!(
                 matches!(
-                    resolve(bad, local).await,
+                    resolve_address(bad).await,
                     Err(ConnectError::InvalidAddress(_))
                 ),
                 "{bad}"
             );
         }
+        let key = mxp_proto::Keypair::generate().public();
+        let t = resolve_target("mxp://127.0.0.1:9000?quic=9443", key)
+            .await
+            .unwrap();
+        assert_eq!(t.quic, vec!["127.0.0.1:9443".parse().unwrap()]);
+        let t = resolve_target("mxp://127.0.0.1:9000", key).await.unwrap();
+        assert_eq!(
+            t.quic,
+            vec![
+                "127.0.0.1:9001".parse().unwrap(),
+                "127.0.0.1:9000".parse().unwrap()
+            ]
+        );
+        assert!(
+            resolve_target("mxp://127.0.0.1:9000?quic=x", key)
+                .await
+                .is_err()
+        );
     }
 }

@@ -4,15 +4,22 @@
 pub use mxp_proto as proto;
 pub use mxp_sim as sim;
 
+mod carrier;
 mod connection;
-mod driver;
 pub mod echo;
 mod endpoint;
+mod mxp;
+mod quic;
 pub mod relay;
 mod streams;
 mod timer;
-mod udp;
 
+pub use carrier::{Carrier, CarrierMode, Carriers};
 pub use connection::{CallError, Connection, SendDatagramError};
-pub use endpoint::{ConnectError, Endpoint, resolve_address};
+pub use endpoint::{
+    ConnectError, ConnectionsPerCarrier, DrainStatus, Endpoint, Options, Status, resolve_address,
+};
 pub use streams::{ReadError, RecvStream, SendStream, WriteError};
+
+/// Application close code of connections closed at a drain deadline.
+pub const DRAINED: u64 = 0x4d52;

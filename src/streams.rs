@@ -1,6 +1,6 @@
-//! Streams as the application sees them: [`SendStream`] implements
-//! `AsyncWrite`, [`RecvStream`] implements `AsyncRead`, and both speak MXP
-//! messages directly.
+//! Streams as the application sees them, on either carrier:
+//! [`SendStream`] implements `AsyncWrite`, [`RecvStream`] implements
+//! `AsyncRead`, and both speak MXP messages directly.
 
 use std::future::poll_fn;
 use std::io;
@@ -9,11 +9,12 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use mxp_proto::message::{Message, MessageDecoder, MessageError};
-use mxp_proto::{Band, ConnectionError, StreamId};
+use mxp_proto::{Band, ConnectionError};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::connection::Connection;
+use crate::mxp::streams::{MxpRecv, MxpSend};
+use crate::quic;
 
 /// Why a write failed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -41,8 +42,7 @@ pub enum ReadError {
     /// The stream was stopped or already read to its end.
     #[error("the stream is closed for reading")]
     ClosedStream,
-    /// The bytes are not a valid MXP message (or the stream ended in the
-    /// middle of one).
+    /// The bytes are not a valid MXP message.
     #[error("invalid message: {0}")]
     Message(#[from] MessageError),
     /// The stream ended in the middle of a message.
@@ -75,44 +75,10 @@ impl From<ReadError> for io::Error {
     }
 }
 
-/// Writes as much of `data` as flow control takes now, or registers the
-/// task to be woken when credit arrives.
-fn poll_write(
-    conn: &Connection,
-    cx: &mut Context<'_>,
-    id: StreamId,
-    data: &[u8],
-) -> Poll<Result<usize, WriteError>> {
-    let result = conn.with(|c, cs| match c.write_slice(id, data) {
-        Ok(n) => Poll::Ready(Ok(n)),
-        Err(mxp_proto::WriteError::Blocked) => {
-            cs.wakers.writers.insert(id, cx.waker().clone());
-            Poll::Pending
-        }
-        Err(mxp_proto::WriteError::Stopped(code)) => Poll::Ready(Err(WriteError::Stopped(code))),
-        Err(mxp_proto::WriteError::ClosedStream) => Poll::Ready(Err(match c.error() {
-            Some(e) => WriteError::ConnectionLost(e.clone()),
-            None => WriteError::ClosedStream,
-        })),
-    });
-    let poll = result.unwrap_or_else(|e| Poll::Ready(Err(e.into())));
-    if matches!(poll, Poll::Ready(Ok(_))) {
-        conn.wake_driver();
-    }
-    poll
-}
-
-/// Writes all of `data`, waiting for flow-control credit as needed.
-pub(crate) async fn write_all(
-    conn: &Connection,
-    id: StreamId,
-    mut data: &[u8],
-) -> Result<(), WriteError> {
-    while !data.is_empty() {
-        let n = poll_fn(|cx| poll_write(conn, cx, id, data)).await?;
-        data = &data[n..];
-    }
-    Ok(())
+#[derive(Debug)]
+enum Send {
+    Mxp(MxpSend),
+    Quic(quinn::SendStream),
 }
 
 /// The sending half of a stream.
@@ -121,46 +87,61 @@ pub(crate) async fn write_all(
 /// finishes it: everything written is still delivered.
 #[derive(Debug)]
 pub struct SendStream {
-    conn: Connection,
-    id: StreamId,
+    inner: Send,
     done: bool,
     /// Reused encoding buffer for [`write_message`](Self::write_message).
     scratch: Vec<u8>,
 }
 
 impl SendStream {
-    pub(crate) fn new(conn: Connection, id: StreamId) -> SendStream {
+    pub(crate) fn mxp(s: MxpSend) -> SendStream {
+        Self::new(Send::Mxp(s))
+    }
+
+    pub(crate) fn quic(s: quinn::SendStream) -> SendStream {
+        Self::new(Send::Quic(s))
+    }
+
+    fn new(inner: Send) -> SendStream {
         SendStream {
-            conn,
-            id,
+            inner,
             done: false,
             scratch: Vec::new(),
         }
     }
 
-    /// The stream's id.
-    pub fn id(&self) -> StreamId {
-        self.id
-    }
-
-    /// Writes all of `data`, waiting for flow-control credit as needed.
-    pub async fn write_all(&mut self, data: &[u8]) -> Result<(), WriteError> {
-        write_all(&self.conn, self.id, data).await
+    fn poll_write_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<Result<usize, WriteError>> {
+        match &mut self.inner {
+            Send::Mxp(s) => s.poll_write(cx, data),
+            Send::Quic(s) => Pin::new(s).poll_write(cx, data).map_err(quic::write_error),
+        }
     }
 
     /// Writes what flow control accepts now (at least one byte), waiting
     /// only if it accepts nothing. Returns how much was written.
     pub async fn write(&mut self, data: &[u8]) -> Result<usize, WriteError> {
-        poll_fn(|cx| poll_write(&self.conn, cx, self.id, data)).await
+        poll_fn(|cx| self.poll_write_inner(cx, data)).await
+    }
+
+    /// Writes all of `data`, waiting for flow-control credit as needed.
+    pub async fn write_all(&mut self, mut data: &[u8]) -> Result<(), WriteError> {
+        while !data.is_empty() {
+            let n = self.write(data).await?;
+            data = &data[n..];
+        }
+        Ok(())
     }
 
     /// Encodes and writes one MXP message.
     pub async fn write_message(&mut self, message: &Message) -> Result<(), WriteError> {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
-        let encoded = message.encode(&mut scratch);
-        let result = match encoded {
-            Ok(()) => write_all(&self.conn, self.id, &scratch).await,
+        let result = match message.encode(&mut scratch) {
+            Ok(()) => self.write_all(&scratch).await,
             Err(_) => Err(WriteError::TooLarge),
         };
         self.scratch = scratch;
@@ -170,14 +151,10 @@ impl SendStream {
     /// Ends the stream: the peer reads everything written, then the end.
     pub fn finish(&mut self) -> Result<(), WriteError> {
         self.done = true;
-        let id = self.id;
-        let result = self.conn.with(|c, _| c.finish(id))?;
-        result.map_err(|e| match e {
-            mxp_proto::WriteError::Stopped(code) => WriteError::Stopped(code),
-            _ => WriteError::ClosedStream,
-        })?;
-        self.conn.wake_driver();
-        Ok(())
+        match &mut self.inner {
+            Send::Mxp(s) => s.finish(),
+            Send::Quic(s) => s.finish().map_err(|_| WriteError::ClosedStream),
+        }
     }
 
     /// Finishes the stream (if not yet) and waits until the peer has
@@ -186,38 +163,40 @@ impl SendStream {
         if !self.done {
             self.finish()?;
         }
-        let id = self.id;
-        poll_fn(|cx| {
-            let result = self.conn.with(|c, cs| {
-                if c.is_send_done(id) {
-                    return Poll::Ready(Ok(()));
+        match &mut self.inner {
+            Send::Mxp(s) => s.finished().await,
+            Send::Quic(s) => match s.stopped().await {
+                Ok(None) => Ok(()),
+                Ok(Some(code)) => Err(WriteError::Stopped(code.into_inner())),
+                Err(quinn::StoppedError::ConnectionLost(e)) => {
+                    Err(WriteError::ConnectionLost(quic::connection_error(e)))
                 }
-                if let Some(e) = c.error() {
-                    return Poll::Ready(Err(WriteError::ConnectionLost(e.clone())));
-                }
-                cs.wakers.finishers.insert(id, cx.waker().clone());
-                Poll::Pending
-            });
-            result.unwrap_or_else(|e| Poll::Ready(Err(e.into())))
-        })
-        .await
+                Err(_) => Err(WriteError::ClosedStream),
+            },
+        }
     }
 
     /// Abandons the stream: unsent data is dropped and the peer's reads
     /// fail with `code`.
     pub fn reset(&mut self, code: u64) -> Result<(), WriteError> {
         self.done = true;
-        let id = self.id;
-        let result = self.conn.with(|c, _| c.reset(id, code))?;
-        result.map_err(|_| WriteError::ClosedStream)?;
-        self.conn.wake_driver();
-        Ok(())
+        match &mut self.inner {
+            Send::Mxp(s) => s.reset(code),
+            Send::Quic(s) => {
+                let code = quinn::VarInt::from_u64(code).unwrap_or(quinn::VarInt::MAX);
+                s.reset(code).map_err(|_| WriteError::ClosedStream)
+            }
+        }
     }
 
     /// Moves the stream's outgoing data to another priority band.
     pub fn set_band(&mut self, band: Band) {
-        let id = self.id;
-        let _ = self.conn.with(|c, _| c.set_band(id, band));
+        match &mut self.inner {
+            Send::Mxp(s) => s.set_band(band),
+            Send::Quic(s) => {
+                let _ = s.set_priority(quic::priority(band));
+            }
+        }
     }
 }
 
@@ -231,11 +210,11 @@ impl Drop for SendStream {
 
 impl AsyncWrite for SendStream {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        poll_write(&self.conn, cx, self.id, buf).map_err(io::Error::from)
+        self.poll_write_inner(cx, buf).map_err(io::Error::from)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -251,30 +230,37 @@ impl AsyncWrite for SendStream {
     }
 }
 
+#[derive(Debug)]
+enum Recv {
+    Mxp(MxpRecv),
+    Quic(quinn::RecvStream),
+}
+
 /// The receiving half of a stream.
 ///
 /// Dropping it before reading to the end tells the peer to stop sending.
 #[derive(Debug)]
 pub struct RecvStream {
-    conn: Connection,
-    id: StreamId,
+    inner: Recv,
     done: bool,
     decoder: MessageDecoder,
 }
 
 impl RecvStream {
-    pub(crate) fn new(conn: Connection, id: StreamId) -> RecvStream {
+    pub(crate) fn mxp(r: MxpRecv) -> RecvStream {
+        Self::new(Recv::Mxp(r))
+    }
+
+    pub(crate) fn quic(r: quinn::RecvStream) -> RecvStream {
+        Self::new(Recv::Quic(r))
+    }
+
+    fn new(inner: Recv) -> RecvStream {
         RecvStream {
-            conn,
-            id,
+            inner,
             done: false,
             decoder: MessageDecoder::default(),
         }
-    }
-
-    /// The stream's id.
-    pub fn id(&self) -> StreamId {
-        self.id
     }
 
     fn poll_chunk(
@@ -285,25 +271,18 @@ impl RecvStream {
         if self.done {
             return Poll::Ready(Ok(None));
         }
-        let id = self.id;
-        let result = self.conn.with(|c, cs| match c.read(id, max) {
-            Ok(chunk) => Poll::Ready(Ok(chunk)),
-            Err(mxp_proto::ReadError::Blocked) => match c.error() {
-                Some(e) => Poll::Ready(Err(ReadError::ConnectionLost(e.clone()))),
-                None => {
-                    cs.wakers.readers.insert(id, cx.waker().clone());
-                    Poll::Pending
-                }
-            },
-            Err(mxp_proto::ReadError::Reset(code)) => Poll::Ready(Err(ReadError::Reset(code))),
-            Err(mxp_proto::ReadError::ClosedStream) => Poll::Ready(Err(ReadError::ClosedStream)),
-        });
-        let poll = result.unwrap_or_else(|e| Poll::Ready(Err(e.into())));
-        match &poll {
-            // Reading frees flow-control credit the driver may announce.
-            Poll::Ready(Ok(Some(_))) => self.conn.wake_driver(),
-            Poll::Ready(Ok(None)) | Poll::Ready(Err(_)) => self.done = true,
-            Poll::Pending => {}
+        let poll = match &mut self.inner {
+            Recv::Mxp(r) => r.poll_chunk(cx, max),
+            Recv::Quic(r) => {
+                let chunk = std::pin::pin!(r.read_chunk(max, true));
+                chunk.poll(cx).map(|r| match r {
+                    Ok(c) => Ok(c.map(|c| c.bytes)),
+                    Err(e) => Err(quic::read_error(e)),
+                })
+            }
+        };
+        if let Poll::Ready(Ok(None) | Err(_)) = poll {
+            self.done = true;
         }
         poll
     }
@@ -352,11 +331,13 @@ impl RecvStream {
     /// Tells the peer to stop sending; unread data is discarded.
     pub fn stop(&mut self, code: u64) -> Result<(), ReadError> {
         self.done = true;
-        let id = self.id;
-        let result = self.conn.with(|c, _| c.stop(id, code))?;
-        result.map_err(|_| ReadError::ClosedStream)?;
-        self.conn.wake_driver();
-        Ok(())
+        match &mut self.inner {
+            Recv::Mxp(r) => r.stop(code),
+            Recv::Quic(r) => {
+                let code = quinn::VarInt::from_u64(code).unwrap_or(quinn::VarInt::MAX);
+                r.stop(code).map_err(|_| ReadError::ClosedStream)
+            }
+        }
     }
 }
 

@@ -600,7 +600,9 @@ fn every_connection_error_has_a_distinct_kind_and_message() {
         ConnectionError::ServerKeyMismatch,
         ConnectionError::ClientNotAllowed,
         ConnectionError::ClockSkew { local_ahead_ms: 5 },
-        ConnectionError::CarrierRefused { quic_port: Some(4434) },
+        ConnectionError::CarrierRefused {
+            quic_port: Some(4434),
+        },
         ConnectionError::HandshakeTimedOut,
         ConnectionError::TransportError(TransportError {
             code: TransportErrorCode::FLOW_CONTROL_ERROR,

@@ -21,8 +21,8 @@ use mxp_proto::{
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
+use super::udp::{RecvBuffers, Socket, TxQueue};
 use crate::timer::Timer;
-use crate::udp::{RecvBuffers, Socket, TxQueue};
 
 /// Bytes gathered for sending before the driver hands them to the kernel
 /// (and takes another look at the socket and timers).

@@ -1,0 +1,202 @@
+//! One MXP-carrier connection: the application side of a core connection
+//! driven by the endpoint's driver task.
+
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use mxp_proto::{
+    Band, ConnectionError, ConnectionHandle, ConnectionStats, DatagramError, Dir, OpenError,
+    PublicKey, StreamId,
+};
+
+use super::driver::{ConnState, Shared, dir_index};
+use crate::connection::SendDatagramError;
+
+/// A handle to one MXP connection. Clones share it; the connection closes
+/// when the last clone (every stream holds one) is dropped.
+#[derive(Debug, Clone)]
+pub(crate) struct MxpConn(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    shared: Arc<Shared>,
+    handle: ConnectionHandle,
+    remote: SocketAddr,
+    peer_key: PublicKey,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let mut guard = self.shared.lock();
+        let state = &mut *guard;
+        if let Some(cs) = state.conns.get_mut(&self.handle) {
+            if cs.drained {
+                state.conns.remove(&self.handle);
+            } else {
+                cs.detached = true;
+                if let Some(c) = state.proto.connection(self.handle) {
+                    c.close(Instant::now(), 0, Bytes::new());
+                }
+            }
+        }
+        drop(guard);
+        self.shared.wake_driver();
+    }
+}
+
+impl MxpConn {
+    pub fn new(shared: Arc<Shared>, handle: ConnectionHandle) -> Option<MxpConn> {
+        let (remote, peer_key) = {
+            let state = shared.lock();
+            let c = state.proto.connection_ref(handle)?;
+            (c.remote_address(), c.peer_key()?)
+        };
+        Some(MxpConn(Arc::new(Inner {
+            shared,
+            handle,
+            remote,
+            peer_key,
+        })))
+    }
+
+    pub fn remote_address(&self) -> SocketAddr {
+        self.0.remote
+    }
+
+    pub fn peer_key(&self) -> PublicKey {
+        self.0.peer_key
+    }
+
+    pub fn stats(&self) -> ConnectionStats {
+        self.with(|c, _| c.stats()).unwrap_or_default()
+    }
+
+    /// Runs `f` on the core connection and this connection's runtime
+    /// state, or fails with why the connection is gone.
+    pub fn with<R>(
+        &self,
+        f: impl FnOnce(&mut mxp_proto::Connection, &mut ConnState) -> R,
+    ) -> Result<R, ConnectionError> {
+        let mut guard = self.0.shared.lock();
+        let state = &mut *guard;
+        let error = state.error_of(self.0.handle);
+        match (
+            state.proto.connection(self.0.handle),
+            state.conns.get_mut(&self.0.handle),
+        ) {
+            (Some(conn), Some(cs)) => Ok(f(conn, cs)),
+            _ => Err(error),
+        }
+    }
+
+    /// Tells the driver there is something to send.
+    pub fn wake_driver(&self) {
+        self.0.shared.wake_driver();
+    }
+
+    /// Whether the node asked us to take new work elsewhere (remembered
+    /// after the connection closes, so a session still moves on).
+    pub fn peer_going_away(&self) -> bool {
+        let state = self.0.shared.lock();
+        state
+            .conns
+            .get(&self.0.handle)
+            .is_some_and(|cs| cs.going_away)
+    }
+
+    pub fn close(&self, code: u64, reason: &[u8]) {
+        let _ = self.with(|c, _| c.close(Instant::now(), code, Bytes::copy_from_slice(reason)));
+        self.wake_driver();
+    }
+
+    pub async fn closed(&self) -> ConnectionError {
+        poll_fn(|cx| {
+            let result = self.with(|c, cs| match c.error() {
+                Some(e) => Poll::Ready(e.clone()),
+                None => {
+                    cs.wakers.closed.push(cx.waker().clone());
+                    Poll::Pending
+                }
+            });
+            result.unwrap_or_else(Poll::Ready)
+        })
+        .await
+    }
+
+    fn poll_open(
+        &self,
+        cx: &mut Context<'_>,
+        dir: Dir,
+        band: Band,
+    ) -> Poll<Result<StreamId, ConnectionError>> {
+        let result = self.with(|c, cs| {
+            if let Some(e) = c.error() {
+                return Poll::Ready(Err(e.clone()));
+            }
+            match c.open(dir, band) {
+                Ok(id) => Poll::Ready(Ok(id)),
+                Err(OpenError::Limit) => {
+                    cs.wakers.open[dir_index(dir)].push(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        });
+        result.unwrap_or_else(|e| Poll::Ready(Err(e)))
+    }
+
+    /// Opens a stream whose data is sent in `band`, waiting if the peer's
+    /// stream limit is reached.
+    pub async fn open(&self, dir: Dir, band: Band) -> Result<StreamId, ConnectionError> {
+        poll_fn(|cx| self.poll_open(cx, dir, band)).await
+    }
+
+    /// Waits for the peer to open a stream.
+    pub async fn accept(&self, dir: Dir) -> Result<StreamId, ConnectionError> {
+        poll_fn(|cx| {
+            let result = self.with(|c, cs| {
+                if let Some(id) = c.accept(dir) {
+                    return Poll::Ready(Ok(id));
+                }
+                if let Some(e) = c.error() {
+                    return Poll::Ready(Err(e.clone()));
+                }
+                cs.wakers.accept[dir_index(dir)].push(cx.waker().clone());
+                Poll::Pending
+            });
+            result.unwrap_or_else(|e| Poll::Ready(Err(e)))
+        })
+        .await
+    }
+
+    pub fn send_datagram(&self, data: Bytes, band: Band) -> Result<(), SendDatagramError> {
+        let result: Result<(), DatagramError> = self.with(|c, _| c.send_datagram(data, band))?;
+        result?;
+        self.wake_driver();
+        Ok(())
+    }
+
+    pub fn max_datagram_size(&self) -> usize {
+        self.with(|c, _| c.max_datagram_size()).unwrap_or(0)
+    }
+
+    pub async fn read_datagram(&self) -> Result<Bytes, ConnectionError> {
+        poll_fn(|cx| {
+            let result = self.with(|c, cs| {
+                if let Some(d) = c.recv_datagram() {
+                    return Poll::Ready(Ok(d));
+                }
+                if let Some(e) = c.error() {
+                    return Poll::Ready(Err(e.clone()));
+                }
+                cs.wakers.datagram.push(cx.waker().clone());
+                Poll::Pending
+            });
+            result.unwrap_or_else(|e| Poll::Ready(Err(e)))
+        })
+        .await
+    }
+}

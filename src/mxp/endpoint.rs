@@ -1,0 +1,186 @@
+//! The MXP carrier's endpoint: a UDP socket, its driver task, and the
+//! connections on it.
+
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use mxp_proto::{ConnectionError, EndpointConfig, EndpointStats, PublicKey};
+
+use super::conn::MxpConn;
+use super::driver::{self, ConnState, Shared};
+use super::udp::Socket;
+use crate::ConnectError;
+
+/// An MXP endpoint. Clones share it; the driver stops once every clone is
+/// dropped and every connection has closed.
+#[derive(Debug)]
+pub(crate) struct MxpEndpoint {
+    shared: Arc<Shared>,
+}
+
+impl Clone for MxpEndpoint {
+    fn clone(&self) -> Self {
+        self.shared.lock().endpoint_handles += 1;
+        MxpEndpoint {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for MxpEndpoint {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.endpoint_handles -= 1;
+        if state.endpoint_handles == 0 {
+            state.accepting = false;
+            state.accept_wakers.drain(..).for_each(|w| w.wake());
+        }
+        drop(state);
+        self.shared.wake_driver();
+    }
+}
+
+fn unix_time() -> std::time::Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+impl MxpEndpoint {
+    /// Binds a UDP socket to `addr` and starts the driver on the current
+    /// tokio runtime.
+    pub fn bind(addr: SocketAddr, config: EndpointConfig) -> io::Result<MxpEndpoint> {
+        let socket = Socket::bind(addr)?;
+        let local_addr = socket.local_addr()?;
+        let proto = mxp_proto::Endpoint::new(config, Instant::now(), unix_time());
+        let shared = Arc::new(Shared::new(proto, local_addr));
+        tokio::spawn(driver::run(shared.clone(), socket));
+        Ok(MxpEndpoint { shared })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    pub fn stats(&self) -> EndpointStats {
+        self.shared.lock().proto.stats()
+    }
+
+    /// Connections on this endpoint (in any state).
+    pub fn connection_count(&self) -> usize {
+        self.shared.lock().proto.connection_count()
+    }
+
+    pub async fn connect_to(
+        &self,
+        remote: SocketAddr,
+        server_key: PublicKey,
+    ) -> Result<MxpConn, ConnectError> {
+        let handle = {
+            let mut state = self.shared.lock();
+            let h = state.proto.connect(Instant::now(), remote, server_key)?;
+            state.conns.insert(h, ConnState::default());
+            h
+        };
+        self.shared.wake_driver();
+        poll_fn(|cx| {
+            let mut state = self.shared.lock();
+            let error = state.error_of(handle);
+            let Some(cs) = state.conns.get_mut(&handle) else {
+                return Poll::Ready(Err(error));
+            };
+            if cs.connected {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(e) = &cs.error {
+                return Poll::Ready(Err(e.clone()));
+            }
+            cs.wakers.connect = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await?;
+        MxpConn::new(self.shared.clone(), handle)
+            .ok_or(ConnectError::Handshake(ConnectionError::LocallyClosed))
+    }
+
+    /// The next connection a client opened; `None` once the endpoint is
+    /// closed.
+    pub async fn accept(&self) -> Option<MxpConn> {
+        loop {
+            let handle = poll_fn(|cx| {
+                let mut state = self.shared.lock();
+                if let Some(h) = state.incoming.pop_front() {
+                    return Poll::Ready(Some(h));
+                }
+                if !state.accepting {
+                    return Poll::Ready(None);
+                }
+                state.accept_wakers.push(cx.waker().clone());
+                Poll::Pending
+            })
+            .await?;
+            // It may have closed in between; then take the next one.
+            if let Some(conn) = MxpConn::new(self.shared.clone(), handle) {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// Whether new connections are accepted; refused initiations are told
+    /// where the QUIC listener is.
+    pub fn set_accepting(&self, accepting: bool, quic_port: Option<u16>) {
+        self.shared.lock().proto.set_accepting(accepting, quic_port);
+    }
+
+    /// Applies `f` to every live connection.
+    fn for_each_connection(&self, mut f: impl FnMut(&mut mxp_proto::Connection, Instant)) {
+        let mut state = self.shared.lock();
+        let handles: Vec<_> = state.proto.connection_handles().collect();
+        let now = Instant::now();
+        for h in handles {
+            if let Some(c) = state.proto.connection(h) {
+                f(c, now);
+            }
+        }
+        drop(state);
+        self.shared.wake_driver();
+    }
+
+    /// Tells every connection to take new work elsewhere (a drain).
+    pub fn go_away_all(&self) {
+        self.for_each_connection(|c, _| c.go_away());
+    }
+
+    /// Closes every connection with `code` and `reason`.
+    pub fn close_all(&self, code: u64, reason: &[u8]) {
+        self.for_each_connection(|c, now| c.close(now, code, Bytes::copy_from_slice(reason)));
+    }
+
+    /// Stops accepting for good and closes every connection.
+    pub fn close(&self, code: u64, reason: &[u8]) {
+        {
+            let mut state = self.shared.lock();
+            state.accepting = false;
+            state.accept_wakers.drain(..).for_each(|w| w.wake());
+        }
+        self.close_all(code, reason);
+    }
+
+    /// Waits until every connection has finished closing.
+    pub async fn wait_idle(&self) {
+        poll_fn(|cx| {
+            let mut state = self.shared.lock();
+            if state.proto.connection_count() == 0 {
+                return Poll::Ready(());
+            }
+            state.idle_wakers.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
