@@ -68,10 +68,11 @@ pub struct BenchArgs {
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     let size = args.size.unwrap_or(args.scenario.default_size());
     let mut figures = BTreeMap::new();
-    match args.scenario {
+    let carrier = match args.scenario {
         Scenario::Handshake => handshakes(&args, &mut figures).await?,
         scenario => {
             let client = args.client.connect().await?;
+            let carrier = client.conn.carrier();
             match scenario {
                 Scenario::Rr => rr(&client, &args, size, &mut figures).await?,
                 Scenario::Msgs | Scenario::Bulk => {
@@ -84,11 +85,12 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
             figures.insert("packets_sent", json!(stats.packets_sent));
             figures.insert("packets_lost", json!(stats.packets_lost));
             client.close().await;
+            carrier
         }
-    }
+    };
     let mut report = json!({
         "scenario": args.scenario.name(),
-        "carrier": "mxp",
+        "carrier": carrier.as_str(),
         "target": args.client.url,
         "duration_s": args.duration.as_secs_f64(),
         "size_bytes": size,
@@ -254,20 +256,22 @@ async fn datagrams(
     Ok(())
 }
 
-/// Connect and close, one at a time, for the duration.
+/// Connect and close, one at a time, for the duration. Returns the
+/// carrier the handshakes used.
 async fn handshakes(
     args: &BenchArgs,
     figures: &mut BTreeMap<&'static str, Value>,
-) -> Result<(), CliError> {
+) -> Result<mxp::Carrier, CliError> {
     let first = args.client.connect().await?;
-    let (endpoint, key, remote) = (first.endpoint.clone(), first.server_key, first.remote);
+    let (endpoint, key) = (first.endpoint.clone(), first.server_key);
+    let carrier = first.conn.carrier();
     first.conn.close(0, b"");
     let mut lat = Latencies::default();
     let start = Instant::now();
     while start.elapsed() < args.duration {
         let t = Instant::now();
         let conn = endpoint
-            .connect_to(remote, key)
+            .connect(&args.client.url, key)
             .await
             .map_err(|e| connect_failure(&args.client.url, args.client.timeout, e))?;
         lat.push(t.elapsed());
@@ -280,5 +284,5 @@ async fn handshakes(
     figures.insert("handshakes_per_sec", json!(n as f64 / elapsed));
     figures.insert("p50_us", json!(s.p50));
     figures.insert("p99_us", json!(s.p99));
-    Ok(())
+    Ok(carrier)
 }

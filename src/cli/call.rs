@@ -21,7 +21,7 @@ pub struct CallArgs {
 
 #[derive(Serialize)]
 struct Report<'a> {
-    carrier: &'static str,
+    carrier: mxp::Carrier,
     rtt_us: f64,
     response_type: &'static str,
     response: &'a str,
@@ -38,11 +38,12 @@ pub async fn run(args: CallArgs) -> Result<(), CliError> {
         .map_err(|_| CliError::Failed(format!("no response within {:?}", args.client.timeout)))?
         .map_err(|e| CliError::Failed(format!("call failed: {e}")))?;
     let rtt = start.elapsed();
+    let carrier = client.conn.carrier();
     client.close().await;
     let text = String::from_utf8_lossy(&reply.payload);
     if args.client.json {
         let report = Report {
-            carrier: "mxp",
+            carrier,
             rtt_us: rtt.as_secs_f64() * 1e6,
             response_type: reply.kind.as_str(),
             response: &text,

@@ -8,14 +8,15 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use mxp::proto::{ConnectionError, EndpointConfig, Keypair, PublicKey, TransportConfig};
-use mxp::{ConnectError, Connection, Endpoint};
+use mxp::{CarrierMode, ConnectError, Connection, Endpoint, Options};
 
 use super::{CliError, keygen, parse_duration};
 
 /// Flags of every client command.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// The node: mxp://host:port
+    /// The node: mxp://host:port (add ?quic=PORT if its QUIC port is not
+    /// the MXP port + 1).
     pub url: String,
     /// The node's public key (the line in its node.pub).
     #[arg(long, value_name = "KEY")]
@@ -27,6 +28,10 @@ pub struct ClientArgs {
     /// How long to wait for the node to answer (handshake and each call).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Carrier: mxp, quic, or auto (MXP, falling back to QUIC when the node
+    /// refuses MXP or it does not answer within a second).
+    #[arg(long, default_value = "auto", value_parser = parse_carrier)]
+    pub carrier: CarrierMode,
     /// Print one JSON object on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -36,6 +41,10 @@ pub struct ClientArgs {
     pub log: Option<String>,
 }
 
+fn parse_carrier(s: &str) -> Result<CarrierMode, String> {
+    s.parse()
+}
+
 /// A connected client.
 pub struct Client {
     pub endpoint: Endpoint,
@@ -43,7 +52,6 @@ pub struct Client {
     /// Time from sending the first handshake packet to being connected.
     pub handshake: Duration,
     pub server_key: PublicKey,
-    pub remote: std::net::SocketAddr,
 }
 
 impl ClientArgs {
@@ -61,20 +69,24 @@ impl ClientArgs {
             handshake_timeout: self.timeout,
             ..TransportConfig::default()
         };
-        let config = EndpointConfig {
-            transport: Arc::new(transport),
-            ..EndpointConfig::client(keypair)
+        let options = Options {
+            carrier: self.carrier,
+            mxp_timeout: self.timeout.min(Duration::from_secs(1)),
+            ..Options::new(EndpointConfig {
+                transport: Arc::new(transport),
+                ..EndpointConfig::client(keypair)
+            })
         };
         let local = if remote.is_ipv4() {
             "0.0.0.0:0"
         } else {
             "[::]:0"
         };
-        let endpoint = Endpoint::bind(local.parse().expect("literal"), config)
+        let endpoint = Endpoint::with_options(local.parse().expect("literal"), options)
             .map_err(|e| CliError::Failed(format!("cannot open a UDP socket: {e}")))?;
         let start = Instant::now();
         let conn = endpoint
-            .connect_to(remote, server_key)
+            .connect(&self.url, server_key)
             .await
             .map_err(|e| connect_failure(&self.url, self.timeout, e))?;
         Ok(Client {
@@ -82,7 +94,6 @@ impl ClientArgs {
             endpoint,
             conn,
             server_key,
-            remote,
         })
     }
 }

@@ -28,7 +28,7 @@ pub struct PingArgs {
 
 #[derive(Serialize)]
 struct Report {
-    carrier: &'static str,
+    carrier: mxp::Carrier,
     target: String,
     sent: u64,
     received: u64,
@@ -63,7 +63,7 @@ pub async fn run(args: PingArgs) -> Result<(), CliError> {
         }
     }
     let report = Report {
-        carrier: "mxp",
+        carrier: client.conn.carrier(),
         target: args.client.url.clone(),
         sent,
         received: rtts.len() as u64,
@@ -75,8 +75,8 @@ pub async fn run(args: PingArgs) -> Result<(), CliError> {
         println!("{}", serde_json::to_string(&report).expect("serialisable"));
     } else {
         println!(
-            "{} pings to {} over mxp: {} replies, handshake {:.1} µs",
-            report.sent, report.target, report.received, report.handshake_us
+            "{} pings to {} over {}: {} replies, handshake {:.1} µs",
+            report.sent, report.target, report.carrier, report.received, report.handshake_us
         );
         println!("rtt {}", report.rtt_us);
     }

@@ -29,6 +29,8 @@ use crate::streams::{ReadError, WriteError};
 mod code {
     /// The client's Noise message did not decrypt: wrong server key.
     pub const KEY_MISMATCH: u32 = 0x4d01;
+    /// The client's key is not on the node's allow-list.
+    pub const CLIENT_NOT_ALLOWED: u32 = 0x4d02;
     /// Closed by the application.
     pub const CLOSED: u32 = 0;
 }
@@ -62,6 +64,9 @@ pub(crate) fn connection_error(e: quinn::ConnectionError) -> ConnectionError {
         Q::VersionMismatch => ConnectionError::VersionMismatch,
         Q::ApplicationClosed(c) if c.error_code == VarInt::from_u32(code::KEY_MISMATCH) => {
             ConnectionError::ServerKeyMismatch
+        }
+        Q::ApplicationClosed(c) if c.error_code == VarInt::from_u32(code::CLIENT_NOT_ALLOWED) => {
+            ConnectionError::ClientNotAllowed
         }
         Q::ApplicationClosed(c) => ConnectionError::ApplicationClosed {
             code: c.error_code.into_inner(),
@@ -447,6 +452,13 @@ async fn accept_loop(
                     debug!(target: mxp_proto::HANDSHAKE, peer = %conn.remote_address(), "QUIC client used the wrong server key");
                     return conn
                         .close(VarInt::from_u32(code::KEY_MISMATCH), b"server key mismatch");
+                }
+                Ok(Err(ConnectionError::ClientNotAllowed)) => {
+                    debug!(target: mxp_proto::HANDSHAKE, peer = %conn.remote_address(), "QUIC client key not on the allow-list");
+                    return conn.close(
+                        VarInt::from_u32(code::CLIENT_NOT_ALLOWED),
+                        b"client key not allowed",
+                    );
                 }
                 Ok(Err(e)) => {
                     debug!(target: mxp_proto::HANDSHAKE, peer = %conn.remote_address(), error = %e, "QUIC client refused");

@@ -1,0 +1,252 @@
+//! The two carriers behind one API: the QUIC fallback carries the same
+//! calls, streams, messages and datagrams with the same node identity, and
+//! clients fall back to it when a node refuses MXP or MXP does not answer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mxp::echo::{self, EchoStats};
+use mxp::proto::message::{Message, MessageType};
+use mxp::proto::{Band, ConnectionError, EndpointConfig, Keypair, ServerConfig};
+use mxp::{Carrier, CarrierMode, Carriers, ConnectError, Endpoint, Options};
+use tokio::time::timeout;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// A node on both carriers, serving the echo application.
+fn node_with(
+    keys: Keypair,
+    policy: ServerConfig,
+    carriers: Carriers,
+) -> (Endpoint, Arc<EchoStats>) {
+    let options = Options {
+        quic_listen: Some(any_port()),
+        carriers,
+        ..Options::new(EndpointConfig {
+            server: Some(Arc::new(policy)),
+            ..EndpointConfig::server(keys)
+        })
+    };
+    let node = Endpoint::with_options(any_port(), options).unwrap();
+    let stats = Arc::new(EchoStats::default());
+    tokio::spawn(echo::serve(node.clone(), stats.clone()));
+    (node, stats)
+}
+
+fn node(carriers: Carriers) -> (Endpoint, Arc<EchoStats>) {
+    node_with(Keypair::generate(), ServerConfig::default(), carriers)
+}
+
+fn client(mode: CarrierMode) -> Endpoint {
+    let options = Options {
+        carrier: mode,
+        mxp_timeout: Duration::from_millis(300),
+        ..Options::new(EndpointConfig::client(Keypair::generate()))
+    };
+    Endpoint::with_options(any_port(), options).unwrap()
+}
+
+fn url(node: &Endpoint) -> String {
+    format!(
+        "mxp://{}?quic={}",
+        node.local_addr(),
+        node.quic_addr().unwrap().port()
+    )
+}
+
+fn call(id: u64) -> Message {
+    Message::new(MessageType::Call, format!("call {id}")).with_message_id(id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quic_carrier_carries_calls_streams_messages_and_datagrams() {
+    let (node, stats) = node(Carriers::BOTH);
+    let conn = timeout(
+        PATIENCE,
+        client(CarrierMode::Quic).connect(&url(&node), node.public_key()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(conn.carrier(), Carrier::Quic);
+    assert_eq!(conn.peer_key(), node.public_key());
+    for i in 0..50 {
+        let reply = conn.call(&call(i)).await.unwrap();
+        assert_eq!((reply.kind, reply.message_id), (MessageType::Response, i));
+    }
+    let (mut send, mut recv) = conn.open_bi(Band::Streaming).await.unwrap();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let writer = {
+        let data = data.clone();
+        tokio::spawn(async move {
+            send.write_all(&data).await.unwrap();
+            send.finish().unwrap();
+        })
+    };
+    assert!(recv.read_to_end(1 << 20).await.unwrap() == data);
+    writer.await.unwrap();
+    for i in 0..20 {
+        conn.send_message(&Message::new(MessageType::Event, vec![i; 10]))
+            .await
+            .unwrap();
+    }
+    conn.send_datagram(Bytes::from_static(b"beat"), Band::Control)
+        .unwrap();
+    let echoed = timeout(PATIENCE, conn.read_datagram())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echoed[..], b"beat");
+    // The node sinks the events; give the last ones a moment.
+    for _ in 0..500 {
+        if stats.events.load(Ordering::Relaxed) == 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(stats.events.load(Ordering::Relaxed), 20);
+    assert_eq!(stats.calls.load(Ordering::Relaxed), 50);
+    assert_eq!(node.status().connections.quic, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_server_key_is_refused_on_quic_too() {
+    let (node, _) = node(Carriers::BOTH);
+    let wrong = Keypair::generate().public();
+    let result = timeout(
+        PATIENCE,
+        client(CarrierMode::Quic).connect(&url(&node), wrong),
+    )
+    .await
+    .unwrap();
+    match result {
+        Err(ConnectError::Handshake(ConnectionError::ServerKeyMismatch)) => {}
+        other => panic!("expected a server key mismatch, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_allow_list_applies_on_quic_too() {
+    let allowed = Keypair::generate();
+    let policy = ServerConfig {
+        allowed_clients: Some([allowed.public()].into_iter().collect()),
+        ..ServerConfig::default()
+    };
+    let (node, _) = node_with(Keypair::generate(), policy, Carriers::BOTH);
+    let stranger = client(CarrierMode::Quic);
+    let result = timeout(PATIENCE, stranger.connect(&url(&node), node.public_key()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            result,
+            Err(ConnectError::Handshake(ConnectionError::ClientNotAllowed))
+        ),
+        "{result:?}"
+    );
+    let options = Options {
+        carrier: CarrierMode::Quic,
+        ..Options::new(EndpointConfig::client(allowed))
+    };
+    let friend = Endpoint::with_options(any_port(), options).unwrap();
+    let conn = timeout(PATIENCE, friend.connect(&url(&node), node.public_key()))
+        .await
+        .unwrap()
+        .unwrap();
+    conn.call(&call(1)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_falls_back_to_quic_when_the_node_refuses_mxp() {
+    let (node, _) = node(Carriers::QUIC);
+    let client = client(CarrierMode::Auto);
+    // No ?quic=: the node's refusal names its QUIC port.
+    let url = format!("mxp://{}", node.local_addr());
+    let conn = timeout(PATIENCE, client.connect(&url, node.public_key()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(conn.carrier(), Carrier::Quic);
+    assert_eq!(client.status().fallbacks, 1);
+    assert_eq!(node.stats().carrier_refusals, 1);
+    conn.call(&call(1)).await.unwrap();
+    // A forced-MXP client gets the refusal as a typed error.
+    let mxp_only = timeout(
+        PATIENCE,
+        client(CarrierMode::Mxp).connect(&url, node.public_key()),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(
+            mxp_only,
+            Err(ConnectError::Handshake(ConnectionError::CarrierRefused {
+                quic_port: Some(_)
+            }))
+        ),
+        "{mxp_only:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_falls_back_to_quic_when_mxp_does_not_answer_at_all() {
+    let (node, _) = node(Carriers::BOTH);
+    // Nothing answers MXP at this address: a bound, silent socket.
+    let silent = std::net::UdpSocket::bind(any_port()).unwrap();
+    let url = format!(
+        "mxp://{}?quic={}",
+        silent.local_addr().unwrap(),
+        node.quic_addr().unwrap().port()
+    );
+    let client = client(CarrierMode::Auto);
+    let conn = timeout(PATIENCE, client.connect(&url, node.public_key()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(conn.carrier(), Carrier::Quic);
+    conn.call(&call(1)).await.unwrap();
+    assert_eq!(client.status().fallbacks, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flip_moves_new_work_to_quic_while_an_open_stream_finishes_on_mxp() {
+    let (node, stats) = node(Carriers::BOTH);
+    let client = client(CarrierMode::Auto);
+    let conn = client
+        .connect(&url(&node), node.public_key())
+        .await
+        .unwrap();
+    assert_eq!(conn.carrier(), Carrier::Mxp);
+    conn.call(&call(0)).await.unwrap();
+    // A stream opened before the flip.
+    let (mut send, mut recv) = conn.open_bi(Band::Streaming).await.unwrap();
+    send.write_all(b"before the flip, ").await.unwrap();
+
+    node.set_carriers(Carriers::QUIC);
+    // The client learns it within a round trip; calls keep succeeding
+    // throughout, and soon run on QUIC.
+    let mut calls = 1;
+    while conn.carrier() != Carrier::Quic {
+        conn.call(&call(calls)).await.unwrap();
+        calls += 1;
+        assert!(calls < 10_000, "new work never moved to QUIC");
+    }
+    let reply = conn.call(&call(calls)).await.unwrap();
+    assert_eq!(reply.message_id, calls);
+    assert_eq!(node.status().accepting, Carriers::QUIC);
+    assert_eq!(node.status().draining.len(), 1);
+
+    // The old stream still works on the draining MXP connection.
+    send.write_all(b"after the flip").await.unwrap();
+    send.finish().unwrap();
+    let echoed = recv.read_to_end(1024).await.unwrap();
+    assert_eq!(&echoed[..], b"before the flip, after the flip");
+    assert_eq!(stats.calls.load(Ordering::Relaxed), calls + 1);
+}
