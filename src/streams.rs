@@ -110,6 +110,14 @@ impl SendStream {
         }
     }
 
+    /// The carrier this stream rides on.
+    pub fn carrier(&self) -> crate::Carrier {
+        match self.inner {
+            Send::Mxp(_) => crate::Carrier::Mxp,
+            Send::Quic(_) => crate::Carrier::Quic,
+        }
+    }
+
     fn poll_write_inner(
         &mut self,
         cx: &mut Context<'_>,
