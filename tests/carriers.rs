@@ -166,15 +166,15 @@ async fn the_allow_list_applies_on_quic_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_falls_back_to_quic_when_the_node_refuses_mxp() {
     let (node, _) = node(Carriers::QUIC);
-    let client = client(CarrierMode::Auto);
+    let auto = client(CarrierMode::Auto);
     // No ?quic=: the node's refusal names its QUIC port.
     let url = format!("mxp://{}", node.local_addr());
-    let conn = timeout(PATIENCE, client.connect(&url, node.public_key()))
+    let conn = timeout(PATIENCE, auto.connect(&url, node.public_key()))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(conn.carrier(), Carrier::Quic);
-    assert_eq!(client.status().fallbacks, 1);
+    assert_eq!(auto.status().fallbacks, 1);
     assert_eq!(node.stats().carrier_refusals, 1);
     conn.call(&call(1)).await.unwrap();
     // A forced-MXP client gets the refusal as a typed error.
