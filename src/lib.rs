@@ -4,6 +4,7 @@
 pub use mxp_proto as proto;
 pub use mxp_sim as sim;
 
+pub mod admin;
 mod carrier;
 mod connection;
 pub mod echo;

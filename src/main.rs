@@ -1,5 +1,6 @@
 //! The `mxp` command: a node (`serve`), clients (`ping`, `call`, `bench`),
-//! keys (`keygen`), the impairment relay (`relay`), and a one-command tour
+//! keys (`keygen`), the impairment relay (`relay`), a running node's controls
+//! (`admin`), and a one-command tour
 //! (`demo`, also what a bare `mxp` runs).
 
 mod cli;
@@ -39,6 +40,9 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// UDP forwarder adding loss, delay, jitter, reordering, duplication.
     Relay(cli::relay::RelayArgs),
+    /// Control a running node through its admin endpoint: status, carrier
+    /// switch, drain.
+    Admin(cli::admin::AdminArgs),
 }
 
 #[derive(Args)]
@@ -95,6 +99,10 @@ fn run(command: Command) -> Result<(), CliError> {
             runtime()?.block_on(cli::bench::run(args))
         }
         Command::Relay(args) => runtime()?.block_on(cli::relay::run(args)),
+        Command::Admin(args) => {
+            client_logging(None)?;
+            runtime()?.block_on(cli::admin::run(args))
+        }
     }
 }
 

@@ -236,6 +236,8 @@ struct Node {
     key: String,
     /// Lines of stdout after the two startup lines.
     stdout: Receiver<String>,
+    /// The startup lines up to and including the public key.
+    banner: Vec<String>,
     stderr: Option<JoinHandle<String>>,
 }
 
@@ -301,12 +303,59 @@ impl Node {
             addr: addr.expect("address"),
             key: key.expect("key"),
             stdout: lines,
+            banner: seen,
             stderr: Some(stderr),
         }
     }
 
     fn url(&self) -> String {
         format!("mxp://{}", self.addr)
+    }
+
+    /// The address printed after `prefix` in the startup lines.
+    fn printed_addr(&self, prefix: &str) -> SocketAddr {
+        self.banner
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line in {:#?}", self.banner))
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{prefix:?}: {e} in {:#?}", self.banner))
+    }
+
+    /// The admin endpoint's address, as printed.
+    fn admin_addr(&self) -> String {
+        self.printed_addr("admin endpoint on http://").to_string()
+    }
+
+    /// The next stdout lines after the startup lines, until one starting
+    /// with `prefix` (inclusive).
+    fn lines_until(&self, prefix: &str) -> Vec<String> {
+        let deadline = Instant::now() + PATIENCE;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line.starts_with(prefix);
+                    seen.push(line);
+                    if done {
+                        return seen;
+                    }
+                }
+                Err(e) => panic!("no line starting {prefix:?} ({e:?}); saw {seen:#?}"),
+            }
+        }
+    }
+
+    /// Sends the node a signal by name (`HUP`, `TERM`...).
+    fn signal(&self, name: &str) {
+        let pid = self.process.pid().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("the kill command");
+        assert!(sent.success(), "kill -{name} {pid} failed");
     }
 
     fn public_key(&self) -> PublicKey {
@@ -969,4 +1018,275 @@ async fn garbage_sprayed_at_a_node_is_counted_while_pings_succeed() {
     let refused = number_before(line, "datagrams").expect("refused count");
     assert!(refused > 0, "seed {seed}: no garbage counted: {line}");
     eprintln!("seed {seed}: {ok} library pings, {cli_runs} mxp ping runs; node: {line}");
+}
+
+// ---------------------------------------------------------------------------
+// The carrier switch: QUIC beside MXP, the admin endpoint, config reload
+// ---------------------------------------------------------------------------
+
+/// `mxp admin ADDR ARGS...`, with no token from the environment.
+fn admin(addr: &str, args: &[&str]) -> Outcome {
+    let mut cmd = mxp();
+    cmd.arg("admin")
+        .arg(addr)
+        .args(args)
+        .env_remove("MXP_ADMIN_TOKEN");
+    run_command(cmd, format!("mxp admin {addr} {}", args.join(" ")))
+}
+
+/// `mxp admin ADDR status`, parsed.
+fn admin_status(addr: &str) -> serde_json::Map<String, Value> {
+    json_object(&admin(addr, &["status"]).success())
+}
+
+#[test]
+fn serve_prints_every_address_and_the_admin_command_flips_the_carrier() {
+    let node = Node::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--quic-listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let quic = node.printed_addr("quic carrier listening on ");
+    assert_eq!(quic.ip(), node.addr.ip());
+    assert_ne!(quic.port(), 0);
+    let admin_addr = node.admin_addr();
+    let tries = node.lines_until("try: mxp admin");
+    let plain = format!(
+        "try: mxp ping mxp://{} --server-key {}",
+        node.addr, node.key
+    );
+    assert!(tries.contains(&plain), "{tries:#?}");
+    if Some(quic.port()) != node.addr.port().checked_add(1) {
+        let with_quic = format!(
+            "try: mxp ping 'mxp://{}?quic={}' --server-key {}",
+            node.addr,
+            quic.port(),
+            node.key
+        );
+        assert!(tries.contains(&with_quic), "{tries:#?}");
+    }
+    assert!(
+        tries.contains(&format!("try: mxp admin {admin_addr} status")),
+        "{tries:#?}"
+    );
+
+    let status = admin_status(&admin_addr);
+    assert_eq!(
+        status["accepting"],
+        serde_json::json!({"mxp": true, "quic": true})
+    );
+    assert_eq!(status["draining"], serde_json::json!([]));
+    assert!(status["connections"]["mxp"].is_u64(), "{status:?}");
+    assert!(status["connections"]["quic"].is_u64(), "{status:?}");
+
+    let switched = json_object(&admin(&admin_addr, &["carrier", "quic"]).success());
+    assert_eq!(switched["previous"], "both");
+    let status = admin_status(&admin_addr);
+    assert_eq!(
+        status["accepting"],
+        serde_json::json!({"mxp": false, "quic": true})
+    );
+    assert_eq!(status["draining"][0]["carrier"], "mxp", "{status:?}");
+
+    let drained = json_object(&admin(&admin_addr, &["drain", "--timeout", "30s"]).success());
+    assert_eq!(drained["drained"], serde_json::json!(["mxp"]));
+    assert_eq!(drained["timeout_s"], 30.0);
+
+    // Bad input is refused before anything is sent, with exit code 2...
+    for args in [&["carrier", "tcp"][..], &["drain", "--timeout", "soon"]] {
+        let out = admin(&admin_addr, args);
+        assert_eq!(out.code(), Some(2), "{out:#?}");
+        assert!(!out.stderr.contains("panicked"), "{out:#?}");
+    }
+    let out = admin(&admin_addr, &["drain", "--timeout", "soon"]);
+    assert!(out.one_error_line().contains("--timeout"), "{out:#?}");
+
+    let back = json_object(&admin(&admin_addr, &["carrier", "both"]).success());
+    assert_eq!(
+        back["accepting"],
+        serde_json::json!({"mxp": true, "quic": true})
+    );
+    assert_eq!(back["draining"], serde_json::json!([]));
+
+    let stopped = node.terminate();
+    assert!(stopped.status.success(), "{stopped:#?}");
+}
+
+#[test]
+fn admin_errors_are_one_line_with_the_right_exit_code() {
+    let node = Node::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--admin-token",
+        "s3cret",
+    ]);
+    let admin_addr = node.admin_addr();
+    // The node refuses (HTTP 401): exit 2 with its reason.
+    let out = admin(&admin_addr, &["status"]);
+    assert_eq!(out.code(), Some(2), "{out:#?}");
+    let line = out.one_error_line();
+    assert!(
+        line.contains("401") && line.contains("bearer token"),
+        "{line}"
+    );
+    let out = admin(&admin_addr, &["carrier", "quic", "--token", "guess"]);
+    assert_eq!(out.code(), Some(2), "{out:#?}");
+    assert!(
+        out.one_error_line().contains("wrong bearer token"),
+        "{out:#?}"
+    );
+
+    // The right token, by flag or from the environment.
+    let status = json_object(&admin(&admin_addr, &["status", "--token", "s3cret"]).success());
+    assert_eq!(status["accepting"]["mxp"], true);
+    let mut cmd = mxp();
+    cmd.args(["admin", &admin_addr, "carrier", "mxp"])
+        .env("MXP_ADMIN_TOKEN", "s3cret");
+    let switched = json_object(&run_command(cmd, "mxp admin (token from env)".into()).success());
+    assert_eq!(
+        switched["accepting"],
+        serde_json::json!({"mxp": true, "quic": false})
+    );
+
+    // Nobody listening: exit 1, one line.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = free.local_addr().unwrap().to_string();
+    drop(free);
+    let out = admin(&nobody, &["status"]);
+    assert_eq!(out.code(), Some(1), "{out:#?}");
+    assert!(out.one_error_line().contains("cannot connect"), "{out:#?}");
+
+    let out = admin("no-port-here", &["status"]);
+    assert_eq!(out.code(), Some(2), "{out:#?}");
+    assert!(out.one_error_line().contains("no-port-here"), "{out:#?}");
+}
+
+#[test]
+fn bad_values_for_the_switch_keys_are_named_and_nothing_starts() {
+    let dir = TempDir::new("switchkeys");
+    let config = dir.path("node.toml");
+    let cases = [
+        ("carriers = \"tcp\"", "node.carriers"),
+        ("quic_listen = \"9001\"", "node.quic_listen"),
+        ("admin = \"everywhere\"", "node.admin"),
+        ("drain_timeout = \"soon\"", "node.drain_timeout"),
+        ("admin_token = \"\"", "node.admin_token"),
+        ("carrier = \"quic\"", "node.carrier"),
+        // Off loopback without a token.
+        ("admin = \"0.0.0.0:0\"", "admin_token"),
+    ];
+    for (line, names) in cases {
+        fs::write(&config, format!("[node]\n{line}\n")).unwrap();
+        let out = run(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            path_str(&config),
+        ]);
+        assert_eq!(out.code(), Some(2), "{line}: {out:#?}");
+        assert!(out.one_error_line().contains(names), "{line}: {out:#?}");
+        assert!(!out.stdout.contains("listening"), "{line}: {out:#?}");
+    }
+    let out = run(&["serve", "--listen", "127.0.0.1:0", "--carriers", "tcp"]);
+    assert_eq!(out.code(), Some(2), "{out:#?}");
+    let out = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--quic-listen",
+        "off",
+        "--carriers",
+        "quic",
+    ]);
+    assert_eq!(out.code(), Some(2), "{out:#?}");
+    assert!(
+        out.one_error_line().contains("QUIC carrier off"),
+        "{out:#?}"
+    );
+}
+
+/// Polls `file` until it contains `text`, within the hang guard.
+fn wait_for_text(file: &Path, text: &str) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let content = fs::read_to_string(file).unwrap_or_default();
+        if content.contains(text) {
+            return content;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never said {text:?}:\n{content}",
+            file.display()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sighup_reloads_the_carrier_switch_from_the_config_file() {
+    let dir = TempDir::new("reload");
+    let config = dir.path("node.toml");
+    let log = dir.path("node.log");
+    // Whole files only: the node must never read a half-written one.
+    let write = |text: String| {
+        let tmp = dir.path("node.toml.tmp");
+        fs::write(&tmp, text).unwrap();
+        fs::rename(&tmp, &config).unwrap();
+    };
+    let node_file = |carriers: &str| {
+        format!(
+            "[node]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ncarriers = \"{carriers}\"\n"
+        )
+    };
+    write(node_file("both"));
+    // The node's log goes to a file the test can watch while it runs
+    // (`exec` keeps the pid, so signals reach the node itself).
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(format!(
+        "exec '{}' serve --config '{}' 2>'{}'",
+        env!("CARGO_BIN_EXE_mxp"),
+        path_str(&config),
+        path_str(&log)
+    ));
+    let node = Node::start_command(cmd, "mxp serve --config (reload)".into());
+    let admin_addr = node.admin_addr();
+    assert_eq!(admin_status(&admin_addr)["accepting"]["mxp"], true);
+
+    // A broken file is logged and ignored; the node keeps running.
+    write("[node]\ncarriers = \"qiuc\"\n".to_owned());
+    node.signal("HUP");
+    let text = wait_for_text(&log, "config reload failed");
+    assert!(
+        text.contains("node.carriers") && text.contains("qiuc"),
+        "{text}"
+    );
+    assert_eq!(
+        admin_status(&admin_addr)["accepting"],
+        serde_json::json!({"mxp": true, "quic": true})
+    );
+
+    write(node_file("quic"));
+    node.signal("HUP");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let status = admin_status(&admin_addr);
+        if status["accepting"] == serde_json::json!({"mxp": false, "quic": true}) {
+            assert_eq!(status["draining"][0]["carrier"], "mxp", "{status:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reload never switched to quic: {status:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    wait_for_text(&log, "node.carriers both -> quic");
+    let stopped = node.terminate();
+    assert!(stopped.status.success(), "{stopped:#?}");
 }

@@ -20,6 +20,7 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use mxp::Carriers;
 use mxp::proto::{Band, PublicKey, RetryPolicy, ServerConfig, TransportConfig};
 use thiserror::Error;
 use toml::{Table, Value};
@@ -41,11 +42,74 @@ pub struct NodeConfig {
     /// not set one, so `RUST_LOG` (and then `info`) can apply; see
     /// [`logging::init`] for the precedence.
     pub log: Option<String>,
+    /// Where the node listens for the QUIC carrier, the fallback clients
+    /// use when MXP is refused or unreachable.
+    pub quic_listen: QuicListen,
+    /// Where the admin HTTP endpoint listens. `None`: no admin endpoint, so
+    /// a node nobody asked to be controllable is not.
+    pub admin: Option<SocketAddr>,
+    /// Bearer token the admin endpoint demands. Required for an admin
+    /// address off loopback, where anyone who reaches it could stop the node
+    /// taking new sessions.
+    pub admin_token: Option<String>,
+    /// Which carriers accept new sessions at start (and after a reload
+    /// that changes it).
+    pub carriers: Carriers,
+    /// How long connections on a carrier switched off may finish their
+    /// work before they are closed.
+    pub drain_timeout: Duration,
     /// Settings for every connection of the node.
     pub transport: TransportConfig,
     /// Admission policy: allow-list, retry, handshake rate limit.
     pub server: ServerConfig,
 }
+
+/// Where the QUIC carrier listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuicListen {
+    /// The MXP address with the port one up (port 0 stays 0): where a
+    /// client given only the MXP address looks first.
+    NextPort,
+    /// This address.
+    At(SocketAddr),
+    /// No QUIC carrier: the node cannot be rolled back to QUIC.
+    Off,
+}
+
+impl QuicListen {
+    /// The QUIC address for a node whose MXP address is `listen`; `Err`
+    /// when the port one up does not exist.
+    pub fn resolve(self, listen: SocketAddr) -> Result<Option<SocketAddr>, String> {
+        match self {
+            QuicListen::Off => Ok(None),
+            QuicListen::At(addr) => Ok(Some(addr)),
+            QuicListen::NextPort if listen.port() == 0 => Ok(Some(listen)),
+            QuicListen::NextPort => match listen.port().checked_add(1) {
+                Some(port) => Ok(Some(SocketAddr::new(listen.ip(), port))),
+                None => Err(format!(
+                    "the QUIC carrier goes on the port after {listen}, which does not exist: \
+                     set --quic-listen ADDR|off (or node.quic_listen)"
+                )),
+            },
+        }
+    }
+}
+
+impl std::str::FromStr for QuicListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(QuicListen::Off),
+            other => other.parse().map(QuicListen::At).map_err(|_| {
+                format!("expected an address like \"127.0.0.1:9001\" or \"off\", got {other:?}")
+            }),
+        }
+    }
+}
+
+/// The drain timeout when none is configured.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = mxp::admin::DEFAULT_DRAIN_TIMEOUT;
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -53,6 +117,11 @@ impl Default for NodeConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9000)),
             key: None,
             log: None,
+            quic_listen: QuicListen::NextPort,
+            admin: None,
+            admin_token: None,
+            carriers: Carriers::BOTH,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             transport: TransportConfig::default(),
             server: ServerConfig::default(),
         }
@@ -133,6 +202,8 @@ const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 /// Durations that must not be zero.
 const POSITIVE: RangeInclusive<Duration> =
     RangeInclusive::new(Duration::from_nanos(1), MAX_DURATION);
+/// A drain may be immediate (`"0s"`: close at once).
+const DRAIN: RangeInclusive<Duration> = RangeInclusive::new(Duration::ZERO, MAX_DURATION);
 /// The handshake announces `max_ack_delay` in microseconds below 2^24;
 /// a peer refuses anything larger.
 const ACK_DELAY: RangeInclusive<Duration> =
@@ -174,6 +245,37 @@ fn parse(text: &str, path: &Path) -> Result<(NodeConfig, Vec<String>), ConfigErr
         logging::parse_filter(log).map_err(|problem| node.error("log", problem))?;
         config.log = Some(log.to_owned());
     }
+    if let Some(quic) = node.string("quic_listen")? {
+        config.quic_listen = quic
+            .parse()
+            .map_err(|problem| node.error("quic_listen", problem))?;
+    }
+    if let Some(admin) = node.string("admin")? {
+        config.admin = Some(admin.parse().map_err(|_| {
+            node.error(
+                "admin",
+                format!("expected an address like \"127.0.0.1:9100\", got {admin:?}"),
+            )
+        })?);
+    }
+    if let Some(token) = node.string("admin_token")? {
+        if token.trim().is_empty() {
+            return Err(node.error(
+                "admin_token",
+                "empty token (leave the key out for a loopback admin endpoint without one)",
+            ));
+        }
+        config.admin_token = Some(token.to_owned());
+    }
+    if let Some(carriers) = node.string("carriers")? {
+        config.carriers = carriers.parse().map_err(|_| {
+            node.error(
+                "carriers",
+                format!("expected \"mxp\", \"quic\" or \"both\", got {carriers:?}"),
+            )
+        })?;
+    }
+    node.duration(&mut config.drain_timeout, "drain_timeout", DRAIN)?;
     keys.extend(node.finish()?);
 
     let mut server = top.section("server")?;
@@ -658,8 +760,18 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:9000".parse().unwrap());
         assert_eq!(c.key, None);
         assert_eq!(c.log, None);
+        assert_node_defaults(c);
         assert!(same(&c.transport, &TransportConfig::default()));
         assert!(same(&c.server, &ServerConfig::default()));
+    }
+
+    /// The `[node]` keys beyond listen, key and log.
+    fn assert_node_defaults(c: &NodeConfig) {
+        assert_eq!(c.quic_listen, QuicListen::NextPort);
+        assert_eq!(c.admin, None);
+        assert_eq!(c.admin_token, None);
+        assert_eq!(c.carriers, Carriers::BOTH);
+        assert_eq!(c.drain_timeout, Duration::from_secs(300));
     }
 
     #[test]
@@ -679,6 +791,11 @@ mod tests {
             listen = "0.0.0.0:4433"
             key = "keys/node.key"
             log = "info,mxp_proto::handshake=debug"
+            quic_listen = "0.0.0.0:4443"
+            admin = "127.0.0.1:9100"
+            admin_token = "s3cret"
+            carriers = "quic"
+            drain_timeout = "30s"
 
             [server]
             allowed_clients = ["{client}", "{other}"]
@@ -718,6 +835,14 @@ mod tests {
         assert_eq!(c.listen, "0.0.0.0:4433".parse().unwrap());
         assert_eq!(c.key, Some(PathBuf::from("/etc/keys/node.key")));
         assert_eq!(c.log.as_deref(), Some("info,mxp_proto::handshake=debug"));
+        assert_eq!(
+            c.quic_listen,
+            QuicListen::At("0.0.0.0:4443".parse().unwrap())
+        );
+        assert_eq!(c.admin, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(c.admin_token.as_deref(), Some("s3cret"));
+        assert_eq!(c.carriers, Carriers::QUIC);
+        assert_eq!(c.drain_timeout, Duration::from_secs(30));
 
         let s = &c.server;
         let allowed = s.allowed_clients.as_ref().unwrap();
@@ -879,6 +1004,38 @@ mod tests {
         );
         let key = error_of("[node]\nkey = \"\"\n");
         assert!(key.contains("node.key: empty path"), "{key}");
+        let cases = [
+            (
+                "quic_listen = \"9001\"",
+                r#"node.quic_listen: expected an address like "127.0.0.1:9001" or "off", got "9001""#,
+            ),
+            (
+                "admin = \"localhost:9100\"",
+                r#"node.admin: expected an address like "127.0.0.1:9100", got "localhost:9100""#,
+            ),
+            ("admin_token = \" \"", "node.admin_token: empty token"),
+            (
+                "carriers = \"tcp\"",
+                r#"node.carriers: expected "mxp", "quic" or "both", got "tcp""#,
+            ),
+            (
+                "drain_timeout = \"5\"",
+                r#"node.drain_timeout: expected a duration like "30s", got "5""#,
+            ),
+            (
+                "drain_timeout = 300",
+                r#"node.drain_timeout: expected a duration like "30s", got the integer 300"#,
+            ),
+        ];
+        for (line, expected) in cases {
+            let e = error_of(&format!("[node]\n{line}\n"));
+            assert!(e.contains(expected), "{e}");
+        }
+        let e = error_of("[node]\ncarrier = \"quic\"\n");
+        assert!(
+            e.contains(r#"node.carrier: unknown key (did you mean "carriers"?)"#),
+            "{e}"
+        );
         let retry = error_of("[server]\nretry = \"sometimes\"\n");
         assert!(
             retry.contains(
@@ -1019,6 +1176,7 @@ mod tests {
         assert_eq!(c.listen, NodeConfig::default().listen);
         assert_eq!(c.key, None);
         assert_eq!(c.log, None);
+        assert_node_defaults(&c);
         assert!(same(&c.transport, &TransportConfig::default()));
         assert!(same(&c.server, &ServerConfig::default()));
     }
@@ -1044,6 +1202,24 @@ mod tests {
     fn the_documented_log_filter_is_valid() {
         assert!(DOCS.contains("info,mxp_proto::handshake=debug"));
         parse_at("[node]\nlog = \"info,mxp_proto::handshake=debug\"\n").unwrap();
+    }
+
+    #[test]
+    fn quic_listen_defaults_to_the_next_port_and_can_be_off() {
+        let c = parse_at("[node]\nquic_listen = \"off\"\n").unwrap();
+        assert_eq!(c.quic_listen, QuicListen::Off);
+        assert_eq!(c.quic_listen.resolve(c.listen), Ok(None));
+        let next = QuicListen::NextPort;
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            next.resolve(at("127.0.0.1:9000")),
+            Ok(Some(at("127.0.0.1:9001")))
+        );
+        assert_eq!(next.resolve(at("127.0.0.1:0")), Ok(Some(at("127.0.0.1:0"))));
+        let e = next.resolve(at("127.0.0.1:65535")).unwrap_err();
+        assert!(e.contains("--quic-listen"), "{e}");
+        let zero = parse_at("[node]\ndrain_timeout = \"0s\"\n").unwrap();
+        assert_eq!(zero.drain_timeout, Duration::ZERO);
     }
 
     #[test]

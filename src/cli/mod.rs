@@ -1,6 +1,7 @@
 //! The `mxp` command's pieces: one module per subcommand, plus what they
 //! share (argument parsers, the error type that decides the exit code).
 
+pub mod admin;
 pub mod bench;
 pub mod call;
 pub mod client;
@@ -14,7 +15,6 @@ pub mod relay;
 pub mod serve;
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 /// Why a command failed; decides the exit code.
 #[derive(Debug)]
@@ -56,32 +56,15 @@ pub fn parse_fraction(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Parses durations like `50us`, `2ms`, `1s`, `5m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("missing unit in {s:?} (use us, ms, s or m)"))?;
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("not a number: {num:?}"))?;
-    let scale = match unit {
-        "ns" => 1e-9,
-        "us" | "µs" => 1e-6,
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "m" => 60.0,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {s:?} (use us, ms, s or m)"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(value * scale).map_err(|e| e.to_string())
-}
+/// Parses durations like `50us`, `2ms`, `1s`, `5m` (the library's parser,
+/// so the admin endpoint reads `?timeout=` exactly as the CLI and the config
+/// file do).
+pub use mxp::admin::parse_duration;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn durations_parse_with_units() {

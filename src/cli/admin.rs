@@ -1,0 +1,161 @@
+//! `mxp admin ADDR status|carrier|drain`: the operator's side of a node's
+//! admin endpoint (`mxp serve --admin ADDR`).
+//!
+//! Results are the endpoint's JSON, one line on stdout. A refused request
+//! (bad value, wrong token) exits 2 with the node's one-line reason; a node
+//! that cannot be reached exits 1.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use mxp::Carriers;
+use mxp::admin;
+
+use super::{CliError, parse_duration};
+
+/// Environment variable holding the admin token, so it need not appear on
+/// a command line (where `ps` shows it).
+pub const TOKEN_ENV: &str = "MXP_ADMIN_TOKEN";
+
+/// How long to wait for the node's answer: a guard, since no admin request
+/// blocks on the node's traffic.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// `mxp admin` flags.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The node's admin address, as given to `mxp serve --admin`
+    /// (host:port, optionally with http://).
+    #[arg(value_name = "ADDR")]
+    pub addr: String,
+    /// Bearer token, if the node demands one (default: $MXP_ADMIN_TOKEN).
+    #[arg(long, value_name = "TOKEN", global = true)]
+    pub token: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: AdminAction,
+}
+
+/// What `mxp admin` asks the node.
+#[derive(Debug, Subcommand)]
+pub enum AdminAction {
+    /// Which carriers accept new sessions, drains in progress, connections
+    /// per carrier (JSON).
+    Status,
+    /// Sets which carriers accept new sessions; connections on a carrier
+    /// switched off are drained. Prints the new status.
+    Carrier {
+        /// mxp, quic or both.
+        #[arg(value_name = "mxp|quic|both", value_parser = parse_carriers)]
+        carriers: Carriers,
+    },
+    /// Restarts the drain deadline of every carrier switched off: its
+    /// connections are closed when it passes. Prints the new status.
+    Drain {
+        /// Time left to the remaining connections, e.g. 30s or 0s (default:
+        /// the node's drain_timeout, 5m unless configured).
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+    },
+}
+
+fn parse_carriers(s: &str) -> Result<Carriers, String> {
+    s.parse()
+}
+
+/// Sends the request and prints the answer.
+pub async fn run(args: AdminArgs) -> Result<(), CliError> {
+    let addr = resolve(&args.addr).await?;
+    let token = args
+        .token
+        .or_else(|| std::env::var(TOKEN_ENV).ok())
+        .filter(|t| !t.is_empty());
+    let (method, path, body) = match &args.action {
+        AdminAction::Status => ("GET", "/status".to_owned(), None),
+        AdminAction::Carrier { carriers } => {
+            ("POST", "/carrier".to_owned(), Some(carriers.as_str()))
+        }
+        AdminAction::Drain { timeout } => {
+            let path = match timeout {
+                Some(t) => {
+                    parse_duration(t).map_err(|e| CliError::Usage(format!("--timeout: {e}")))?;
+                    format!("/drain?timeout={}", admin::percent_encode(t.trim()))
+                }
+                None => "/drain".to_owned(),
+            };
+            ("POST", path, Some(""))
+        }
+    };
+    let answer = tokio::time::timeout(
+        PATIENCE,
+        admin::request(addr, method, &path, body, token.as_deref()),
+    )
+    .await
+    .map_err(|_| {
+        CliError::Failed(format!(
+            "admin {addr}: no answer within {PATIENCE:?} (is it an mxp admin endpoint?)"
+        ))
+    })?;
+    let (status, text) = answer.map_err(|e| {
+        CliError::Failed(format!(
+            "admin: {e}; is `mxp serve --admin {addr}` running?"
+        ))
+    })?;
+    let text = text.trim_end();
+    match status {
+        200..=299 => {
+            println!("{text}");
+            Ok(())
+        }
+        400..=499 => Err(CliError::Usage(format!(
+            "admin {addr} refused the request (HTTP {status}): {}",
+            one_line(text)
+        ))),
+        _ => Err(CliError::Failed(format!(
+            "admin {addr} failed (HTTP {status}): {}",
+            one_line(text)
+        ))),
+    }
+}
+
+/// The node answers in one line; keep an unexpected answer to one too.
+fn one_line(text: &str) -> String {
+    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    if line.is_empty() {
+        "(no message)".to_owned()
+    } else {
+        line.to_owned()
+    }
+}
+
+/// `host:port` or `http://host:port[/]` to one socket address.
+async fn resolve(addr: &str) -> Result<SocketAddr, CliError> {
+    let bad = || {
+        CliError::Usage(format!(
+            "invalid admin address {addr:?}: expected host:port, e.g. 127.0.0.1:9100"
+        ))
+    };
+    let host_port = addr
+        .strip_prefix("http://")
+        .unwrap_or(addr)
+        .trim_end_matches('/');
+    if host_port.is_empty() || host_port.contains('/') || !host_port.contains(':') {
+        return Err(bad());
+    }
+    if let Ok(a) = host_port.parse() {
+        return Ok(a);
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(host_port)
+        .await
+        .map_err(|e| CliError::Usage(format!("cannot resolve admin address {addr:?}: {e}")))?
+        .collect();
+    // A node's admin endpoint is on 127.0.0.1 by default; prefer IPv4 as
+    // the client commands do.
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(bad)
+}
