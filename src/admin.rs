@@ -21,7 +21,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -41,10 +41,6 @@ use tracing::{info, warn};
 
 use crate::{Carrier, Carriers, Endpoint, Status};
 
-/// The drain deadline used when neither the request nor
-/// [`AdminServer::set_drain_timeout`] gives one: the runtime's own default.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
-
 /// Longest drain deadline a request may ask for, as for every duration in
 /// the config file: far beyond any sensible drain, and it keeps deadline
 /// arithmetic from overflowing.
@@ -59,7 +55,6 @@ const BODY_LIMIT: usize = 4096;
 #[derive(Debug)]
 pub struct AdminServer {
     local_addr: SocketAddr,
-    shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<io::Result<()>>>,
 }
@@ -68,9 +63,6 @@ pub struct AdminServer {
 struct Shared {
     endpoint: Endpoint,
     token: Option<String>,
-    /// `None`: flips use the endpoint's own drain timeout, and a drain
-    /// request without `?timeout=` uses [`DEFAULT_DRAIN_TIMEOUT`].
-    drain_timeout: Mutex<Option<Duration>>,
 }
 
 /// Starts the admin endpoint for `endpoint` on `addr` (port 0 picks one).
@@ -88,11 +80,7 @@ pub async fn serve(
     check_exposure(addr, token.as_deref())?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
-    let shared = Arc::new(Shared {
-        endpoint,
-        token,
-        drain_timeout: Mutex::new(None),
-    });
+    let shared = Arc::new(Shared { endpoint, token });
     let router = router(shared.clone());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -105,7 +93,6 @@ pub async fn serve(
     info!(%local_addr, token = shared.token.is_some(), "admin endpoint started");
     Ok(AdminServer {
         local_addr,
-        shared,
         stop: Some(stop),
         task: Some(task),
     })
@@ -136,18 +123,6 @@ impl AdminServer {
         self.local_addr
     }
 
-    /// Sets the drain deadline for carriers switched off through this
-    /// endpoint, and for drain requests that name none. The node's config
-    /// can change it on reload, while the endpoint's own option is fixed
-    /// at start.
-    pub fn set_drain_timeout(&self, timeout: Duration) {
-        *self
-            .shared
-            .drain_timeout
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(timeout);
-    }
-
     /// Stops listening and waits for requests in progress to be answered.
     pub async fn close(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -169,29 +144,6 @@ impl Drop for AdminServer {
             let _ = stop.send(());
         }
     }
-}
-
-/// Flips `endpoint`'s carrier switch, draining the carriers switched off
-/// with `drain_timeout` when given (else the endpoint's own timeout).
-/// Returns what it accepted before. Shared by the admin endpoint and a
-/// node's config reload, so both switch the same way.
-pub fn switch_carriers(
-    endpoint: &Endpoint,
-    carriers: Carriers,
-    drain_timeout: Option<Duration>,
-) -> Carriers {
-    let before = endpoint.carriers();
-    endpoint.set_carriers(carriers);
-    if let Some(timeout) = drain_timeout {
-        // `set_carriers` scheduled the drain with the endpoint's start-up
-        // timeout; moving the deadline re-sends GOAWAY, which is harmless.
-        for carrier in [Carrier::Mxp, Carrier::Quic] {
-            if before.accepts(carrier) && !carriers.accepts(carrier) {
-                endpoint.drain(carrier, timeout);
-            }
-        }
-    }
-    before
 }
 
 /// Refuses a switch that would leave a node accepting nothing: `quic` on
@@ -342,11 +294,8 @@ async fn post_carrier(
     if let Err(problem) = check_switch(&shared.endpoint, carriers) {
         return refuse(StatusCode::CONFLICT, problem);
     }
-    let timeout = *shared
-        .drain_timeout
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let before = switch_carriers(&shared.endpoint, carriers, timeout);
+    let before = shared.endpoint.carriers();
+    shared.endpoint.set_carriers(carriers);
     info!(from = %before, to = %carriers, "carrier switch by the admin endpoint");
     json(&Switched {
         previous: before.as_str(),
@@ -421,11 +370,7 @@ async fn post_drain(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery
                 );
             }
         },
-        None => shared
-            .drain_timeout
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+        None => shared.endpoint.drain_timeout(),
     };
     let drained = shared.endpoint.drain_all(timeout);
     let note = if drained.is_empty() {

@@ -77,10 +77,14 @@ impl Options {
             carrier: CarrierMode::Auto,
             mxp_timeout: Duration::from_secs(1),
             mxp_retry_after: Duration::from_secs(5),
-            drain_timeout: Duration::from_secs(300),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }
+
+/// How long a drained carrier's connections may finish their work by
+/// default: the rollout checklist's five minutes.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Where a node is: its MXP address, the QUIC addresses to try, its key.
 #[derive(Debug, Clone)]
@@ -138,6 +142,8 @@ struct Inner {
     /// A node's QUIC listener, or a client's QUIC socket once needed.
     quic: tokio::sync::OnceCell<QuicEndpoint>,
     carriers: Mutex<Carriers>,
+    /// Deadline for drains started by a switch (changeable at runtime).
+    drain_timeout: Mutex<Duration>,
     drains: Mutex<Vec<Drain>>,
     incoming: tokio::sync::Mutex<mpsc::Receiver<Link>>,
     fallbacks: AtomicU64,
@@ -211,6 +217,7 @@ impl Endpoint {
         let (tx, rx) = mpsc::channel(1024);
         let inner = Arc::new(Inner {
             carriers: Mutex::new(options.carriers),
+            drain_timeout: Mutex::new(options.drain_timeout),
             options,
             mxp,
             quic,
@@ -440,11 +447,31 @@ impl Endpoint {
         };
         info!(from = %before, to = %carriers, "carrier switch");
         self.apply_carriers(carriers);
+        let timeout = self.drain_timeout();
         for carrier in [Carrier::Mxp, Carrier::Quic] {
             if before.accepts(carrier) && !carriers.accepts(carrier) {
-                self.drain(carrier, self.0.options.drain_timeout);
+                self.drain(carrier, timeout);
             }
         }
+    }
+
+    /// How long connections on a carrier switched off may finish their
+    /// work before they are closed.
+    pub fn drain_timeout(&self) -> Duration {
+        *self
+            .0
+            .drain_timeout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes the drain timeout for later switches (a config reload).
+    pub fn set_drain_timeout(&self, timeout: Duration) {
+        *self
+            .0
+            .drain_timeout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = timeout;
     }
 
     fn apply_carriers(&self, carriers: Carriers) {

@@ -18,7 +18,8 @@ mod timer;
 pub use carrier::{Carrier, CarrierMode, Carriers};
 pub use connection::{CallError, Connection, SendDatagramError};
 pub use endpoint::{
-    ConnectError, ConnectionsPerCarrier, DrainStatus, Endpoint, Options, Status, resolve_address,
+    ConnectError, ConnectionsPerCarrier, DEFAULT_DRAIN_TIMEOUT, DrainStatus, Endpoint, Options,
+    Status, resolve_address,
 };
 pub use streams::{ReadError, RecvStream, SendStream, WriteError};
 

@@ -209,7 +209,7 @@ async fn switching_to_quic_drains_mxp_and_a_drain_request_moves_the_deadline() {
 async fn a_configured_drain_timeout_applies_to_switches_and_bare_drains() {
     let node = node();
     let admin = admin_for(&node, None).await;
-    admin.set_drain_timeout(Duration::from_secs(7));
+    node.set_drain_timeout(Duration::from_secs(7));
     let switched = ok_json(&admin, "POST", "/carrier", Some("mxp")).await;
     let d = &drains(&switched)[0];
     assert_eq!(d["carrier"], "quic");

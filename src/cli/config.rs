@@ -109,7 +109,7 @@ impl std::str::FromStr for QuicListen {
 }
 
 /// The drain timeout when none is configured.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = mxp::admin::DEFAULT_DRAIN_TIMEOUT;
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = mxp::DEFAULT_DRAIN_TIMEOUT;
 
 impl Default for NodeConfig {
     fn default() -> Self {

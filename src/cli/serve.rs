@@ -148,7 +148,6 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
             let server = admin::serve(addr, node.clone(), cfg.admin_token.clone())
                 .await
                 .map_err(|e| CliError::Usage(format!("cannot serve admin on {addr}: {e}")))?;
-            server.set_drain_timeout(cfg.drain_timeout);
             Some(server)
         }
         None => None,
@@ -162,9 +161,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         file,
         drain_timeout: cfg.drain_timeout,
     };
-    signals
-        .wait_for_stop(|| reload.apply(&node, admin.as_ref()))
-        .await;
+    signals.wait_for_stop(|| reload.apply(&node)).await;
     info!("stopping: closing connections");
     if let Some(admin) = admin {
         // A client stalled mid-request must not hold the node up.
@@ -261,7 +258,7 @@ impl Reload {
     /// reload does not undo a switch made through the admin endpoint or a
     /// start-up flag unless the file itself now says otherwise. A bad file
     /// is logged and ignored.
-    fn apply(&mut self, node: &Endpoint, admin: Option<&AdminServer>) {
+    fn apply(&mut self, node: &Endpoint) {
         let Some(path) = self.path.clone() else {
             info!("SIGHUP: no config file to reload (start with --config FILE)");
             return;
@@ -281,15 +278,13 @@ impl Reload {
                 show_duration(new.drain_timeout)
             ));
             self.drain_timeout = new.drain_timeout;
-            if let Some(admin) = admin {
-                admin.set_drain_timeout(new.drain_timeout);
-            }
+            node.set_drain_timeout(new.drain_timeout);
         }
         if new.carriers != self.file.carriers {
             match admin::check_switch(node, new.carriers) {
                 Ok(()) => {
-                    let before =
-                        admin::switch_carriers(node, new.carriers, Some(self.drain_timeout));
+                    let before = node.carriers();
+                    node.set_carriers(new.carriers);
                     applied.push(format!("node.carriers {before} -> {}", new.carriers));
                 }
                 Err(e) => warn!("config reload: node.carriers not applied: {e}"),
