@@ -424,6 +424,8 @@ impl Endpoint {
         while let Some(done) = attempts.join_next().await {
             match done {
                 Ok(Ok(c)) => return Ok(Link::Quic(c)),
+                // The node itself answered: no point waiting for the others.
+                Ok(Err(e)) if is_the_nodes_answer(&e) => return Err(e),
                 Ok(Err(e)) => last = e,
                 Err(e) => last = ConnectError::Quic(e.to_string()),
             }
@@ -597,6 +599,20 @@ impl Endpoint {
         if let Some(q) = self.0.quic.get() {
             q.wait_idle().await;
         }
+    }
+}
+
+/// Whether a failed QUIC attempt was answered by the node itself (a
+/// refusal, or an identity problem), rather than lost in the network.
+fn is_the_nodes_answer(e: &ConnectError) -> bool {
+    match e {
+        ConnectError::Handshake(ConnectionError::TransportError(t)) => {
+            t.code == mxp_proto::TransportErrorCode::CONNECTION_REFUSED
+        }
+        ConnectError::Handshake(
+            ConnectionError::ServerKeyMismatch | ConnectionError::ClientNotAllowed,
+        ) => true,
+        _ => false,
     }
 }
 

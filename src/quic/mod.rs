@@ -73,7 +73,11 @@ pub(crate) fn connection_error(e: quinn::ConnectionError) -> ConnectionError {
             reason: c.reason,
         },
         Q::ConnectionClosed(c) if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {
-            ConnectionError::CarrierRefused { quic_port: None }
+            ConnectionError::TransportError(TransportError {
+                code: TransportErrorCode::CONNECTION_REFUSED,
+                frame_type: None,
+                reason: "the node does not accept QUIC connections now".into(),
+            })
         }
         Q::ConnectionClosed(c) => ConnectionError::TransportError(TransportError {
             code: TransportErrorCode(u64::from(c.error_code)),
