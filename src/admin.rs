@@ -63,6 +63,7 @@ pub struct AdminServer {
 struct Shared {
     endpoint: Endpoint,
     token: Option<String>,
+    metrics: prometheus_client::registry::Registry,
 }
 
 /// Starts the admin endpoint for `endpoint` on `addr` (port 0 picks one).
@@ -80,7 +81,12 @@ pub async fn serve(
     check_exposure(addr, token.as_deref())?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
-    let shared = Arc::new(Shared { endpoint, token });
+    let metrics = crate::metrics::registry(&endpoint);
+    let shared = Arc::new(Shared {
+        endpoint,
+        token,
+        metrics,
+    });
     let router = router(shared.clone());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -162,6 +168,7 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/status", get(get_status))
+        .route("/metrics", get(get_metrics))
         .route("/carrier", get(get_carrier).post(post_carrier))
         .route("/drain", post(post_drain))
         .fallback(not_found)
@@ -254,6 +261,17 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
         response.headers_mut().insert(header::ALLOW, v);
     }
     response
+}
+
+async fn get_metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::render(&shared.metrics),
+    )
+        .into_response()
 }
 
 async fn get_status(State(shared): State<Arc<Shared>>) -> Response {

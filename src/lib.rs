@@ -9,6 +9,7 @@ mod carrier;
 mod connection;
 pub mod echo;
 mod endpoint;
+pub mod metrics;
 mod mxp;
 mod quic;
 pub mod relay;

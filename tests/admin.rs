@@ -366,3 +366,25 @@ async fn a_closed_endpoint_stops_answering() {
     .unwrap_err();
     assert!(e.contains("cannot connect"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_the_switch_and_the_drain() {
+    let node = node();
+    let admin = admin_for(&node, None).await;
+    let (status, text) = send(&admin, "GET", "/metrics", None, None).await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains(r#"mxp_carrier_accepting{carrier="quic"} 1"#),
+        "{text}"
+    );
+    ok_json(&admin, "POST", "/carrier", Some("quic")).await;
+    let (_, text) = send(&admin, "GET", "/metrics", None, None).await;
+    assert!(
+        text.contains(r#"mxp_carrier_accepting{carrier="mxp"} 0"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"mxp_drain_active{carrier="mxp"} 1"#),
+        "{text}"
+    );
+}
