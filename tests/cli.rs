@@ -6,15 +6,16 @@
 //! every wait has a generous deadline ([`PATIENCE`]) that fails the test
 //! instead of hanging it. No test measures speed.
 
+mod common;
+
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -26,151 +27,14 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
-/// Upper bound for any child or call to finish: a guard against hangs, not
-/// a performance expectation.
-const PATIENCE: Duration = Duration::from_secs(30);
+use common::process::{Guarded, Outcome, PATIENCE, drain, read_lines, run_command};
 
 // ---------------------------------------------------------------------------
-// Harness: child processes that cannot outlive a test, and wait deadlines.
+// Harness: the `mxp` binary under the guards of `common::process`.
 // ---------------------------------------------------------------------------
 
 fn mxp() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mxp"))
-}
-
-/// A child process killed (SIGKILL) and reaped when dropped, so that no
-/// process outlives a test, even one that panicked.
-struct Guarded {
-    child: Child,
-    what: String,
-}
-
-impl Guarded {
-    fn spawn(mut cmd: Command, what: impl Into<String>) -> Guarded {
-        let what = what.into();
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        Guarded { child, what }
-    }
-
-    /// Waits for the child to exit, killing it and failing the test after
-    /// [`PATIENCE`]. `on_timeout` supplies what the child printed so far.
-    fn wait(&mut self, on_timeout: impl FnOnce(&mut Guarded) -> String) -> ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return status,
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
-                Ok(None) => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    let output = on_timeout(self);
-                    panic!(
-                        "{} did not finish within {PATIENCE:?} (killed); it printed:\n{output}",
-                        self.what
-                    );
-                }
-                Err(e) => panic!("waiting for {}: {e}", self.what),
-            }
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// Reads a pipe to its end on a thread (so a chatty child never blocks on
-/// a full pipe).
-fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
-    thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_string(&mut text);
-        }
-        text
-    })
-}
-
-/// How a finished command went.
-#[derive(Debug)]
-struct Outcome {
-    what: String,
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Outcome {
-    fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-
-    /// Fails unless the command exited 0.
-    fn success(self) -> Outcome {
-        assert!(self.status.success(), "{} failed: {self:#?}", self.what);
-        self
-    }
-
-    /// The single line a failing command must print on stderr; fails if it
-    /// printed more or less, or panicked.
-    fn one_error_line(&self) -> &str {
-        assert!(
-            !self.stderr.contains("panicked"),
-            "{} panicked: {}",
-            self.what,
-            self.stderr
-        );
-        let lines: Vec<&str> = self
-            .stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "{}: expected one error line on stderr, got {lines:#?}",
-            self.what
-        );
-        lines[0]
-    }
-}
-
-/// Runs a command to completion (or fails the test after [`PATIENCE`]).
-fn run_command(cmd: Command, what: String) -> Outcome {
-    let mut child = Guarded::spawn(cmd, what.clone());
-    let out = drain(child.child.stdout.take());
-    let err = drain(child.child.stderr.take());
-    let mut readers = Some((out, err));
-    let status = child.wait(|_| {
-        // The child is dead, so its pipes are closed and the readers end.
-        let (out, err) = readers.take().expect("readers");
-        format!(
-            "stdout:\n{}\nstderr:\n{}",
-            out.join().unwrap_or_default(),
-            err.join().unwrap_or_default()
-        )
-    });
-    let (out, err) = readers.take().expect("readers");
-    Outcome {
-        what,
-        status,
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    }
 }
 
 /// Runs `mxp ARGS...` to completion.
@@ -252,17 +116,8 @@ impl Node {
 
     fn start_command(cmd: Command, what: String) -> Node {
         let mut process = Guarded::spawn(cmd, what);
-        let stdout = process.child.stdout.take().expect("piped stdout");
+        let lines = read_lines(process.child.stdout.take().expect("piped stdout"));
         let stderr = drain(process.child.stderr.take());
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            // Reads to the end even when nobody listens any more: a closed
-            // pipe would make the node's last lines fail.
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
         let deadline = Instant::now() + PATIENCE;
         let (mut addr, mut key) = (None, None);
         let mut seen = Vec::new();
@@ -281,7 +136,7 @@ impl Node {
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     // Stdout closed: the node exited before it was ready.
-                    let status = process.wait(|_| String::new());
+                    let status = process.wait(String::new);
                     drop(process.child.stdout.take());
                     panic!(
                         "{} exited ({status}) before it was ready; stdout: {seen:#?}; stderr:\n{}",
@@ -382,7 +237,7 @@ impl Node {
             .status()
             .expect("the kill command");
         assert!(sent.success(), "kill -TERM {pid} failed");
-        let status = self.process.wait(|_| String::new());
+        let status = self.process.wait(String::new);
         let stdout: Vec<String> = self.stdout.iter().collect();
         Outcome {
             what: self.process.what.clone(),

@@ -7,20 +7,20 @@
 //! when the test ends (also when it fails), and ones left behind by a run
 //! that was killed are swept at the start.
 
+mod common;
+
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
+use std::thread::JoinHandle;
+use std::time::Instant;
 
 use serde_json::Value;
 
-/// Upper bound for any child to finish: a guard against hangs, not a
-/// performance expectation.
-const PATIENCE: Duration = Duration::from_secs(30);
+use common::process::{Guarded, Outcome, PATIENCE, drain, read_lines, run_command};
 
 /// Prefix of every namespace this test creates: `mxpt-<pid>-<a|b>`.
 const NS_PREFIX: &str = "mxpt-";
@@ -30,80 +30,11 @@ const VETH_PREFIX: &str = "mxa";
 
 const BIN: &str = env!("CARGO_BIN_EXE_mxp");
 
-/// A child process killed (SIGKILL) and reaped when dropped.
-struct Guarded {
-    child: Child,
-    what: String,
-}
-
-impl Guarded {
-    fn spawn(mut cmd: Command, what: String) -> Guarded {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        Guarded { child, what }
-    }
-
-    /// Waits for the child, killing it and failing after [`PATIENCE`].
-    fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return status,
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
-                Ok(None) => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    panic!("{} did not finish within {PATIENCE:?} (killed)", self.what);
-                }
-                Err(e) => panic!("waiting for {}: {e}", self.what),
-            }
-        }
-    }
-}
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
-    thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_string(&mut text);
-        }
-        text
-    })
-}
-
-#[derive(Debug)]
-struct Outcome {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs `program ARGS...` to completion (or fails after [`PATIENCE`]).
 fn run(program: &str, args: &[&str]) -> Outcome {
     let mut cmd = Command::new(program);
     cmd.args(args);
-    let mut child = Guarded::spawn(cmd, format!("{program} {}", args.join(" ")));
-    let out = drain(child.child.stdout.take());
-    let err = drain(child.child.stderr.take());
-    let status = child.wait();
-    Outcome {
-        status,
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    }
+    run_command(cmd, format!("{program} {}", args.join(" ")))
 }
 
 /// Runs `ip ARGS...`; `Err` carries what it said.
@@ -295,17 +226,8 @@ impl Node {
         cmd.args(["netns", "exec", ns, BIN, "serve", "--listen", &listen])
             .args(["--key", key_file]);
         let mut process = Guarded::spawn(cmd, format!("mxp serve in {ns}"));
-        let stdout = process.child.stdout.take().expect("piped stdout");
+        let lines = read_lines(process.child.stdout.take().expect("piped stdout"));
         let stderr = drain(process.child.stderr.take());
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            // Reads to the end even when nobody listens any more: a closed
-            // pipe would make the node's last lines fail.
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
         let deadline = Instant::now() + PATIENCE;
         let (mut listening, mut key) = (false, None);
         let mut seen = Vec::new();
@@ -322,7 +244,7 @@ impl Node {
                     seen.push(line);
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    let status = process.wait();
+                    let status = process.wait(String::new);
                     panic!(
                         "the node exited ({status}) before it was ready; stdout: {seen:#?}; \
                          stderr:\n{}",
@@ -345,7 +267,7 @@ impl Node {
     fn stop(mut self) -> (ExitStatus, String) {
         let pid = self.process.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let status = self.process.wait();
+        let status = self.process.wait(String::new);
         let log = self
             .stderr
             .take()

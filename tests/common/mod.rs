@@ -1,6 +1,9 @@
 //! Shared test support: a client and a server on the deterministic
-//! network, an echo application and a byte-exact transfer checker.
+//! network, an echo application and a byte-exact transfer checker; and, in
+//! [`process`], real child processes for the tests that run programs.
 #![allow(dead_code)]
+
+pub mod process;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
