@@ -40,6 +40,17 @@ pub struct DatagramStats {
     pub lost: u64,
 }
 
+impl DatagramStats {
+    /// Adds `other`'s counters.
+    pub fn accumulate(&mut self, other: &DatagramStats) {
+        self.sent += other.sent;
+        self.received += other.received;
+        self.dropped_send += other.dropped_send;
+        self.dropped_recv += other.dropped_recv;
+        self.lost += other.lost;
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Datagrams {
     outgoing: [VecDeque<Bytes>; Band::COUNT],

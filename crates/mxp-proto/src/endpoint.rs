@@ -6,7 +6,7 @@
 //! Diffie-Hellman work, replay protection by timestamp, and the client
 //! allow-list. Everything it refuses is counted in [`EndpointStats`].
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -18,12 +18,14 @@ use tracing::{debug, trace};
 
 use crate::config::{EndpointConfig, RetryPolicy, ServerConfig};
 use crate::connection::{
-    Accepted, ClientHello, Connection, Event, ServerHello, Transmit, initiation_digest,
+    Accepted, ClientHello, Connection, ConnectionStats, Event, ServerHello, Transmit,
+    initiation_digest,
 };
 use crate::crypto::ResetKey;
 use crate::crypto::handshake::Responder;
 use crate::crypto::token::TokenKey;
 use crate::crypto::{HandshakeError, PublicKey};
+use crate::error::ConnectionError;
 use crate::packet::keys::KeyState;
 use crate::packet::{
     self, ConnectionId, Header, MIN_INITIAL_SIZE, MIN_RESET_LEN, PacketError, RejectReason, VERSION,
@@ -105,6 +107,8 @@ pub enum Refusal {
 pub struct EndpointStats {
     /// Datagrams handed to [`Endpoint::handle`].
     pub datagrams_received: u64,
+    /// Connections that completed their handshake (either side).
+    pub connections_established: u64,
     /// Initiations refused because the node does not accept MXP now.
     pub carrier_refusals: u64,
     /// Their bytes.
@@ -266,6 +270,11 @@ pub struct Endpoint {
     /// Bounds stateless resets, so garbage aimed at a node cannot turn it
     /// into a traffic source.
     reset_limiter: RateLimiter,
+    /// Counters of connections already forgotten, so totals never go back.
+    retired: ConnectionStats,
+    /// How connections ended, by [`ConnectionError::kind`] (`closed` for a
+    /// connection that ended without an error).
+    ended: BTreeMap<&'static str, u64>,
 }
 
 /// Why a connection could not be started.
@@ -304,6 +313,8 @@ impl Endpoint {
             stats: EndpointStats::default(),
             reset_key,
             reset_limiter: RateLimiter::new(RESETS_PER_SECOND, RESETS_PER_SECOND, now),
+            retired: ConnectionStats::default(),
+            ended: BTreeMap::new(),
         }
     }
 
@@ -832,14 +843,38 @@ impl Endpoint {
             }
         }
         let (h, event) = found?;
-        if event == Event::Drained {
-            self.remove(h);
+        match event {
+            Event::Connected => self.stats.connections_established += 1,
+            Event::Drained => self.remove(h),
+            _ => {}
         }
         Some((h, event))
     }
 
+    /// Counters of every connection this endpoint ever had (live ones as of
+    /// now), and the number of streams open now.
+    pub fn totals(&self) -> (ConnectionStats, u64) {
+        let mut totals = self.retired;
+        let mut open_streams = 0;
+        for (_, c) in self.connections.iter() {
+            let s = c.stats();
+            totals.accumulate(&s);
+            open_streams += s.open_streams;
+        }
+        (totals, open_streams)
+    }
+
+    /// How connections ended, by [`ConnectionError::kind`] (`closed` for a
+    /// connection that ended without an error).
+    pub fn ended_by_kind(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.ended.iter().map(|(&k, &v)| (k, v))
+    }
+
     fn remove(&mut self, h: ConnectionHandle) {
         let conn = self.connections.remove(h.0);
+        self.retired.accumulate(&conn.stats());
+        let kind = conn.error().map_or("closed", ConnectionError::kind);
+        *self.ended.entry(kind).or_default() += 1;
         self.by_cid.remove(&conn.local_cid());
         if let Some(key) = self.initial_keys.remove(&h) {
             self.by_initial.remove(&key);
@@ -890,10 +925,35 @@ mod tests {
         assert_eq!(p.server_to_client(), 1);
         assert_eq!(p.client.stats().stateless_resets_received, 1);
         let reset = crate::Event::ConnectionLost {
-            reason: crate::ConnectionError::Reset,
+            reason: ConnectionError::Reset,
         };
         let events: Vec<_> = std::iter::from_fn(|| p.client.poll_event()).collect();
         assert!(events.contains(&(p.conn, reset)), "{events:?}");
+    }
+
+    #[test]
+    fn totals_keep_the_counters_of_connections_that_are_gone() {
+        let mut p = Pair::new();
+        p.client_to_server();
+        p.server_to_client();
+        p.client_to_server();
+        let (live, _) = p.client.totals();
+        assert!(live.packets_sent >= 2, "{live:?}");
+        assert_eq!(p.client.ended_by_kind().count(), 0);
+        p.restart_server();
+        let c = p.client.connection(p.conn).unwrap();
+        let stream = c.open(crate::Dir::Uni, crate::Band::Streaming).unwrap();
+        c.write(stream, &b"are you there?"[..]).unwrap();
+        p.client_to_server();
+        p.server_to_client();
+        assert_eq!(p.server.stats().stateless_resets_sent, 1);
+        while p.client.poll_event().is_some() {}
+        assert!(p.client.connection(p.conn).is_none(), "forgotten");
+        let (after, open_streams) = p.client.totals();
+        assert_eq!(open_streams, 0);
+        assert!(after.packets_sent > live.packets_sent, "{after:?}");
+        let ended: Vec<_> = p.client.ended_by_kind().collect();
+        assert_eq!(ended, vec![(ConnectionError::Reset.kind(), 1)]);
     }
 
     #[test]

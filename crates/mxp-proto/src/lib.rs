@@ -17,6 +17,7 @@ pub mod error;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod histogram;
 pub mod message;
 pub mod packet;
 mod priority;
@@ -41,6 +42,7 @@ pub use crypto::{HandshakeError, Keypair, PublicKey};
 pub use datagrams::{DatagramError, DatagramStats};
 pub use endpoint::{ConnectError, ConnectionHandle, Endpoint, EndpointStats, Incoming, Refusal};
 pub use error::{ConnectionError, TransportError, TransportErrorCode};
+pub use histogram::LatencyHistogram;
 pub use packet::keys::KeyRotation;
 pub use priority::Band;
 pub use scheduler::BandStats;

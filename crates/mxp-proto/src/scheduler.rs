@@ -47,6 +47,15 @@ pub struct BandStats {
     pub dequeued_bytes: u64,
 }
 
+impl BandStats {
+    /// Adds `other`'s counters.
+    pub fn accumulate(&mut self, other: &BandStats) {
+        self.enqueued += other.enqueued;
+        self.dequeued_frames += other.dequeued_frames;
+        self.dequeued_bytes += other.dequeued_bytes;
+    }
+}
+
 /// The scheduler.
 #[derive(Debug)]
 pub(crate) struct Scheduler {

@@ -427,8 +427,7 @@ impl Connection {
                         self.apply_peer_params(params);
                         if let Some(rtt) = sample {
                             self.recovery
-                                .rtt
-                                .update(rtt, Duration::ZERO, Duration::ZERO);
+                                .rtt_sample(rtt, Duration::ZERO, Duration::ZERO);
                         }
                         self.set_timer(Timer::LossDetection, None);
                         // Prove our address to the server at once.

@@ -314,6 +314,7 @@ impl Connection {
         s.bands = self.scheduler.stats();
         s.datagrams = self.datagrams.stats;
         s.key_updates = self.keys.as_ref().map_or(0, KeyState::generation);
+        s.rtt_samples = self.recovery.rtt_histogram;
         s
     }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::config::TransportConfig;
 use crate::error::{TransportError, TransportErrorCode};
 use crate::frame::{Ack, types};
+use crate::histogram::LatencyHistogram;
 use crate::recovery::{Controller, NewReno, Pacer, RttEstimator};
 use crate::streams::Record;
 
@@ -51,6 +52,8 @@ pub(super) struct Recovery {
     last_ack_eliciting_sent: Option<Instant>,
     /// Emptied record vectors, reused so sending a packet does not allocate.
     spare: Vec<Vec<Record>>,
+    /// Every RTT sample, for the latency histogram operators watch.
+    pub rtt_histogram: LatencyHistogram,
 }
 
 impl Recovery {
@@ -73,7 +76,14 @@ impl Recovery {
             loss_time: None,
             last_ack_eliciting_sent: None,
             spare: Vec::new(),
+            rtt_histogram: LatencyHistogram::default(),
         }
+    }
+
+    /// Takes an RTT sample into the estimator and the histogram.
+    pub fn rtt_sample(&mut self, latest: Duration, ack_delay: Duration, max_ack_delay: Duration) {
+        self.rtt.update(latest, ack_delay, max_ack_delay);
+        self.rtt_histogram.record(latest);
     }
 
     /// A record vector for the next packet.
@@ -172,7 +182,7 @@ impl Recovery {
             if new.iter().any(|p| p.ack_eliciting) {
                 let sample = now.saturating_duration_since(largest.time_sent);
                 let delay = Duration::from_micros(ack.delay_us);
-                self.rtt.update(sample, delay, max_ack_delay);
+                self.rtt_sample(sample, delay, max_ack_delay);
             }
         }
         for p in &acked[first_new..] {
@@ -285,7 +295,7 @@ impl Recovery {
             self.trim();
             return None;
         }
-        self.pto_count += 1;
+        self.pto_count = self.pto_count.saturating_add(1);
         self.probes = 2;
         self.sent
             .iter()

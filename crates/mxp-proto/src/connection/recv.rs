@@ -150,7 +150,7 @@ impl Connection {
             // Only someone who received our answer can protect a packet:
             // the client's address is proven and the handshake confirmed.
             if let Some(sent) = *sent_at {
-                self.recovery.rtt.update(
+                self.recovery.rtt_sample(
                     now.saturating_duration_since(sent),
                     std::time::Duration::ZERO,
                     std::time::Duration::ZERO,

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::Band;
 use crate::datagrams::DatagramStats;
+use crate::histogram::LatencyHistogram;
 use crate::scheduler::BandStats;
 use crate::streams::FlowStats;
 
@@ -66,4 +67,39 @@ pub struct ConnectionStats {
     pub bands: [BandStats; Band::COUNT],
     /// Datagrams.
     pub datagrams: DatagramStats,
+    /// Every RTT sample taken.
+    pub rtt_samples: LatencyHistogram,
+}
+
+impl ConnectionStats {
+    /// Adds `other`'s counters (not its current values: RTT, window, bytes
+    /// in flight, open streams), to total connections up over time.
+    pub fn accumulate(&mut self, other: &ConnectionStats) {
+        self.packets_sent += other.packets_sent;
+        self.packets_received += other.packets_received;
+        self.bytes_sent += other.bytes_sent;
+        self.bytes_received += other.bytes_received;
+        self.packets_lost += other.packets_lost;
+        self.bytes_lost += other.bytes_lost;
+        self.retransmitted_frames += other.retransmitted_frames;
+        self.probes += other.probes;
+        self.ack_only_packets += other.ack_only_packets;
+        self.acks_sent += other.acks_sent;
+        self.duplicate_packets += other.duplicate_packets;
+        self.old_packets += other.old_packets;
+        self.decrypt_failures += other.decrypt_failures;
+        self.malformed_packets += other.malformed_packets;
+        self.dropped_packets += other.dropped_packets;
+        self.amplification_blocked += other.amplification_blocked;
+        self.protocol_errors += other.protocol_errors;
+        self.peer_blocked_frames += other.peer_blocked_frames;
+        self.migrations += other.migrations;
+        self.key_updates += other.key_updates;
+        self.flow.accumulate(&other.flow);
+        for (a, b) in self.bands.iter_mut().zip(&other.bands) {
+            a.accumulate(b);
+        }
+        self.datagrams.accumulate(&other.datagrams);
+        self.rtt_samples.merge(&other.rtt_samples);
+    }
 }

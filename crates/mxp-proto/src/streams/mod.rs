@@ -212,6 +212,18 @@ pub struct FlowStats {
     pub streams_closed: u64,
 }
 
+impl FlowStats {
+    /// Adds `other`'s counters.
+    pub fn accumulate(&mut self, other: &FlowStats) {
+        self.recv_credit_consumed += other.recv_credit_consumed;
+        self.send_credit_consumed += other.send_credit_consumed;
+        self.window_updates_sent += other.window_updates_sent;
+        self.blocked_events += other.blocked_events;
+        self.streams_opened += other.streams_opened;
+        self.streams_closed += other.streams_closed;
+    }
+}
+
 /// All streams of a connection.
 #[derive(Debug)]
 pub(crate) struct Streams {
