@@ -6,9 +6,14 @@
 //! |---|---|
 //! | `GET /healthz` | `ok`: the process is up (never needs the token) |
 //! | `GET /status` | the [`Status`] JSON |
+//! | `GET /metrics` | every metric, Prometheus text format (`docs/transport/metrics.md`) |
+//! | `GET /snapshot` | the [`Snapshot`](crate::metrics::Snapshot) JSON: every metric plus each connection's stats |
 //! | `GET /carrier` | `{"accepting":"both"}` |
 //! | `POST /carrier` | body `mxp`, `quic` or `both` (or `{"carrier":"quic"}`): flips the switch, answers the new status |
 //! | `POST /drain?timeout=30s` | drains every carrier that is not accepting, with that deadline, answers the new status |
+//! | `GET /capture` | the packet capture's [`CaptureStatus`](crate::capture::CaptureStatus) JSON |
+//! | `POST /capture/start?out=FILE.pcap&max_bytes=N` | starts a packet capture into a new file on the node (a relative path is relative to the node's working directory; `max_bytes` defaults to [`DEFAULT_MAX_BYTES`]), answers the status |
+//! | `POST /capture/stop` | stops it once everything is written, answers the [`CaptureSummary`](crate::capture::CaptureSummary) |
 //!
 //! It listens on loopback unless told otherwise, and refuses to listen
 //! anywhere else without a bearer token: whoever can reach it can stop a
@@ -39,6 +44,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::capture::{CaptureError, DEFAULT_MAX_BYTES};
 use crate::{Carrier, Carriers, Endpoint, Status};
 
 /// Longest drain deadline a request may ask for, as for every duration in
@@ -169,8 +175,12 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/status", get(get_status))
         .route("/metrics", get(get_metrics))
+        .route("/snapshot", get(get_snapshot))
         .route("/carrier", get(get_carrier).post(post_carrier))
         .route("/drain", post(post_drain))
+        .route("/capture", get(get_capture))
+        .route("/capture/start", post(post_capture_start))
+        .route("/capture/stop", post(post_capture_stop))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(shared.clone(), authorize))
@@ -237,7 +247,8 @@ async fn not_found(uri: Uri) -> Response {
     refuse(
         StatusCode::NOT_FOUND,
         format!(
-            "no such path {}: use /healthz, /status, /carrier or /drain",
+            "no such path {}: use /healthz, /status, /metrics, /snapshot, /carrier, /drain, \
+             /capture, /capture/start or /capture/stop",
             uri.path()
         ),
     )
@@ -246,7 +257,7 @@ async fn not_found(uri: Uri) -> Response {
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     let allowed = match uri.path() {
         "/carrier" => "GET or POST",
-        "/drain" => "POST",
+        "/drain" | "/capture/start" | "/capture/stop" => "POST",
         _ => "GET",
     };
     let mut response = refuse(
@@ -272,6 +283,10 @@ async fn get_metrics(State(shared): State<Arc<Shared>>) -> Response {
         crate::metrics::render(&shared.metrics),
     )
         .into_response()
+}
+
+async fn get_snapshot(State(shared): State<Arc<Shared>>) -> Response {
+    json(&shared.endpoint.snapshot())
 }
 
 async fn get_status(State(shared): State<Arc<Shared>>) -> Response {
@@ -404,6 +419,95 @@ async fn post_drain(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery
         note,
         status: shared.endpoint.status(),
     })
+}
+
+async fn get_capture(State(shared): State<Arc<Shared>>) -> Response {
+    json(&shared.endpoint.capture_status())
+}
+
+const CAPTURE_USAGE: &str = "POST /capture/start?out=FILE.pcap[&max_bytes=N]";
+
+async fn post_capture_start(
+    State(shared): State<Arc<Shared>>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let params = match query_params(query.as_deref(), &["out", "max_bytes"]) {
+        Ok(p) => p,
+        Err(problem) => return refuse(StatusCode::BAD_REQUEST, problem),
+    };
+    let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+    let out = match param("out").map(|o| o.trim()) {
+        Some(out) if !out.is_empty() => out,
+        _ => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("out: missing: name the file to write, {CAPTURE_USAGE}"),
+            );
+        }
+    };
+    let max_bytes = match param("max_bytes") {
+        None => DEFAULT_MAX_BYTES,
+        Some(text) => match parse_bytes(text) {
+            Some(n) => n,
+            None => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("max_bytes: expected a number of bytes, got {text:?}"),
+                );
+            }
+        },
+    };
+    // Say where the file went, whatever the node's working directory.
+    let path = std::path::absolute(out).unwrap_or_else(|_| out.into());
+    match shared.endpoint.start_capture(&path, max_bytes) {
+        Ok(()) => {
+            info!(path = %path.display(), max_bytes, "packet capture started by the admin endpoint");
+            json(&shared.endpoint.capture_status())
+        }
+        Err(e) => {
+            let (status, what) = match e {
+                CaptureError::AlreadyRunning { .. } => (StatusCode::CONFLICT, "capture"),
+                CaptureError::Exists { .. } => (StatusCode::CONFLICT, "out"),
+                CaptureError::Create { .. } => (StatusCode::BAD_REQUEST, "out"),
+                CaptureError::LimitTooSmall(_) => (StatusCode::BAD_REQUEST, "max_bytes"),
+                CaptureError::Writer(_) => (StatusCode::INTERNAL_SERVER_ERROR, "capture"),
+            };
+            refuse(status, format!("{what}: {e}"))
+        }
+    }
+}
+
+/// A byte count: digits, with `_` allowed between them as in the config
+/// file.
+fn parse_bytes(text: &str) -> Option<u64> {
+    let digits: String = text.trim().chars().filter(|&c| c != '_').collect();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+async fn post_capture_stop(
+    State(shared): State<Arc<Shared>>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if let Err(problem) = query_params(query.as_deref(), &[]) {
+        return refuse(StatusCode::BAD_REQUEST, problem);
+    }
+    // Stopping waits for the writer to finish the file: not on a worker
+    // the node's drivers may need.
+    let endpoint = shared.endpoint.clone();
+    match tokio::task::spawn_blocking(move || endpoint.stop_capture()).await {
+        Ok(Some(summary)) => json(&summary),
+        Ok(None) => refuse(
+            StatusCode::CONFLICT,
+            format!("no packet capture is running (start one: {CAPTURE_USAGE})"),
+        ),
+        Err(e) => refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("stopping the capture failed: {e}"),
+        ),
+    }
 }
 
 /// Splits a query string into decoded pairs, refusing unknown, repeated or
@@ -577,6 +681,15 @@ mod tests {
             let e = parse_carrier_body(&h, bad).unwrap_err();
             assert!(e.contains(names), "{e}");
             assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn byte_counts_take_digits_and_underscores_only() {
+        assert_eq!(parse_bytes("1_000_000"), Some(1_000_000));
+        assert_eq!(parse_bytes(" 24 "), Some(24));
+        for bad in ["", "_", "10MB", "-1", "1e6", "99999999999999999999999"] {
+            assert_eq!(parse_bytes(bad), None, "{bad}");
         }
     }
 

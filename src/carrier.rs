@@ -16,6 +16,9 @@ pub enum Carrier {
 }
 
 impl Carrier {
+    /// Both carriers, MXP first.
+    pub const ALL: [Carrier; 2] = [Carrier::Mxp, Carrier::Quic];
+
     /// Lower-case name, as in metrics labels, JSON and the command line.
     pub fn as_str(self) -> &'static str {
         match self {

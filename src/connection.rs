@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mxp_proto::message::Message;
@@ -15,9 +16,10 @@ use tracing::{info, warn};
 
 use crate::carrier::{Carrier, CarrierMode};
 use crate::endpoint::{Endpoint, Target};
+use crate::metrics::{CallDurations, CallSide};
 use crate::mxp::conn::MxpConn;
 use crate::mxp::streams::{MxpRecv, MxpSend};
-use crate::quic::{self, QuicConn};
+use crate::quic::QuicConn;
 use crate::streams::{ReadError, RecvStream, SendStream, WriteError};
 
 /// Why a call failed.
@@ -93,11 +95,7 @@ impl Link {
                     RecvStream::mxp(MxpRecv::new(c.clone(), id)),
                 ))
             }
-            Link::Quic(c) => {
-                let (send, recv) = c.inner().open_bi().await.map_err(quic::connection_error)?;
-                let _ = send.set_priority(quic::priority(band));
-                Ok((SendStream::quic(send), RecvStream::quic(recv)))
-            }
+            Link::Quic(c) => c.open_bi(band).await,
         }
     }
 
@@ -107,11 +105,7 @@ impl Link {
                 let id = c.open(Dir::Uni, band).await?;
                 Ok(SendStream::mxp(MxpSend::new(c.clone(), id)))
             }
-            Link::Quic(c) => {
-                let send = c.inner().open_uni().await.map_err(quic::connection_error)?;
-                let _ = send.set_priority(quic::priority(band));
-                Ok(SendStream::quic(send))
-            }
+            Link::Quic(c) => c.open_uni(band).await,
         }
     }
 
@@ -124,14 +118,7 @@ impl Link {
                     RecvStream::mxp(MxpRecv::new(c.clone(), id)),
                 ))
             }
-            Link::Quic(c) => {
-                let (send, recv) = c
-                    .inner()
-                    .accept_bi()
-                    .await
-                    .map_err(quic::connection_error)?;
-                Ok((SendStream::quic(send), RecvStream::quic(recv)))
-            }
+            Link::Quic(c) => c.accept_bi().await,
         }
     }
 
@@ -141,14 +128,7 @@ impl Link {
                 let id = c.accept(Dir::Uni).await?;
                 Ok(RecvStream::mxp(MxpRecv::new(c.clone(), id)))
             }
-            Link::Quic(c) => {
-                let recv = c
-                    .inner()
-                    .accept_uni()
-                    .await
-                    .map_err(quic::connection_error)?;
-                Ok(RecvStream::quic(recv))
-            }
+            Link::Quic(c) => c.accept_uni().await,
         }
     }
 
@@ -227,6 +207,8 @@ struct Session {
     /// Serialises carrier switches.
     switching: tokio::sync::Mutex<()>,
     closed_by_app: AtomicBool,
+    /// The endpoint's call-latency histograms.
+    calls: Arc<CallDurations>,
 }
 
 /// A connection to an MXP node (or, on a node, from a client). Cheap to
@@ -255,20 +237,22 @@ struct Session {
 pub struct Connection(Arc<Session>);
 
 impl Connection {
-    pub(crate) fn node_side(link: Link) -> Connection {
-        Self::with(link, None)
+    pub(crate) fn node_side(link: Link, calls: Arc<CallDurations>) -> Connection {
+        Self::with(link, None, calls)
     }
 
     pub(crate) fn client_side(link: Link, endpoint: Endpoint, target: Target) -> Connection {
-        Self::with(link, Some(Reconnect { endpoint, target }))
+        let calls = endpoint.call_durations();
+        Self::with(link, Some(Reconnect { endpoint, target }), calls)
     }
 
-    fn with(link: Link, reconnect: Option<Reconnect>) -> Connection {
+    fn with(link: Link, reconnect: Option<Reconnect>, calls: Arc<CallDurations>) -> Connection {
         Connection(Arc::new(Session {
             current: Mutex::new(Current::new(link)),
             reconnect,
             switching: tokio::sync::Mutex::new(()),
             closed_by_app: AtomicBool::new(false),
+            calls,
         }))
     }
 
@@ -343,21 +327,35 @@ impl Connection {
     }
 
     /// Sends `request` on a new stream in its band (Critical for a call)
-    /// and waits for the one message that answers it.
+    /// and waits for the one message that answers it. Answered calls are
+    /// timed into `mxp_call_duration_seconds{side="client"}`.
     pub async fn call(&self, request: &Message) -> Result<Message, CallError> {
+        let started = Instant::now();
+        let current = self.current().await;
         let exchange = async {
-            let (mut send, mut recv) = self.open_bi(request.band()).await?;
+            let (mut send, mut recv) = current.link.open_bi(request.band()).await?;
             send.write_message(request).await?;
             send.finish()?;
             recv.read_message().await?.ok_or(CallError::NoResponse)
         };
         // However the loss of the connection surfaced (opening, writing or
         // reading), report it the same way.
-        exchange.await.map_err(|e| match e {
+        let answer = exchange.await.map_err(|e| match e {
             CallError::Write(WriteError::ConnectionLost(e))
             | CallError::Read(ReadError::ConnectionLost(e)) => CallError::ConnectionLost(e),
             other => other,
-        })
+        })?;
+        let carrier = current.link.carrier();
+        (self.0.calls).record(carrier, CallSide::Client, started.elapsed());
+        Ok(answer)
+    }
+
+    /// Records how long this node took to serve one call (from reading the
+    /// request to handing the response to the transport) into
+    /// `mxp_call_duration_seconds{side="node"}`. Call handlers report it;
+    /// [`crate::echo`] shows how.
+    pub fn record_served_call(&self, took: Duration) {
+        (self.0.calls).record(self.carrier(), CallSide::Node, took);
     }
 
     /// Opens a bidirectional stream whose data is sent in `band`, waiting

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use mxp_proto::Band;
 use mxp_proto::message::{MAGIC, Message, MessageDecoder, MessageType};
@@ -56,7 +57,7 @@ pub async fn serve_connection(conn: Connection, stats: Arc<EchoStats>) {
         let (conn, stats) = (conn.clone(), stats.clone());
         async move {
             while let Ok((send, recv)) = conn.accept_bi().await {
-                tokio::spawn(echo_stream(send, recv, stats.clone()));
+                tokio::spawn(echo_stream(conn.clone(), send, recv, stats.clone()));
             }
         }
     };
@@ -83,7 +84,12 @@ pub async fn serve_connection(conn: Connection, stats: Arc<EchoStats>) {
     debug!(peer = %conn.remote_address(), %reason, "connection served");
 }
 
-async fn echo_stream(mut send: SendStream, mut recv: RecvStream, stats: Arc<EchoStats>) {
+async fn echo_stream(
+    conn: Connection,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    stats: Arc<EchoStats>,
+) {
     let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = async {
         let Some(first) = recv.read_chunk(usize::MAX).await? else {
             send.finish()?;
@@ -92,16 +98,20 @@ async fn echo_stream(mut send: SendStream, mut recv: RecvStream, stats: Arc<Echo
         if is_message(&first) {
             recv.unread(first);
             while let Some(m) = recv.read_message().await? {
-                let reply = match m.kind {
-                    MessageType::Call => {
-                        add(&stats.calls, 1);
-                        Message::new(MessageType::Response, m.payload.clone())
-                            .with_message_id(m.message_id)
-                            .with_trace_id(m.trace_id)
-                    }
-                    _ => m,
+                let received = Instant::now();
+                let is_call = m.kind == MessageType::Call;
+                let reply = if is_call {
+                    Message::new(MessageType::Response, m.payload.clone())
+                        .with_message_id(m.message_id)
+                        .with_trace_id(m.trace_id)
+                } else {
+                    m
                 };
                 send.write_message(&reply).await?;
+                if is_call {
+                    add(&stats.calls, 1);
+                    conn.record_served_call(received.elapsed());
+                }
             }
         } else {
             let mut chunk = Some(first);

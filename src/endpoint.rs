@@ -14,10 +14,12 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::capture::{CaptureError, CaptureStatus, CaptureSummary};
 use crate::carrier::{Carrier, CarrierMode, Carriers};
 use crate::connection::{Connection, Link};
+use crate::metrics::{CallDurations, CarrierTotals, ConnectionInfo};
 use crate::mxp::endpoint::MxpEndpoint;
-use crate::quic::QuicEndpoint;
+use crate::quic::{self, QuicEndpoint};
 
 /// Why a connection could not be made.
 #[derive(Debug, Error)]
@@ -149,6 +151,7 @@ struct Inner {
     fallbacks: AtomicU64,
     /// MXP did not answer: `Auto` skips it until then.
     mxp_silent_until: Mutex<Option<Instant>>,
+    calls: Arc<CallDurations>,
 }
 
 /// An MXP node or client.
@@ -211,6 +214,7 @@ impl Endpoint {
                 options.config.keypair.clone(),
                 &options.config.transport,
                 policy,
+                mxp.capture().clone(),
             )?;
             quic.set(q).expect("fresh cell");
         }
@@ -225,6 +229,7 @@ impl Endpoint {
             incoming: tokio::sync::Mutex::new(rx),
             fallbacks: AtomicU64::new(0),
             mxp_silent_until: Mutex::new(None),
+            calls: Arc::default(),
         });
         let endpoint = Endpoint(inner);
         if node_policy.is_some() {
@@ -284,7 +289,7 @@ impl Endpoint {
     /// `None` once the endpoint is closed.
     pub async fn accept(&self) -> Option<Connection> {
         let link = self.0.incoming.lock().await.recv().await?;
-        Some(Connection::node_side(link))
+        Some(Connection::node_side(link, self.call_durations()))
     }
 
     /// Connects to `address` — `mxp://host:port`, optionally with
@@ -583,6 +588,63 @@ impl Endpoint {
             },
             fallbacks: self.0.fallbacks.load(Ordering::Relaxed),
         }
+    }
+
+    /// The MXP carrier's totals and the endpoint's own counters.
+    pub(crate) fn mxp_totals(&self) -> (CarrierTotals, EndpointStats) {
+        self.0.mxp.totals()
+    }
+
+    /// The QUIC carrier's totals (zeros without a QUIC socket).
+    pub(crate) fn quic_totals(&self) -> CarrierTotals {
+        self.0
+            .quic
+            .get()
+            .map_or_else(quic::idle_totals, QuicEndpoint::totals)
+    }
+
+    pub(crate) fn call_durations(&self) -> Arc<CallDurations> {
+        self.0.calls.clone()
+    }
+
+    /// Every open connection's stats, both carriers.
+    pub(crate) fn connection_infos(&self) -> Vec<ConnectionInfo> {
+        let mut infos = self.0.mxp.connection_infos();
+        if let Some(q) = self.0.quic.get() {
+            infos.extend(q.connection_infos());
+        }
+        infos
+    }
+
+    /// Starts recording what this endpoint's sockets send and receive
+    /// (encrypted, as on the wire) into a new pcap file at `path`, of at
+    /// most `max_bytes` bytes ([`DEFAULT_MAX_BYTES`] is a sensible limit):
+    /// the "before" and "after" of an incident without a restart or root.
+    /// A node's file holds both carriers (its MXP socket and its QUIC
+    /// listener), so a capture across a carrier switch shows the traffic
+    /// moving; a client's holds its MXP socket only. See [`crate::capture`]
+    /// for the format and the cost.
+    ///
+    /// [`DEFAULT_MAX_BYTES`]: crate::capture::DEFAULT_MAX_BYTES
+    pub fn start_capture(
+        &self,
+        path: impl AsRef<std::path::Path>,
+        max_bytes: u64,
+    ) -> Result<(), CaptureError> {
+        self.0.mxp.capture().start(path, max_bytes)
+    }
+
+    /// Stops the running capture once everything recorded is in its file,
+    /// and says what it holds; `None` if none was running. It waits for the
+    /// file to be written, so async code should call it where blocking is
+    /// allowed (`tokio::task::spawn_blocking`).
+    pub fn stop_capture(&self) -> Option<CaptureSummary> {
+        self.0.mxp.capture().stop()
+    }
+
+    /// The running packet capture (or the last one), with live counters.
+    pub fn capture_status(&self) -> CaptureStatus {
+        self.0.mxp.capture().status()
     }
 
     /// Stops accepting and closes every connection on both carriers.

@@ -5,6 +5,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -91,22 +92,25 @@ pub struct SendStream {
     done: bool,
     /// Reused encoding buffer for [`write_message`](Self::write_message).
     scratch: Vec<u8>,
+    /// Counts a QUIC stream as open while held (MXP's core counts its own).
+    _open: Option<Arc<quic::OpenStream>>,
 }
 
 impl SendStream {
     pub(crate) fn mxp(s: MxpSend) -> SendStream {
-        Self::new(Send::Mxp(s))
+        Self::new(Send::Mxp(s), None)
     }
 
-    pub(crate) fn quic(s: quinn::SendStream) -> SendStream {
-        Self::new(Send::Quic(s))
+    pub(crate) fn quic(s: quinn::SendStream, open: Arc<quic::OpenStream>) -> SendStream {
+        Self::new(Send::Quic(s), Some(open))
     }
 
-    fn new(inner: Send) -> SendStream {
+    fn new(inner: Send, open: Option<Arc<quic::OpenStream>>) -> SendStream {
         SendStream {
             inner,
             done: false,
             scratch: Vec::new(),
+            _open: open,
         }
     }
 
@@ -252,22 +256,25 @@ pub struct RecvStream {
     inner: Recv,
     done: bool,
     decoder: MessageDecoder,
+    /// Counts a QUIC stream as open while held.
+    _open: Option<Arc<quic::OpenStream>>,
 }
 
 impl RecvStream {
     pub(crate) fn mxp(r: MxpRecv) -> RecvStream {
-        Self::new(Recv::Mxp(r))
+        Self::new(Recv::Mxp(r), None)
     }
 
-    pub(crate) fn quic(r: quinn::RecvStream) -> RecvStream {
-        Self::new(Recv::Quic(r))
+    pub(crate) fn quic(r: quinn::RecvStream, open: Arc<quic::OpenStream>) -> RecvStream {
+        Self::new(Recv::Quic(r), Some(open))
     }
 
-    fn new(inner: Recv) -> RecvStream {
+    fn new(inner: Recv, open: Option<Arc<quic::OpenStream>>) -> RecvStream {
         RecvStream {
             inner,
             done: false,
             decoder: MessageDecoder::default(),
+            _open: open,
         }
     }
 

@@ -254,7 +254,7 @@ async fn bad_requests_get_a_4xx_naming_what_was_wrong() {
             "/",
             None,
             404,
-            "/healthz, /status, /carrier or /drain",
+            "no such path /: use /healthz, /status",
         ),
     ];
     for &(method, path, body, code, names) in cases {
@@ -386,5 +386,82 @@ async fn metrics_show_the_switch_and_the_drain() {
     assert!(
         text.contains(r#"mxp_drain_active{carrier="mxp"} 1"#),
         "{text}"
+    );
+}
+
+/// The samples of one family in a snapshot, by their labels.
+fn samples<'a>(snapshot: &'a Value, name: &str) -> &'a Vec<Value> {
+    let family = snapshot["metrics"]
+        .as_array()
+        .expect("metrics is a list")
+        .iter()
+        .find(|f| f["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in the snapshot"));
+    family["samples"].as_array().expect("samples is a list")
+}
+
+fn sample<'a>(snapshot: &'a Value, name: &str, labels: Value) -> &'a Value {
+    let found = samples(snapshot, name)
+        .iter()
+        .find(|s| s["labels"] == labels);
+    &found.unwrap_or_else(|| panic!("no {name} {labels}"))["value"]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_holds_every_metric_and_each_connections_stats() {
+    let node = node();
+    let admin = admin_for(&node, None).await;
+    let on_mxp = connect(&node, CarrierMode::Mxp).await;
+    let on_quic = connect(&node, CarrierMode::Quic).await;
+    // `connect` made one call on each; the node times each it served.
+    let snapshot = ok_json(&admin, "GET", "/snapshot", None).await;
+
+    assert_eq!(
+        snapshot["node"]["public_key"],
+        node.public_key().to_string()
+    );
+    assert_eq!(
+        snapshot["status"]["connections"],
+        json!({"mxp": 1, "quic": 1})
+    );
+    let connections = snapshot["connections"].as_array().expect("a list");
+    assert_eq!(connections.len(), 2, "{snapshot}");
+    for (carrier, client) in [("mxp", &on_mxp), ("quic", &on_quic)] {
+        let c = connections
+            .iter()
+            .find(|c| c["carrier"] == carrier)
+            .unwrap_or_else(|| panic!("no {carrier} connection in {snapshot}"));
+        assert_eq!(c["side"], "node");
+        assert_eq!(c["established"], true);
+        let key = c["peer_key"].as_str().expect("the client's key");
+        assert_eq!(key.len(), 64, "32 bytes in hex: {key}");
+        assert_ne!(key, node.public_key().to_string(), "the client's, not ours");
+        assert!(c["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{c}");
+        assert_eq!(client.carrier().as_str(), carrier);
+        assert!(c["rtt_us"].as_u64().unwrap() > 0, "{c}");
+        assert!(c["packets_sent"].as_u64().unwrap() > 0, "{c}");
+        assert!(c["bytes_received"].as_u64().unwrap() > 0, "{c}");
+        assert!(c["congestion_window"].as_u64().unwrap() > 0, "{c}");
+        assert!(c["loss_ratio"].as_f64().is_some(), "{c}");
+        assert!(c["open_streams"].as_u64().is_some(), "{c}");
+        let served = sample(
+            &snapshot,
+            "mxp_call_duration_seconds",
+            json!({"carrier": carrier, "side": "node"}),
+        );
+        assert_eq!(served["count"], 1, "{served}");
+        assert!(served["p99_s"].as_f64().is_some(), "{served}");
+        assert_eq!(
+            sample(
+                &snapshot,
+                "mxp_connections_active",
+                json!({"carrier": carrier})
+            ),
+            1.0
+        );
+    }
+    assert_eq!(
+        sample(&snapshot, "mxp_amplification_blocked_total", json!({})),
+        0
     );
 }

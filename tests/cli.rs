@@ -14,7 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -28,6 +28,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
 use common::process::{Guarded, Outcome, PATIENCE, drain, read_lines, run_command};
+use common::tempdir::{TempDir, path_str};
 
 // ---------------------------------------------------------------------------
 // Harness: the `mxp` binary under the guards of `common::process`.
@@ -44,34 +45,6 @@ fn run(args: &[&str]) -> Outcome {
     run_command(cmd, format!("mxp {}", args.join(" ")))
 }
 
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("mxp-cli-{}-{name}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("temp paths are UTF-8")
-}
-
 /// A node keypair written by `mxp keygen`.
 struct Keys {
     dir: TempDir,
@@ -81,7 +54,7 @@ struct Keys {
 impl Keys {
     fn generate(name: &str) -> Keys {
         let dir = TempDir::new(name);
-        let out = run(&["keygen", "--out", path_str(&dir.0)]).success();
+        let out = run(&["keygen", "--out", path_str(dir.dir())]).success();
         Keys {
             public: out.stdout.trim().to_owned(),
             dir,

@@ -139,7 +139,7 @@ fn handshake_authenticates_both_ends_in_one_round_trip() {
         (1, 0, 0)
     );
     assert_eq!(
-        s.net.endpoint(client).stats().handshakes_accepted,
+        s.net.endpoint(client).stats().handshakes_completed,
         1,
         "the client counts its completed handshake"
     );

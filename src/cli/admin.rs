@@ -1,11 +1,12 @@
-//! `mxp admin ADDR status|carrier|drain`: the operator's side of a node's
-//! admin endpoint (`mxp serve --admin ADDR`).
+//! `mxp admin ADDR status|snapshot|metrics|carrier|drain|capture`: the operator's side of a
+//! node's admin endpoint (`mxp serve --admin ADDR`).
 //!
 //! Results are the endpoint's JSON, one line on stdout. A refused request
 //! (bad value, wrong token) exits 2 with the node's one-line reason; a node
 //! that cannot be reached exits 1.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -43,6 +44,12 @@ pub enum AdminAction {
     /// Which carriers accept new sessions, drains in progress, connections
     /// per carrier (JSON).
     Status,
+    /// Every metric plus each open connection's stats (peer, carrier, RTT,
+    /// congestion window, loss, bytes, open streams), as JSON: the
+    /// "before" and "after" of an incident report.
+    Snapshot,
+    /// Every metric in the Prometheus text format (what `/metrics` serves).
+    Metrics,
     /// Sets which carriers accept new sessions; connections on a carrier
     /// switched off are drained. Prints the new status.
     Carrier {
@@ -58,6 +65,36 @@ pub enum AdminAction {
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,
     },
+    /// Records what the node sends and receives on both carriers
+    /// (encrypted, as on the wire) into a pcap file for Wireshark or
+    /// tshark.
+    Capture {
+        /// start, stop or status.
+        #[command(subcommand)]
+        action: CaptureAction,
+    },
+}
+
+/// What `mxp admin ADDR capture` does.
+#[derive(Debug, Subcommand)]
+pub enum CaptureAction {
+    /// Starts a capture into a new file, written by the node (a relative
+    /// path is taken from this command's working directory). Prints the
+    /// capture status.
+    Start {
+        /// The pcap file to create; an existing file is never overwritten.
+        #[arg(long, value_name = "FILE.pcap")]
+        out: PathBuf,
+        /// Size limit of the file, header included; recording stops at it
+        /// (default 104857600, 100 MiB).
+        #[arg(long, value_name = "N")]
+        max_bytes: Option<u64>,
+    },
+    /// Stops the capture once everything is written; prints what the file
+    /// holds (packets, bytes, dropped, truncated_by_limit).
+    Stop,
+    /// Whether a capture runs, with its live counters (or the last one's).
+    Status,
 }
 
 fn parse_carriers(s: &str) -> Result<Carriers, String> {
@@ -73,6 +110,8 @@ pub async fn run(args: AdminArgs) -> Result<(), CliError> {
         .filter(|t| !t.is_empty());
     let (method, path, body) = match &args.action {
         AdminAction::Status => ("GET", "/status".to_owned(), None),
+        AdminAction::Snapshot => ("GET", "/snapshot".to_owned(), None),
+        AdminAction::Metrics => ("GET", "/metrics".to_owned(), None),
         AdminAction::Carrier { carriers } => {
             ("POST", "/carrier".to_owned(), Some(carriers.as_str()))
         }
@@ -86,6 +125,24 @@ pub async fn run(args: AdminArgs) -> Result<(), CliError> {
             };
             ("POST", path, Some(""))
         }
+        AdminAction::Capture { action } => match action {
+            CaptureAction::Start { out, max_bytes } => {
+                // The node writes the file; on the usual loopback endpoint
+                // it shares this machine, so anchor a relative path here.
+                let out = std::path::absolute(out)
+                    .map_err(|e| CliError::Usage(format!("--out {}: {e}", out.display())))?;
+                let out = out.to_str().ok_or_else(|| {
+                    CliError::Usage(format!("--out {}: not valid UTF-8", out.display()))
+                })?;
+                let mut path = format!("/capture/start?out={}", admin::percent_encode(out));
+                if let Some(n) = max_bytes {
+                    path.push_str(&format!("&max_bytes={n}"));
+                }
+                ("POST", path, Some(""))
+            }
+            CaptureAction::Stop => ("POST", "/capture/stop".to_owned(), Some("")),
+            CaptureAction::Status => ("GET", "/capture".to_owned(), None),
+        },
     };
     let answer = tokio::time::timeout(
         PATIENCE,

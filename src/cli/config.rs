@@ -58,6 +58,12 @@ pub struct NodeConfig {
     /// How long connections on a carrier switched off may finish their
     /// work before they are closed.
     pub drain_timeout: Duration,
+    /// A packet capture file to record into from start-up, for a node whose
+    /// trouble shows before anyone could start one at runtime. A relative
+    /// path in a config file is relative to that file's directory.
+    pub capture: Option<PathBuf>,
+    /// Size limit of that capture file, header included.
+    pub capture_max_bytes: u64,
     /// Settings for every connection of the node.
     pub transport: TransportConfig,
     /// Admission policy: allow-list, retry, handshake rate limit.
@@ -122,6 +128,8 @@ impl Default for NodeConfig {
             admin_token: None,
             carriers: Carriers::BOTH,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            capture: None,
+            capture_max_bytes: mxp::capture::DEFAULT_MAX_BYTES,
             transport: TransportConfig::default(),
             server: ServerConfig::default(),
         }
@@ -276,6 +284,21 @@ fn parse(text: &str, path: &Path) -> Result<(NodeConfig, Vec<String>), ConfigErr
         })?;
     }
     node.duration(&mut config.drain_timeout, "drain_timeout", DRAIN)?;
+    if let Some(capture) = node.string("capture")? {
+        if capture.is_empty() {
+            return Err(node.error(
+                "capture",
+                "empty path (leave the key out to start without a packet capture)",
+            ));
+        }
+        let base = path.parent().unwrap_or(Path::new(""));
+        config.capture = Some(base.join(capture));
+    }
+    node.int(
+        &mut config.capture_max_bytes,
+        "capture_max_bytes",
+        mxp::capture::MIN_MAX_BYTES..=u64::MAX,
+    )?;
     keys.extend(node.finish()?);
 
     let mut server = top.section("server")?;
@@ -772,6 +795,8 @@ mod tests {
         assert_eq!(c.admin_token, None);
         assert_eq!(c.carriers, Carriers::BOTH);
         assert_eq!(c.drain_timeout, Duration::from_secs(300));
+        assert_eq!(c.capture, None);
+        assert_eq!(c.capture_max_bytes, 100 * 1024 * 1024);
     }
 
     #[test]
@@ -1026,6 +1051,19 @@ mod tests {
                 "drain_timeout = 300",
                 r#"node.drain_timeout: expected a duration like "30s", got the integer 300"#,
             ),
+            ("capture = \"\"", "node.capture: empty path"),
+            (
+                "capture = true",
+                "node.capture: expected a string, got true",
+            ),
+            (
+                "capture_max_bytes = 10",
+                "node.capture_max_bytes: must be at least 24, got 10",
+            ),
+            (
+                "capture_max_bytes = \"1MB\"",
+                r#"node.capture_max_bytes: expected an integer, got the string "1MB""#,
+            ),
         ];
         for (line, expected) in cases {
             let e = error_of(&format!("[node]\n{line}\n"));
@@ -1164,6 +1202,14 @@ mod tests {
             .unwrap()
             .0;
         assert_eq!(abs.key, Some(PathBuf::from("/var/lib/mxp/node.key")));
+        let capture = parse(
+            "[node]\ncapture = \"before.pcap\"\ncapture_max_bytes = 1_000_000\n",
+            &path,
+        )
+        .unwrap()
+        .0;
+        assert_eq!(capture.capture, Some(dir.join("before.pcap")));
+        assert_eq!(capture.capture_max_bytes, 1_000_000);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

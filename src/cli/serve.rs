@@ -4,13 +4,14 @@
 //! re-reads the config file and applies what can change at runtime.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Args;
 use mxp::admin::{self, AdminServer};
+use mxp::capture::{CaptureState, CaptureSummary};
 use mxp::echo::{self, EchoStats};
 use mxp::proto::{EndpointConfig, Keypair};
 use mxp::{Carriers, Endpoint, Options};
@@ -143,6 +144,9 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     };
     let node = Endpoint::with_options(cfg.listen, options)
         .map_err(|e| CliError::Usage(bind_error(cfg.listen, quic_listen, &e)))?;
+    if let Some(path) = &cfg.capture {
+        start_capture(&node, path, cfg.capture_max_bytes)?;
+    }
     let admin = match cfg.admin {
         Some(addr) => {
             let server = admin::serve(addr, node.clone(), cfg.admin_token.clone())
@@ -170,6 +174,12 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     node.close(0, b"node shutting down");
     let _ = tokio::time::timeout(DRAIN_ON_EXIT, node.wait_idle()).await;
     serving.abort();
+    // A capture still running (from the config or the admin endpoint) is
+    // finished, so its file is complete.
+    let capturing = node.clone();
+    if let Ok(Some(summary)) = tokio::task::spawn_blocking(move || capturing.stop_capture()).await {
+        println!("{}", capture_line(&summary));
+    }
     let e = node.stats();
     println!(
         "served {} connections, {} calls; refused {} datagrams ({} malformed, {} for unknown connections)",
@@ -180,6 +190,52 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         e.unknown_connection
     );
     Ok(())
+}
+
+/// Starts the capture `node.capture` asks for. A file left there by an
+/// earlier run (the evidence of a crash, perhaps) is moved aside to
+/// `FILE.prev` rather than refused, which would stop every restart, or
+/// overwritten.
+fn start_capture(node: &Endpoint, path: &Path, max_bytes: u64) -> Result<(), CliError> {
+    let refuse = |e: &dyn std::fmt::Display| CliError::Usage(format!("node.capture: {e}"));
+    if path.exists() {
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(".prev");
+        std::fs::rename(path, &aside).map_err(|e| {
+            refuse(&format!(
+                "{} exists and cannot be moved aside to {}: {e}",
+                path.display(),
+                Path::new(&aside).display()
+            ))
+        })?;
+        info!(from = %path.display(), to = %Path::new(&aside).display(), "moved the previous capture file aside");
+    }
+    node.start_capture(path, max_bytes).map_err(|e| refuse(&e))
+}
+
+/// One line on what a capture file holds.
+fn capture_line(s: &CaptureSummary) -> String {
+    let mut line = format!(
+        "capture {}: {} packets ({} sent, {} received), {} bytes",
+        s.path.display(),
+        s.packets,
+        s.sent,
+        s.received,
+        s.bytes
+    );
+    if s.dropped > 0 {
+        line.push_str(&format!(", {} dropped (the disk was too slow)", s.dropped));
+    }
+    if s.truncated_by_limit {
+        line.push_str(&format!(
+            "; stopped at its size limit ({} bytes)",
+            s.max_bytes
+        ));
+    }
+    if let Some(e) = &s.error {
+        line.push_str(&format!("; writing failed: {e}"));
+    }
+    line
 }
 
 /// Says which of the two sockets could not be bound: the endpoint binds
@@ -218,6 +274,18 @@ fn print_banner(node: &Endpoint, admin: Option<&AdminServer>, ephemeral: bool, d
         node.carriers(),
         show_duration(drain)
     );
+    let capture = node.capture_status();
+    if let (CaptureState::Recording, Some(c)) = (capture.state, &capture.capture) {
+        let stop = match admin {
+            Some(admin) => format!("mxp admin {} capture stop", admin.local_addr()),
+            None => "stopping the node".to_owned(),
+        };
+        println!(
+            "capturing packets to {} (up to {} bytes); finish it with: {stop}",
+            c.path.display(),
+            c.max_bytes
+        );
+    }
     println!("try: mxp ping mxp://{addr} --server-key {key}");
     // Clients look for QUIC on the next port up unless told.
     let next_port = addr.port().checked_add(1);
@@ -230,6 +298,7 @@ fn print_banner(node: &Endpoint, admin: Option<&AdminServer>, ephemeral: bool, d
     if let Some(admin) = admin {
         println!("try: mxp admin {} status", admin.local_addr());
     }
+
     info!(%addr, quic = ?node.quic_addr(), admin = ?admin.map(AdminServer::local_addr), %key, "node started");
 }
 
@@ -318,8 +387,13 @@ fn needs_restart(old: &NodeConfig, new: &NodeConfig) -> Vec<&'static str> {
     let differs =
         |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     let mut keys = Vec::new();
-    let checks: [(&'static str, bool); 8] = [
+    let checks: [(&'static str, bool); 10] = [
         ("node.listen", old.listen != new.listen),
+        ("node.capture", old.capture != new.capture),
+        (
+            "node.capture_max_bytes",
+            old.capture_max_bytes != new.capture_max_bytes,
+        ),
         ("node.quic_listen", old.quic_listen != new.quic_listen),
         ("node.key", old.key != new.key),
         ("node.log", old.log != new.log),

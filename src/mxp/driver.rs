@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::udp::{RecvBuffers, Socket, TxQueue};
+use crate::capture::{Capture, CaptureBatch};
 use crate::timer::Timer;
 
 /// Bytes gathered for sending before the driver hands them to the kernel
@@ -36,6 +37,9 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     wake: Notify,
     pub local_addr: SocketAddr,
+    /// The endpoint's packet capture: the driver hands it datagrams only
+    /// while it records.
+    pub capture: Capture,
 }
 
 impl Shared {
@@ -52,6 +56,7 @@ impl Shared {
             }),
             wake: Notify::new(),
             local_addr,
+            capture: Capture::new(),
         }
     }
 
@@ -235,17 +240,25 @@ async fn drive(shared: &Shared, socket: &Socket) -> io::Result<()> {
     let mut tx = TxQueue::default();
     let max_segments = socket.max_gso_segments();
     let mut send_blocked = false;
+    // Datagrams on their way to a running packet capture.
+    let mut taps = CaptureBatch::default();
     loop {
         // Receive what is waiting (a bounded amount, so sending is not
         // starved by a flood).
         for _ in 0..RX_BATCHES {
             match rx.recv(socket) {
                 Ok(_) => {
+                    let recording = shared.capture.is_recording();
                     let mut state = shared.lock();
                     let now = Instant::now();
-                    rx.drain(|from, datagram| {
+                    let tap = recording.then_some((&mut taps, shared.local_addr));
+                    rx.drain(tap, |from, datagram| {
                         state.proto.handle(now, from, datagram);
                     });
+                    drop(state);
+                    if recording {
+                        shared.capture.submit(&mut taps);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
@@ -278,7 +291,13 @@ async fn drive(shared: &Shared, socket: &Socket) -> io::Result<()> {
             (state.proto.poll_timeout(), more, state.finished())
         };
 
-        match tx.send(socket) {
+        let recording = shared.capture.is_recording();
+        let tap = recording.then_some((&mut taps, shared.local_addr));
+        let sent = tx.send(socket, tap);
+        if recording {
+            shared.capture.submit(&mut taps);
+        }
+        match sent {
             Ok(()) => send_blocked = false,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => send_blocked = true,
             Err(e) => return Err(e),

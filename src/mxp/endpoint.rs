@@ -14,7 +14,9 @@ use mxp_proto::{ConnectionError, EndpointConfig, EndpointStats, PublicKey};
 use super::conn::MxpConn;
 use super::driver::{self, ConnState, Shared};
 use super::udp::Socket;
-use crate::ConnectError;
+use crate::capture::Capture;
+use crate::metrics::{self, CarrierTotals, ConnectionInfo};
+use crate::{Carrier, ConnectError};
 
 /// An MXP endpoint. Clones share it; the driver stops once every clone is
 /// dropped and every connection has closed.
@@ -69,6 +71,49 @@ impl MxpEndpoint {
 
     pub fn stats(&self) -> EndpointStats {
         self.shared.lock().proto.stats()
+    }
+
+    /// The packet capture of this endpoint's socket.
+    pub fn capture(&self) -> &Capture {
+        &self.shared.capture
+    }
+
+    /// Counters over every connection so far, for the metrics, and the
+    /// endpoint's own (handshakes, refusals), read under one lock.
+    pub fn totals(&self) -> (CarrierTotals, EndpointStats) {
+        let state = self.shared.lock();
+        let door = state.proto.stats();
+        let (counters, open_streams) = state.proto.totals();
+        let totals = CarrierTotals {
+            active: state.proto.connection_count() as u64,
+            established: door.handshakes_accepted + door.handshakes_completed,
+            open_streams,
+            counters,
+            ended: state.proto.ended_by_kind().collect(),
+            handshakes: metrics::mxp_handshakes(&door),
+        };
+        (totals, door)
+    }
+
+    /// Each connection's stats, for a snapshot.
+    pub fn connection_infos(&self) -> Vec<ConnectionInfo> {
+        let state = self.shared.lock();
+        state
+            .proto
+            .connection_handles()
+            .filter_map(|h| {
+                let c = state.proto.connection_ref(h)?;
+                Some(ConnectionInfo::new(
+                    Carrier::Mxp,
+                    c.side(),
+                    h.0 as u64,
+                    c.remote_address(),
+                    c.peer_key(),
+                    c.is_established(),
+                    &c.stats(),
+                ))
+            })
+            .collect()
     }
 
     /// Connections on this endpoint (in any state).

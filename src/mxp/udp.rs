@@ -9,6 +9,8 @@ use bytes::BytesMut;
 use quinn_udp::{BATCH_SIZE, RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 
+use crate::capture::{self, CaptureBatch, Direction};
+
 /// Kernel socket buffers: large enough that a burst of a few milliseconds
 /// at full rate is not dropped before the driver reads it.
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -104,12 +106,30 @@ impl RecvBuffers {
         Ok(n)
     }
 
-    /// Hands every received datagram (GRO batches split) to `f`.
-    pub fn drain(&mut self, mut f: impl FnMut(SocketAddr, BytesMut)) {
+    /// Hands every received datagram (GRO batches split) to `f`, and with
+    /// `tap` also copies each into a capture batch, addressed from its
+    /// source to `local` (with the destination address the kernel reported,
+    /// where `local` is a wildcard).
+    pub fn drain(
+        &mut self,
+        mut tap: Option<(&mut CaptureBatch, SocketAddr)>,
+        mut f: impl FnMut(SocketAddr, BytesMut),
+    ) {
         let filled = std::mem::take(&mut self.filled);
+        let time = match tap {
+            Some(_) => capture::now(),
+            None => Default::default(),
+        };
         for (meta, buf) in self.meta.iter().zip(&self.bufs).take(filled) {
             let stride = meta.stride.max(1);
             for datagram in buf[..meta.len].chunks(stride) {
+                if let Some((batch, local)) = tap.as_mut() {
+                    let mut to = *local;
+                    if let Some(ip) = meta.dst_ip.filter(|_| to.ip().is_unspecified()) {
+                        to.set_ip(ip);
+                    }
+                    batch.push(time, Direction::Received, meta.addr, to, datagram);
+                }
                 if self.arena.capacity() < datagram.len() {
                     self.arena.reserve(ARENA_BLOCK);
                 }
@@ -185,17 +205,33 @@ impl TxQueue {
     }
 
     /// Sends as much as the socket takes. `WouldBlock` leaves the rest
-    /// queued.
-    pub fn send(&mut self, socket: &Socket) -> io::Result<()> {
+    /// queued. With `tap`, every datagram the socket took (GSO batches
+    /// split into their segments) is also copied into a capture batch, from
+    /// the given local address.
+    pub fn send(
+        &mut self,
+        socket: &Socket,
+        mut tap: Option<(&mut CaptureBatch, SocketAddr)>,
+    ) -> io::Result<()> {
+        let time = match tap {
+            Some(_) => capture::now(),
+            None => Default::default(),
+        };
         while let Some(b) = self.batches.get(self.next) {
+            let contents = &self.buf[b.start..b.start + b.len];
             let transmit = Transmit {
                 destination: b.destination,
                 ecn: None,
-                contents: &self.buf[b.start..b.start + b.len],
+                contents,
                 segment_size: (b.segments > 1).then_some(b.segment),
                 src_ip: None,
             };
             socket.try_send(&transmit)?;
+            if let Some((batch, local)) = tap.as_mut() {
+                for datagram in contents.chunks(b.segment) {
+                    batch.push(time, Direction::Sent, *local, b.destination, datagram);
+                }
+            }
             self.next += 1;
         }
         self.buf.clear();

@@ -3,27 +3,38 @@
 //! node identity with the same Noise keys (see `auth` and `tls`).
 
 mod auth;
+mod book;
+mod tap;
 mod tls;
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use mxp_proto::{
-    Band, ConnectionError, ConnectionStats, Keypair, PublicKey, ServerConfig, TransportConfig,
-    TransportError, TransportErrorCode,
+    Band, ConnectionError, ConnectionStats, Keypair, PublicKey, ServerConfig, Side,
+    TransportConfig, TransportError, TransportErrorCode,
 };
+use quinn::VarInt;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{SendStream, VarInt};
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info};
 
+use crate::Carrier;
 use crate::ConnectError;
+use crate::metrics::{CarrierTotals, ConnectionInfo};
 use crate::streams::{ReadError, WriteError};
+use crate::{RecvStream, SendStream as MxpSendStream};
+pub(crate) use book::OpenStream;
+use book::{Book, handshake};
+
+/// The totals of an endpoint that has no QUIC socket: every counter at zero.
+pub(crate) fn idle_totals() -> CarrierTotals {
+    Book::default().totals()
+}
 
 /// Application close codes of the QUIC carrier.
 mod code {
@@ -144,7 +155,10 @@ pub(crate) fn priority(band: Band) -> i32 {
 pub(crate) struct QuicConn {
     conn: quinn::Connection,
     peer_key: PublicKey,
+    side: Side,
     control: Arc<Control>,
+    /// Streams the application holds (quinn does not count them).
+    streams: Arc<AtomicU64>,
 }
 
 /// The control channel's state.
@@ -153,7 +167,7 @@ struct Control {
     /// The node asked us to take new work elsewhere (client side).
     going_away: AtomicBool,
     /// The node side: where GOAWAY is written.
-    send: Mutex<Option<SendStream>>,
+    send: Mutex<Option<quinn::SendStream>>,
     changed: Notify,
 }
 
@@ -168,6 +182,54 @@ impl QuicConn {
 
     pub fn inner(&self) -> &quinn::Connection {
         &self.conn
+    }
+
+    /// Which end of the connection this is.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    fn new(conn: quinn::Connection, peer_key: PublicKey, side: Side, control: Control) -> QuicConn {
+        QuicConn {
+            conn,
+            peer_key,
+            side,
+            control: Arc::new(control),
+            streams: Arc::default(),
+        }
+    }
+
+    pub async fn open_bi(
+        &self,
+        band: Band,
+    ) -> Result<(MxpSendStream, RecvStream), ConnectionError> {
+        let (send, recv) = self.conn.open_bi().await.map_err(connection_error)?;
+        let _ = send.set_priority(priority(band));
+        Ok(self.bi(send, recv))
+    }
+
+    pub async fn open_uni(&self, band: Band) -> Result<MxpSendStream, ConnectionError> {
+        let send = self.conn.open_uni().await.map_err(connection_error)?;
+        let _ = send.set_priority(priority(band));
+        Ok(MxpSendStream::quic(send, OpenStream::new(&self.streams)))
+    }
+
+    pub async fn accept_bi(&self) -> Result<(MxpSendStream, RecvStream), ConnectionError> {
+        let (send, recv) = self.conn.accept_bi().await.map_err(connection_error)?;
+        Ok(self.bi(send, recv))
+    }
+
+    pub async fn accept_uni(&self) -> Result<RecvStream, ConnectionError> {
+        let recv = self.conn.accept_uni().await.map_err(connection_error)?;
+        Ok(RecvStream::quic(recv, OpenStream::new(&self.streams)))
+    }
+
+    fn bi(&self, send: quinn::SendStream, recv: quinn::RecvStream) -> (MxpSendStream, RecvStream) {
+        let open = OpenStream::new(&self.streams);
+        (
+            MxpSendStream::quic(send, open.clone()),
+            RecvStream::quic(recv, open),
+        )
     }
 
     pub fn peer_going_away(&self) -> bool {
@@ -234,6 +296,7 @@ impl QuicConn {
             rtt: s.path.rtt,
             min_rtt: s.path.min_rtt,
             congestion_window: s.path.cwnd,
+            open_streams: self.streams.load(Ordering::Relaxed),
             ..ConnectionStats::default()
         }
     }
@@ -260,6 +323,7 @@ pub(crate) struct QuicEndpoint {
     keypair: Keypair,
     client_config: quinn::ClientConfig,
     node: Option<Arc<Node>>,
+    book: Arc<Book>,
 }
 
 /// Node-side state.
@@ -267,7 +331,6 @@ pub(crate) struct QuicEndpoint {
 struct Node {
     accepting: AtomicBool,
     incoming: tokio::sync::Mutex<mpsc::Receiver<QuicConn>>,
-    live: Mutex<HashMap<usize, QuicConn>>,
 }
 
 fn io_error(e: impl std::fmt::Display) -> io::Error {
@@ -295,40 +358,44 @@ impl QuicEndpoint {
             keypair,
             client_config: Self::client_config(transport)?,
             node: None,
+            book: Arc::default(),
         })
     }
 
     /// A node listening on `addr`; authenticated connections come out of
-    /// [`accept`](Self::accept).
+    /// [`accept`](Self::accept). `capture` sees its datagrams while it
+    /// records.
     pub fn node(
         addr: SocketAddr,
         keypair: Keypair,
         transport: &TransportConfig,
         policy: Arc<ServerConfig>,
+        capture: crate::capture::Capture,
     ) -> io::Result<QuicEndpoint> {
         let crypto = QuicServerConfig::try_from(tls::server_config().map_err(io_error)?)
             .map_err(io_error)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server.transport_config(Arc::new(transport_config(transport)));
-        let endpoint = quinn::Endpoint::server(server, addr)?;
+        let endpoint = tap::server(server, addr, capture)?;
         let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
         let node = Arc::new(Node {
             accepting: AtomicBool::new(true),
             incoming: tokio::sync::Mutex::new(rx),
-            live: Mutex::new(HashMap::new()),
         });
+        let book = Arc::<Book>::default();
         let this = QuicEndpoint {
             endpoint: endpoint.clone(),
             keypair: keypair.clone(),
             client_config: Self::client_config(transport)?,
             node: Some(node.clone()),
+            book: book.clone(),
         };
         let handshake_timeout = transport.handshake_timeout;
         tokio::spawn(accept_loop(
             endpoint,
             keypair,
             policy,
-            node,
+            (node, book),
             tx,
             handshake_timeout,
         ));
@@ -349,24 +416,25 @@ impl QuicEndpoint {
             .endpoint
             .connect_with(self.client_config.clone(), addr, "mxp-node")
             .map_err(|e| ConnectError::Quic(e.to_string()))?;
-        let conn = connecting
-            .await
-            .map_err(|e| ConnectError::Handshake(connection_error(e)))?;
+        let conn = connecting.await.map_err(|e| {
+            let e = connection_error(e);
+            self.book.handshake(client_outcome(&e));
+            ConnectError::Handshake(e)
+        })?;
         let control = match auth::client(&conn, &self.keypair, &server_key).await {
             Ok(recv) => recv,
             Err(e) => {
                 // The node may have explained why it hung up.
                 let reason = conn.close_reason().map(connection_error).unwrap_or(e);
                 conn.close(VarInt::from_u32(code::CLOSED), b"");
+                self.book.handshake(client_outcome(&reason));
                 return Err(ConnectError::Handshake(reason));
             }
         };
-        let conn = QuicConn {
-            conn,
-            peer_key: server_key,
-            control: Arc::default(),
-        };
+        self.book.handshake(handshake::COMPLETED);
+        let conn = QuicConn::new(conn, server_key, Side::Client, Control::default());
         conn.watch_control(control);
+        self.book.track(&conn);
         Ok(conn)
     }
 
@@ -382,35 +450,50 @@ impl QuicEndpoint {
         }
     }
 
-    fn live(&self) -> Vec<QuicConn> {
-        self.node
-            .as_ref()
-            .map(|n| {
-                n.live
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// Live connections, either side.
+    pub fn connections(&self) -> Vec<QuicConn> {
+        self.book.live()
     }
 
-    /// Live connections (node side).
+    /// Live connections, either side.
     pub fn connection_count(&self) -> usize {
-        self.node.as_ref().map_or(0, |n| {
-            n.live.lock().unwrap_or_else(|e| e.into_inner()).len()
-        })
+        self.book.live_count()
+    }
+
+    /// Counters over every connection so far.
+    pub fn totals(&self) -> CarrierTotals {
+        self.book.totals()
+    }
+
+    /// Each connection's stats, for a snapshot.
+    pub fn connection_infos(&self) -> Vec<ConnectionInfo> {
+        self.book
+            .live()
+            .iter()
+            .map(|c| {
+                ConnectionInfo::new(
+                    Carrier::Quic,
+                    c.side(),
+                    c.inner().stable_id() as u64,
+                    c.remote_address(),
+                    Some(c.peer_key()),
+                    true,
+                    &c.stats(),
+                )
+            })
+            .collect()
     }
 
     /// Tells every live connection to take new work elsewhere.
     pub fn go_away_all(&self) {
-        self.live().iter().for_each(QuicConn::go_away);
+        self.connections().iter().for_each(QuicConn::go_away);
     }
 
     /// Closes every live connection.
     pub fn close_all(&self, code: u64, reason: &[u8]) {
-        self.live().iter().for_each(|c| c.close(code, reason));
+        self.connections()
+            .iter()
+            .for_each(|c| c.close(code, reason));
     }
 
     /// Stops the endpoint.
@@ -430,22 +513,26 @@ async fn accept_loop(
     endpoint: quinn::Endpoint,
     keypair: Keypair,
     policy: Arc<ServerConfig>,
-    node: Arc<Node>,
+    (node, book): (Arc<Node>, Arc<Book>),
     tx: mpsc::Sender<QuicConn>,
     handshake_timeout: Duration,
 ) {
     while let Some(incoming) = endpoint.accept().await {
         if !node.accepting.load(Ordering::Relaxed) {
             // An explicit refusal: the client falls back at once.
+            book.handshake(handshake::CARRIER_REFUSED);
             incoming.refuse();
             continue;
         }
-        let (keypair, policy, node, tx) =
-            (keypair.clone(), policy.clone(), node.clone(), tx.clone());
+        let (keypair, policy, book, tx) =
+            (keypair.clone(), policy.clone(), book.clone(), tx.clone());
         tokio::spawn(async move {
             let conn = match incoming.await {
                 Ok(c) => c,
-                Err(e) => return debug!(error = %e, "QUIC handshake failed"),
+                Err(e) => {
+                    book.handshake(handshake::FAILED);
+                    return debug!(target: mxp_proto::HANDSHAKE, error = %e, carrier = "quic", "QUIC handshake failed");
+                }
             };
             let auth =
                 tokio::time::timeout(handshake_timeout, auth::server(&conn, &keypair, &policy))
@@ -453,11 +540,13 @@ async fn accept_loop(
             let auth = match auth {
                 Ok(Ok(a)) => a,
                 Ok(Err(ConnectionError::ServerKeyMismatch)) => {
+                    book.handshake(handshake::KEY_MISMATCH);
                     debug!(target: mxp_proto::HANDSHAKE, peer = %conn.remote_address(), "QUIC client used the wrong server key");
                     return conn
                         .close(VarInt::from_u32(code::KEY_MISMATCH), b"server key mismatch");
                 }
                 Ok(Err(ConnectionError::ClientNotAllowed)) => {
+                    book.handshake(handshake::CLIENT_NOT_ALLOWED);
                     debug!(target: mxp_proto::HANDSHAKE, peer = %conn.remote_address(), "QUIC client key not on the allow-list");
                     return conn.close(
                         VarInt::from_u32(code::CLIENT_NOT_ALLOWED),
@@ -465,35 +554,37 @@ async fn accept_loop(
                     );
                 }
                 Ok(Err(e)) => {
+                    book.handshake(handshake::FAILED);
                     debug!(target: mxp_proto::HANDSHAKE, peer = %conn.remote_address(), error = %e, "QUIC client refused");
                     return;
                 }
                 Err(_) => {
+                    book.handshake(handshake::TIMED_OUT);
                     return conn.close(VarInt::from_u32(code::CLOSED), b"handshake timed out");
                 }
             };
-            info!(peer = %conn.remote_address(), client = %auth.client_key, carrier = "quic", "connected");
-            let id = conn.stable_id();
-            let quic = QuicConn {
-                conn: conn.clone(),
-                peer_key: auth.client_key,
-                control: Arc::new(Control {
-                    send: Mutex::new(Some(auth.control)),
-                    ..Control::default()
-                }),
+            book.handshake(handshake::ACCEPTED);
+            info!(conn = conn.stable_id(), peer = %conn.remote_address(), client = %auth.client_key, carrier = "quic", "connected");
+            let control = Control {
+                send: Mutex::new(Some(auth.control)),
+                ..Control::default()
             };
-            node.live
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id, quic.clone());
-            if tx.send(quic).await.is_err() {
-                return;
-            }
-            conn.closed().await;
-            node.live
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
+            let quic = QuicConn::new(conn, auth.client_key, Side::Server, control);
+            book.track(&quic);
+            let _ = tx.send(quic).await;
         });
+    }
+}
+
+/// How a client's failed attempt counts in `mxp_handshakes_total`.
+fn client_outcome(e: &ConnectionError) -> &'static str {
+    match e {
+        ConnectionError::ServerKeyMismatch => handshake::KEY_MISMATCH,
+        ConnectionError::ClientNotAllowed => handshake::CLIENT_NOT_ALLOWED,
+        ConnectionError::TransportError(t) if t.code == TransportErrorCode::CONNECTION_REFUSED => {
+            handshake::CARRIER_REFUSED
+        }
+        ConnectionError::HandshakeTimedOut | ConnectionError::TimedOut => handshake::TIMED_OUT,
+        _ => handshake::FAILED,
     }
 }

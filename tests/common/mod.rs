@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod tempdir;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};

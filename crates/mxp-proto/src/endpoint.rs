@@ -129,8 +129,10 @@ pub struct EndpointStats {
     pub rate_limited: u64,
     /// Initiations dropped at the connection limit.
     pub connection_limit: u64,
-    /// Handshakes accepted (server) or completed (client).
+    /// Handshakes accepted (node side).
     pub handshakes_accepted: u64,
+    /// Handshakes completed (client side).
+    pub handshakes_completed: u64,
     /// Initiations that did not decrypt (wrong server key or corruption).
     pub handshake_decrypt_failures: u64,
     /// Replayed initiations refused (not newer than the last accepted one
@@ -511,7 +513,7 @@ impl Endpoint {
         if conn.is_established() {
             if !was_established && conn.side() == crate::Side::Client {
                 // The client's handshake completed with this datagram.
-                self.stats.handshakes_accepted += 1;
+                self.stats.handshakes_completed += 1;
             }
             if let Some(server) = &mut self.server {
                 server.unconfirmed.remove(&h);
@@ -896,16 +898,21 @@ mod tests {
         assert_eq!(p.client_to_server(), 1);
         assert_eq!(p.server.stats().handshakes_accepted, 1);
         assert_eq!(
-            p.client.stats().handshakes_accepted,
+            p.client.stats().handshakes_completed,
             0,
             "not before the answer"
         );
         assert_eq!(p.server_to_client(), 1);
-        assert_eq!(p.client.stats().handshakes_accepted, 1);
+        assert_eq!(p.client.stats().handshakes_completed, 1);
+        assert_eq!(
+            p.client.stats().handshakes_accepted,
+            0,
+            "a client accepts none"
+        );
         // Later packets do not count it again.
         p.client_to_server();
         p.server_to_client();
-        assert_eq!(p.client.stats().handshakes_accepted, 1);
+        assert_eq!(p.client.stats().handshakes_completed, 1);
     }
 
     #[test]
