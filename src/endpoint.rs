@@ -12,7 +12,7 @@ use mxp_proto::{ConnectionError, EndpointConfig, EndpointStats, PublicKey};
 use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::capture::{CaptureError, CaptureStatus, CaptureSummary};
 use crate::carrier::{Carrier, CarrierMode, Carriers};
@@ -380,7 +380,7 @@ impl Endpoint {
             }
         };
         self.0.fallbacks.fetch_add(1, Ordering::Relaxed);
-        info!(peer = %target.mxp, reason = why, "falling back to QUIC");
+        info!(peer = %target.mxp, carrier = "quic", reason = why, "falling back to QUIC");
         self.connect_quic(&quic_addrs, target.key).await
     }
 
@@ -452,7 +452,9 @@ impl Endpoint {
             let mut c = self.0.carriers.lock().unwrap_or_else(|e| e.into_inner());
             std::mem::replace(&mut *c, carriers)
         };
-        info!(from = %before, to = %carriers, "carrier switch");
+        let span = info_span!("carrier_switch", from = %before, to = %carriers);
+        let _in = span.enter();
+        info!("carrier switch");
         self.apply_carriers(carriers);
         let timeout = self.drain_timeout();
         for carrier in [Carrier::Mxp, Carrier::Quic] {
@@ -504,6 +506,14 @@ impl Endpoint {
     /// Drains `carrier`: its connections are told to go away now and the
     /// rest closed after `timeout`. Calling it again moves the deadline.
     pub fn drain(&self, carrier: Carrier, timeout: Duration) {
+        let span = info_span!(
+            "drain",
+            %carrier,
+            timeout_s = timeout.as_secs_f64(),
+            connections = self.connections(carrier)
+        );
+        let _in = span.enter();
+        info!("drain: connections are told to take new work elsewhere");
         match carrier {
             Carrier::Mxp => self.0.mxp.go_away_all(),
             Carrier::Quic => {
@@ -513,14 +523,17 @@ impl Endpoint {
             }
         }
         let this = self.clone();
-        let task = tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            let still = !this.carriers().accepts(carrier);
-            if still {
-                warn!(%carrier, "drain deadline: closing the remaining connections");
-                this.close_carrier(carrier, crate::DRAINED, b"drained: reconnect to the node");
+        let task = tokio::spawn(
+            async move {
+                tokio::time::sleep(timeout).await;
+                let still = !this.carriers().accepts(carrier);
+                if still {
+                    warn!(%carrier, "drain deadline: closing the remaining connections");
+                    this.close_carrier(carrier, crate::DRAINED, b"drained: reconnect to the node");
+                }
             }
-        });
+            .instrument(span.clone()),
+        );
         let mut drains = self.0.drains.lock().unwrap_or_else(|e| e.into_inner());
         drains.retain(|d| {
             let keep = d.carrier != carrier;

@@ -95,10 +95,7 @@ impl ConnectionInfo {
         let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         ConnectionInfo {
             carrier,
-            side: match side {
-                Side::Client => "client",
-                Side::Server => "node",
-            },
+            side: side.as_str(),
             id,
             peer: peer.to_string(),
             peer_key: peer_key.map(|k| k.to_string()),

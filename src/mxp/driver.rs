@@ -159,7 +159,9 @@ impl State {
                     w.connect.take().into_iter().for_each(Waker::wake);
                 }
                 Event::ConnectionLost { reason } => {
-                    debug!(peer = ?self.proto.connection_ref(h).map(|c| c.remote_address()), %reason, "connection lost");
+                    if let Some(c) = self.proto.connection_ref(h) {
+                        debug!(parent: c.span(), %reason, "connection lost");
+                    }
                     cs.error.get_or_insert(reason);
                     w.wake_all();
                 }

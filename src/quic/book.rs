@@ -76,6 +76,7 @@ impl Book {
         let (book, conn) = (self.clone(), conn.clone());
         tokio::spawn(async move {
             let reason = conn.closed().await;
+            tracing::info!(parent: conn.span(), %reason, "connection closed");
             let mut state = book.lock();
             state.live.remove(&id);
             let stats = conn.stats();

@@ -156,6 +156,9 @@ pub(crate) struct QuicConn {
     conn: quinn::Connection,
     peer_key: PublicKey,
     side: Side,
+    /// Parent of what this connection logs: `conn`, `peer`, `carrier`,
+    /// `side`, as on the MXP carrier.
+    span: tracing::Span,
     control: Arc<Control>,
     /// Streams the application holds (quinn does not count them).
     streams: Arc<AtomicU64>,
@@ -189,8 +192,21 @@ impl QuicConn {
         self.side
     }
 
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
     fn new(conn: quinn::Connection, peer_key: PublicKey, side: Side, control: Control) -> QuicConn {
+        let span = tracing::info_span!(
+            "conn",
+            conn = conn.stable_id(),
+            peer = %conn.remote_address(),
+            carrier = "quic",
+            side = side.as_str()
+        );
+        info!(parent: &span, peer_key = %peer_key, "connected");
         QuicConn {
+            span,
             conn,
             peer_key,
             side,
@@ -531,7 +547,7 @@ async fn accept_loop(
                 Ok(c) => c,
                 Err(e) => {
                     book.handshake(handshake::FAILED);
-                    return debug!(target: mxp_proto::HANDSHAKE, error = %e, carrier = "quic", "QUIC handshake failed");
+                    return debug!(target: mxp_proto::HANDSHAKE, carrier = "quic", error = %e, "QUIC handshake failed");
                 }
             };
             let auth =
@@ -541,13 +557,13 @@ async fn accept_loop(
                 Ok(Ok(a)) => a,
                 Ok(Err(ConnectionError::ServerKeyMismatch)) => {
                     book.handshake(handshake::KEY_MISMATCH);
-                    debug!(target: mxp_proto::HANDSHAKE, peer = %conn.remote_address(), "QUIC client used the wrong server key");
+                    debug!(target: mxp_proto::HANDSHAKE, carrier = "quic", peer = %conn.remote_address(), "QUIC client used the wrong server key");
                     return conn
                         .close(VarInt::from_u32(code::KEY_MISMATCH), b"server key mismatch");
                 }
                 Ok(Err(ConnectionError::ClientNotAllowed)) => {
                     book.handshake(handshake::CLIENT_NOT_ALLOWED);
-                    debug!(target: mxp_proto::HANDSHAKE, peer = %conn.remote_address(), "QUIC client key not on the allow-list");
+                    debug!(target: mxp_proto::HANDSHAKE, carrier = "quic", peer = %conn.remote_address(), "QUIC client key not on the allow-list");
                     return conn.close(
                         VarInt::from_u32(code::CLIENT_NOT_ALLOWED),
                         b"client key not allowed",
@@ -555,16 +571,16 @@ async fn accept_loop(
                 }
                 Ok(Err(e)) => {
                     book.handshake(handshake::FAILED);
-                    debug!(target: mxp_proto::HANDSHAKE, peer = %conn.remote_address(), error = %e, "QUIC client refused");
+                    debug!(target: mxp_proto::HANDSHAKE, carrier = "quic", peer = %conn.remote_address(), error = %e, "QUIC client refused");
                     return;
                 }
                 Err(_) => {
                     book.handshake(handshake::TIMED_OUT);
+                    debug!(target: mxp_proto::HANDSHAKE, carrier = "quic", peer = %conn.remote_address(), "QUIC client did not prove its identity in time");
                     return conn.close(VarInt::from_u32(code::CLOSED), b"handshake timed out");
                 }
             };
             book.handshake(handshake::ACCEPTED);
-            info!(conn = conn.stable_id(), peer = %conn.remote_address(), client = %auth.client_key, carrier = "quic", "connected");
             let control = Control {
                 send: Mutex::new(Some(auth.control)),
                 ..Control::default()

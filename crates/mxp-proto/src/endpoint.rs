@@ -402,7 +402,8 @@ impl Endpoint {
         )?;
         let handle = ConnectionHandle(self.connections.insert(conn));
         self.by_cid.insert(local_cid, handle);
-        debug!(target: HANDSHAKE, conn = %local_cid, peer = %remote, "connecting");
+        let span = self.connections[handle.0].span();
+        debug!(target: HANDSHAKE, parent: span, server = %server_key, "connecting");
         Ok(handle)
     }
 
@@ -789,7 +790,8 @@ impl Endpoint {
             server.unconfirmed.insert(h);
         }
         self.stats.handshakes_accepted += 1;
-        debug!(target: HANDSHAKE, conn = %local_cid, peer = %remote, client = %client_key, "handshake accepted");
+        let span = self.connections[h.0].span();
+        debug!(target: HANDSHAKE, parent: span, client = %client_key, "handshake accepted");
         Incoming::Accepted(h)
     }
 

@@ -23,6 +23,15 @@ impl Side {
         }
     }
 
+    /// The name logs, metrics and snapshots use: `client`, or `node` for
+    /// the server end (what operators call it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Server => "node",
+        }
+    }
+
     /// Whether this is the client end.
     #[inline]
     pub fn is_client(self) -> bool {

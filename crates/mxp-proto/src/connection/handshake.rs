@@ -364,7 +364,8 @@ impl Connection {
     /// The client's handshake retransmission timer fired.
     pub(super) fn on_handshake_timeout(&mut self) {
         if let Handshake::Client(hs) = &mut self.handshake {
-            debug!(target: HANDSHAKE, conn = %self.local_cid, "retransmitting Initial");
+            let span = &self.span;
+            debug!(target: HANDSHAKE, parent: span, "retransmitting Initial");
             hs.need_send = true;
         }
     }
@@ -407,7 +408,7 @@ impl Connection {
                     Ok(done) => done,
                     Err(e) => {
                         // Corrupted or forged: keep waiting for the real one.
-                        debug!(target: HANDSHAKE, conn = %self.local_cid, error = %e, "bad handshake answer");
+                        debug!(target: HANDSHAKE, parent: &self.span, error = %e, "bad handshake answer");
                         self.stats.decrypt_failures += 1;
                         self.restart_handshake(now);
                         return;
@@ -435,14 +436,14 @@ impl Connection {
                         self.on_established(now);
                     }
                     Some(ServerHello::ClientNotAllowed) => {
-                        info!(target: HANDSHAKE, conn = %self.local_cid, peer = %self.path.remote, "server refused our client key");
+                        info!(target: HANDSHAKE, parent: &self.span, "server refused our client key");
                         self.lost(ConnectionError::ClientNotAllowed);
                         self.set_drained();
                     }
                     Some(ServerHello::ClockSkew { server_time_ns }) => {
                         let local_ahead_ms =
                             ((local_clock_ns as i128 - server_time_ns as i128) / 1_000_000) as i64;
-                        info!(target: HANDSHAKE, conn = %self.local_cid, peer = %self.path.remote, local_ahead_ms, "server refused our handshake timestamp");
+                        info!(target: HANDSHAKE, parent: &self.span, local_ahead_ms, "server refused our handshake timestamp");
                         self.lost(ConnectionError::ClockSkew { local_ahead_ms });
                         self.set_drained();
                     }
@@ -462,7 +463,8 @@ impl Connection {
                     self.stats.dropped_packets += 1;
                     return;
                 }
-                debug!(target: HANDSHAKE, conn = %self.local_cid, "server asked for address validation");
+                let span = &self.span;
+                debug!(target: HANDSHAKE, parent: span, "server asked for address validation");
                 *retried = true;
                 packet.clear();
                 packet::write_initial(*initial_dcid, self.local_cid, token, noise, packet);
@@ -475,7 +477,7 @@ impl Connection {
                     return;
                 }
                 if let RejectReason::CarrierRefused { quic_port } = reason {
-                    info!(target: HANDSHAKE, conn = %self.local_cid, peer = %self.path.remote, quic_port, "node does not accept MXP now");
+                    info!(target: HANDSHAKE, parent: &self.span, quic_port, "node does not accept MXP now");
                     let quic_port = (quic_port != 0).then_some(quic_port);
                     self.lost(ConnectionError::CarrierRefused { quic_port });
                     self.set_drained();
@@ -493,12 +495,12 @@ impl Connection {
                 }
                 match reason {
                     RejectReason::VersionMismatch => {
-                        info!(target: HANDSHAKE, conn = %self.local_cid, peer = %self.path.remote, "server does not speak our version");
+                        info!(target: HANDSHAKE, parent: &self.span, "server does not speak our version");
                         self.lost(ConnectionError::VersionMismatch);
                         self.set_drained();
                     }
                     RejectReason::ServerKeyMismatch => {
-                        info!(target: HANDSHAKE, conn = %self.local_cid, peer = %self.path.remote, "server could not decrypt our handshake: wrong server key");
+                        info!(target: HANDSHAKE, parent: &self.span, "server could not decrypt our handshake: wrong server key");
                         self.lost(ConnectionError::ServerKeyMismatch);
                         self.set_drained();
                     }
@@ -551,7 +553,7 @@ impl Connection {
                 self.remote_cid = dcid;
             }
             Err(e) => {
-                debug!(target: HANDSHAKE, conn = %self.local_cid, error = %e, "cannot restart handshake");
+                debug!(target: HANDSHAKE, parent: &self.span, error = %e, "cannot restart handshake");
             }
         }
     }

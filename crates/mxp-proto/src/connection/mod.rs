@@ -190,6 +190,9 @@ pub struct Connection {
     events: VecDeque<Event>,
     error: Option<ConnectionError>,
     stats: ConnectionStats,
+    /// The parent of every event this connection logs: its id, peer,
+    /// carrier and side appear on each line without being repeated.
+    span: tracing::Span,
 }
 
 impl Connection {
@@ -202,6 +205,13 @@ impl Connection {
         handshake: Handshake,
         now: Instant,
     ) -> Self {
+        let span = tracing::info_span!(
+            "conn",
+            conn = %local_cid,
+            peer = %path.remote,
+            carrier = "mxp",
+            side = side.as_str()
+        );
         let local = TransportParams::from_config(&config);
         // Until the peer's limits are known, assume none: the client learns
         // them from the server's answer before it can send anything.
@@ -248,10 +258,17 @@ impl Connection {
             events: VecDeque::new(),
             error: None,
             stats: ConnectionStats::default(),
+            span,
         };
         conn.set_timer(Timer::Handshake, Some(now + conn.config.handshake_timeout));
         conn.reset_idle_timer(now);
         conn
+    }
+
+    /// The tracing span of this connection (fields `conn`, `peer`,
+    /// `carrier`, `side`), the parent of everything it logs.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     /// Which end this is.
@@ -478,7 +495,7 @@ impl Connection {
 
     /// Closes because the peer broke the protocol.
     fn close_with_error(&mut self, now: Instant, err: TransportError) {
-        debug!(conn = %self.local_cid, error = %err, "closing on protocol error");
+        debug!(parent: &self.span, error = %err, "closing on protocol error");
         self.stats.protocol_errors += 1;
         let frame = Close {
             kind: CloseKind::Transport {
@@ -494,7 +511,7 @@ impl Connection {
         if self.is_closed() {
             return;
         }
-        info!(conn = %self.local_cid, peer = %self.path.remote, reason = %reason, "connection closing");
+        info!(parent: &self.span, reason = %reason, "connection closing");
         let had_keys = self.keys.is_some();
         self.lost(reason);
         if !had_keys {
@@ -525,7 +542,7 @@ impl Connection {
         if let Some(interval) = self.config.keep_alive_interval {
             self.set_timer(Timer::KeepAlive, Some(now + interval));
         }
-        info!(conn = %self.local_cid, peer = %self.path.remote, side = ?self.side, "connected");
+        info!(parent: &self.span, "connected");
         self.events.push_back(Event::Connected);
     }
 
@@ -543,7 +560,7 @@ impl Connection {
     /// The server proved it no longer has this connection (it restarted):
     /// end at once, sending nothing.
     pub(crate) fn stateless_reset(&mut self) {
-        info!(conn = %self.local_cid, peer = %self.path.remote, "connection reset by the peer (it lost its state)");
+        info!(parent: &self.span, "connection reset by the peer (it lost its state)");
         self.lost(ConnectionError::Reset);
         self.set_drained();
     }
@@ -564,7 +581,7 @@ impl Connection {
         if matches!(self.state, State::Draining | State::Drained) {
             return;
         }
-        info!(conn = %self.local_cid, peer = %self.path.remote, reason = %reason, "peer closed the connection");
+        info!(parent: &self.span, reason = %reason, "peer closed the connection");
         self.lost(reason);
         self.state = State::Draining;
         let until = now + 3 * self.recovery.pto(&self.config, self.peer_max_ack_delay());
@@ -641,13 +658,13 @@ impl Connection {
                 Timer::Close => self.set_drained(),
                 Timer::Handshake => {
                     if self.state == State::Handshake {
-                        info!(target: HANDSHAKE, conn = %self.local_cid, peer = %self.path.remote, "handshake timed out");
+                        info!(target: HANDSHAKE, parent: &self.span, "handshake timed out");
                         self.lost(ConnectionError::HandshakeTimedOut);
                         self.set_drained();
                     }
                 }
                 Timer::Idle => {
-                    info!(conn = %self.local_cid, peer = %self.path.remote, "idle timeout");
+                    info!(parent: &self.span, "idle timeout");
                     self.lost(ConnectionError::TimedOut);
                     self.set_drained();
                 }

@@ -38,7 +38,7 @@ impl Connection {
             }
         }
         if let Err(e) = self.handle_short(now, remote, &mut datagram) {
-            trace!(conn = %self.local_cid, error = %e, "packet dropped");
+            trace!(parent: &self.span, error = %e, "packet dropped");
             match e {
                 PacketError::Decrypt => self.stats.decrypt_failures += 1,
                 _ => self.stats.malformed_packets += 1,
@@ -84,7 +84,8 @@ impl Connection {
             packet::open_payload(buf, &opened, key)
         })?;
         if how == Opened::Rotated {
-            debug!(conn = %self.local_cid, generation = keys.generation(), "peer rotated keys");
+            let span = &self.span;
+            debug!(parent: span, generation = keys.generation(), "peer rotated keys");
         }
         self.replay.mark(opened.pn);
         self.stats.packets_received += 1;
@@ -173,7 +174,7 @@ impl Connection {
     /// a real move): follow it, but treat the new address as unproven until
     /// it answers a PATH_CHALLENGE.
     fn migrate(&mut self, remote: SocketAddr, len: usize) {
-        debug!(conn = %self.local_cid, from = %self.path.remote, to = %remote, "peer address changed");
+        debug!(parent: &self.span, from = %self.path.remote, to = %remote, "peer address changed");
         self.stats.migrations += 1;
         self.path = super::Path::new(remote, false);
         self.path.received = len as u64;
@@ -197,7 +198,7 @@ impl Connection {
             Frame::GoAway => {
                 if !self.peer_going_away {
                     self.peer_going_away = true;
-                    info!(conn = %self.local_cid, peer = %self.path.remote, "peer is draining this connection");
+                    info!(parent: &self.span, "peer is draining this connection");
                     self.events.push_back(Event::GoAway);
                 }
             }
@@ -218,7 +219,7 @@ impl Connection {
                 if self.path.challenge == Some(data) {
                     self.path.challenge = None;
                     self.path.validated = true;
-                    debug!(conn = %self.local_cid, peer = %self.path.remote, "new path validated");
+                    debug!(parent: &self.span, "new path validated");
                 }
             }
             Frame::Close(close) => {
@@ -278,6 +279,10 @@ impl Connection {
     }
 
     pub(super) fn on_packets_lost(&mut self, lost: &mut Vec<super::recovery::SentPacket>) {
+        if lost.is_empty() {
+            return;
+        }
+        let (packets, frames) = (lost.len(), self.stats.retransmitted_frames);
         for p in lost.drain(..) {
             if p.go_away {
                 self.pending.go_away = true;
@@ -288,6 +293,8 @@ impl Connection {
             self.requeue(&p.records);
             self.recovery.recycle(p.records);
         }
+        let frames = self.stats.retransmitted_frames - frames;
+        debug!(parent: &self.span, packets, frames, "packets lost: their frames are queued again");
     }
 
     /// Queues the frames of a lost (or probed) packet to be sent again.
@@ -325,6 +332,7 @@ impl Connection {
         self.lost = lost;
         if let Some(records) = probe {
             self.stats.probes += 1;
+            debug!(parent: &self.span, pto_count = self.recovery.pto_count, "probe timeout: sending a probe");
             self.requeue(&records);
             // An unanswered path challenge may be what was lost.
             self.pending.path_challenge |= self.path.challenge.is_some();

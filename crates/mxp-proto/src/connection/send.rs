@@ -128,7 +128,8 @@ impl Connection {
         let grace = 3 * self.recovery.pto(&self.config, self.peer_max_ack_delay());
         let keys = self.keys.as_mut()?;
         if keys.maybe_rotate(now, &self.config.key_rotation, grace) {
-            debug!(conn = %self.local_cid, generation = keys.generation(), "rotated keys");
+            let span = &self.span;
+            debug!(parent: span, generation = keys.generation(), "rotated keys");
         }
         let phase = keys.phase();
 
