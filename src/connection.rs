@@ -91,7 +91,7 @@ impl Link {
             Link::Mxp(c) => {
                 let id = c.open(Dir::Bi, band).await?;
                 Ok((
-                    SendStream::mxp(MxpSend::new(c.clone(), id)),
+                    SendStream::mxp(MxpSend::new(c.clone(), id), band),
                     RecvStream::mxp(MxpRecv::new(c.clone(), id)),
                 ))
             }
@@ -103,7 +103,7 @@ impl Link {
         match self {
             Link::Mxp(c) => {
                 let id = c.open(Dir::Uni, band).await?;
-                Ok(SendStream::mxp(MxpSend::new(c.clone(), id)))
+                Ok(SendStream::mxp(MxpSend::new(c.clone(), id), band))
             }
             Link::Quic(c) => c.open_uni(band).await,
         }
@@ -114,7 +114,7 @@ impl Link {
             Link::Mxp(c) => {
                 let id = c.accept(Dir::Bi).await?;
                 Ok((
-                    SendStream::mxp(MxpSend::new(c.clone(), id)),
+                    SendStream::mxp(MxpSend::new(c.clone(), id), Band::default()),
                     RecvStream::mxp(MxpRecv::new(c.clone(), id)),
                 ))
             }

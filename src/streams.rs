@@ -89,6 +89,8 @@ enum Send {
 #[derive(Debug)]
 pub struct SendStream {
     inner: Send,
+    /// The band its data is sent in now.
+    band: Band,
     done: bool,
     /// Reused encoding buffer for [`write_message`](Self::write_message).
     scratch: Vec<u8>,
@@ -97,17 +99,25 @@ pub struct SendStream {
 }
 
 impl SendStream {
-    pub(crate) fn mxp(s: MxpSend) -> SendStream {
-        Self::new(Send::Mxp(s), None)
+    /// An MXP stream the core already sends in `band`.
+    pub(crate) fn mxp(s: MxpSend, band: Band) -> SendStream {
+        Self::new(Send::Mxp(s), None, band)
     }
 
-    pub(crate) fn quic(s: quinn::SendStream, open: Arc<quic::OpenStream>) -> SendStream {
-        Self::new(Send::Quic(s), Some(open))
+    /// A QUIC stream, put in `band` here.
+    pub(crate) fn quic(
+        s: quinn::SendStream,
+        open: Arc<quic::OpenStream>,
+        band: Band,
+    ) -> SendStream {
+        let _ = s.set_priority(quic::priority(band));
+        Self::new(Send::Quic(s), Some(open), band)
     }
 
-    fn new(inner: Send, open: Option<Arc<quic::OpenStream>>) -> SendStream {
+    fn new(inner: Send, open: Option<Arc<quic::OpenStream>>, band: Band) -> SendStream {
         SendStream {
             inner,
+            band,
             done: false,
             scratch: Vec::new(),
             _open: open,
@@ -148,8 +158,13 @@ impl SendStream {
         Ok(())
     }
 
-    /// Encodes and writes one MXP message.
+    /// Encodes and writes one MXP message, in its type's band: a node's
+    /// `Response` on a stream the client opened leaves as Critical, an
+    /// `Event` as Background, whatever band the stream had before.
     pub async fn write_message(&mut self, message: &Message) -> Result<(), WriteError> {
+        if message.band() != self.band {
+            self.set_band(message.band());
+        }
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         let result = match message.encode(&mut scratch) {
@@ -203,6 +218,7 @@ impl SendStream {
 
     /// Moves the stream's outgoing data to another priority band.
     pub fn set_band(&mut self, band: Band) {
+        self.band = band;
         match &mut self.inner {
             Send::Mxp(s) => s.set_band(band),
             Send::Quic(s) => {

@@ -220,19 +220,21 @@ impl QuicConn {
         band: Band,
     ) -> Result<(MxpSendStream, RecvStream), ConnectionError> {
         let (send, recv) = self.conn.open_bi().await.map_err(connection_error)?;
-        let _ = send.set_priority(priority(band));
-        Ok(self.bi(send, recv))
+        Ok(self.bi(send, recv, band))
     }
 
     pub async fn open_uni(&self, band: Band) -> Result<MxpSendStream, ConnectionError> {
         let send = self.conn.open_uni().await.map_err(connection_error)?;
-        let _ = send.set_priority(priority(band));
-        Ok(MxpSendStream::quic(send, OpenStream::new(&self.streams)))
+        Ok(MxpSendStream::quic(
+            send,
+            OpenStream::new(&self.streams),
+            band,
+        ))
     }
 
     pub async fn accept_bi(&self) -> Result<(MxpSendStream, RecvStream), ConnectionError> {
         let (send, recv) = self.conn.accept_bi().await.map_err(connection_error)?;
-        Ok(self.bi(send, recv))
+        Ok(self.bi(send, recv, Band::default()))
     }
 
     pub async fn accept_uni(&self) -> Result<RecvStream, ConnectionError> {
@@ -240,10 +242,15 @@ impl QuicConn {
         Ok(RecvStream::quic(recv, OpenStream::new(&self.streams)))
     }
 
-    fn bi(&self, send: quinn::SendStream, recv: quinn::RecvStream) -> (MxpSendStream, RecvStream) {
+    fn bi(
+        &self,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        band: Band,
+    ) -> (MxpSendStream, RecvStream) {
         let open = OpenStream::new(&self.streams);
         (
-            MxpSendStream::quic(send, open.clone()),
+            MxpSendStream::quic(send, open.clone(), band),
             RecvStream::quic(recv, open),
         )
     }

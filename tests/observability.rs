@@ -1,0 +1,235 @@
+//! The metrics end to end: a node serves real agent traffic that crosses
+//! the impairment relay at a known loss rate, and its `/metrics` (scraped
+//! over HTTP, as Prometheus does) must move as that traffic demands —
+//! connections, streams, scheduler bands, flow control, latency, and loss
+//! counters near the rate the relay actually dropped.
+//!
+//! Every wait is bounded by [`PATIENCE`], a guard against hangs; no test
+//! measures speed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mxp::admin::{self, AdminServer};
+use mxp::echo::{self, EchoStats};
+use mxp::proto::message::{Message, MessageType};
+use mxp::proto::{Band, EndpointConfig, Keypair};
+use mxp::relay::{Relay, RelayConfig};
+use mxp::{Connection, Endpoint};
+use tokio::time::timeout;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+/// What the relay drops, each way.
+const LOSS: f64 = 0.03;
+const CALLERS: u64 = 4;
+const CALLS_EACH: u64 = 250;
+const BULK: usize = 2 << 20;
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// One scrape: every sample, keyed by its series as printed
+/// (`name{label="value",...}`).
+struct Scrape(HashMap<String, f64>);
+
+impl Scrape {
+    async fn of(admin: &AdminServer) -> Scrape {
+        let (status, text) = timeout(
+            PATIENCE,
+            admin::request(admin.local_addr(), "GET", "/metrics", None, None),
+        )
+        .await
+        .expect("scraped within the hang guard")
+        .expect("the admin endpoint answers");
+        assert_eq!(status, 200, "{text}");
+        let samples = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').expect("series value");
+                (series.to_owned(), value.parse().expect("a number"))
+            })
+            .collect();
+        Scrape(samples)
+    }
+
+    fn get(&self, series: &str) -> f64 {
+        *self
+            .0
+            .get(series)
+            .unwrap_or_else(|| panic!("{series} not served"))
+    }
+}
+
+/// A series of the MXP carrier, or of one band.
+fn mxp(name: &str) -> String {
+    format!("{name}{{carrier=\"mxp\"}}")
+}
+
+fn band(name: &str, band: &str) -> String {
+    format!("{name}{{band=\"{band}\"}}")
+}
+
+async fn calls(conn: Connection, caller: u64) {
+    for i in 0..CALLS_EACH {
+        let id = caller * CALLS_EACH + i;
+        let call = Message::new(MessageType::Call, vec![b'c'; 64]).with_message_id(id);
+        let answer = timeout(PATIENCE, conn.call(&call))
+            .await
+            .expect("answer within the hang guard")
+            .expect("answered despite the loss");
+        assert_eq!(answer.message_id, id);
+    }
+}
+
+/// A megabyte-scale raw stream, echoed back whole.
+async fn bulk(conn: Connection) {
+    let (mut send, mut recv) = conn.open_bi(Band::Streaming).await.unwrap();
+    let data = vec![0x5a; BULK];
+    let writer = async move {
+        send.write_all(&data).await.unwrap();
+        send.finish().unwrap();
+    };
+    let reader = async move {
+        let mut got = 0;
+        while let Some(chunk) = recv.read_chunk(usize::MAX).await.unwrap() {
+            got += chunk.len();
+        }
+        got
+    };
+    let ((), got) = timeout(PATIENCE, async { tokio::join!(writer, reader) })
+        .await
+        .expect("bulk echo within the hang guard");
+    assert_eq!(got, BULK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_real_traffic_through_a_lossy_relay() {
+    let node = Endpoint::bind(any_port(), EndpointConfig::server(Keypair::generate())).unwrap();
+    let served = Arc::new(EchoStats::default());
+    tokio::spawn(echo::serve(node.clone(), served.clone()));
+    let admin = admin::serve(any_port(), node.clone(), None).await.unwrap();
+    let relay = Relay::bind(RelayConfig {
+        loss: LOSS,
+        seed: 7,
+        ..RelayConfig::new(any_port(), node.local_addr())
+    })
+    .await
+    .unwrap();
+    let before = Scrape::of(&admin).await;
+    assert_eq!(before.get(&mxp("mxp_connections_active")), 0.0);
+
+    let client = Endpoint::bind(any_port(), EndpointConfig::client(Keypair::generate())).unwrap();
+    let conn = timeout(
+        PATIENCE,
+        client.connect_to(relay.local_addr(), node.public_key()),
+    )
+    .await
+    .expect("connect within the hang guard")
+    .expect("connected through the relay");
+
+    // A token stream held open across the mid-traffic scrape.
+    let mut tokens = conn.open_uni(Band::Streaming).await.unwrap();
+    for i in 0..200u32 {
+        let chunk = Message::new(MessageType::StreamChunk, format!("token {i}"));
+        tokens.write_message(&chunk).await.unwrap();
+    }
+    for i in 0..100u32 {
+        let event = Message::new(MessageType::Event, format!("event {i}"));
+        conn.send_message(&event).await.unwrap();
+    }
+    for i in 0..200u32 {
+        let _ = conn.send_datagram(Bytes::from(i.to_le_bytes().to_vec()), Band::Background);
+    }
+    let mut work: Vec<_> = (0..CALLERS)
+        .map(|c| tokio::spawn(calls(conn.clone(), c)))
+        .collect();
+    work.push(tokio::spawn(bulk(conn.clone())));
+    for w in work {
+        w.await.unwrap();
+    }
+
+    let during = Scrape::of(&admin).await;
+    assert_eq!(during.get(&mxp("mxp_connections_active")), 1.0);
+    assert!(
+        during.get(&mxp("mxp_streams_active")) >= 1.0,
+        "the token stream is open"
+    );
+    tokens.finish().unwrap();
+    drop(tokens);
+
+    // Let the last acknowledgements cross, then compare.
+    conn.close(0, b"done");
+    timeout(PATIENCE, node.wait_idle())
+        .await
+        .expect("closed within the hang guard");
+    let after = Scrape::of(&admin).await;
+    let relayed = relay.close().await;
+    let moved = |series: &str| after.get(series) - before.get(series);
+
+    // Connections and handshakes.
+    assert_eq!(after.get(&mxp("mxp_connections_active")), 0.0);
+    assert_eq!(moved(&mxp("mxp_connections_total")), 1.0);
+    assert_eq!(
+        moved(r#"mxp_handshakes_total{carrier="mxp",result="accepted"}"#),
+        1.0
+    );
+    assert_eq!(after.get(&mxp("mxp_streams_active")), 0.0);
+
+    // Calls: every one served is timed at the node.
+    let total_calls = (CALLERS * CALLS_EACH) as f64;
+    let served_calls = r#"mxp_call_duration_seconds_count{carrier="mxp",side="node"}"#;
+    assert_eq!(moved(served_calls), total_calls);
+    assert!(moved("mxp_rtt_seconds_count") > 0.0);
+
+    // The scheduler sent responses (Critical) and the bulk echo
+    // (Streaming); flow control carried megabytes and moved its windows.
+    for b in ["critical", "streaming"] {
+        assert!(moved(&band("mxp_scheduler_enqueued_total", b)) > 0.0, "{b}");
+        assert!(
+            moved(&band("mxp_scheduler_dequeued_frames_total", b)) > 0.0,
+            "{b}"
+        );
+    }
+    assert!(moved(&band("mxp_scheduler_dequeued_bytes_total", "streaming")) >= BULK as f64);
+    let recv_credit = r#"mxp_flow_credit_consumed_bytes_total{direction="recv"}"#;
+    assert!(moved(recv_credit) >= BULK as f64);
+    assert!(moved("mxp_flow_window_updates_total") > 0.0);
+    assert!(moved(r#"mxp_datagrams_total{event="received"}"#) > 0.0);
+
+    // Loss: the node declares lost about what the relay dropped of its
+    // packets. It cannot declare more than were dropped (no reordering
+    // here, so no spurious losses); it declares fewer, since a dropped
+    // ACK-only packet is never retransmitted or counted.
+    let sent = moved(&mxp("mxp_packets_sent_total"));
+    let lost = moved(&mxp("mxp_packets_lost_total"));
+    let dropped = relayed.downstream.lost as f64;
+    assert!(sent > 1000.0, "enough packets to estimate a rate: {sent}");
+    let rate = lost / sent;
+    println!(
+        "node sent {sent} packets, declared {lost} lost ({:.2}%); the relay dropped {dropped} \
+         of {} ({:.2}%), injected {:.1}%",
+        rate * 100.0,
+        relayed.downstream.received,
+        dropped / relayed.downstream.received as f64 * 100.0,
+        LOSS * 100.0
+    );
+    assert!(lost <= dropped, "{lost} declared lost, {dropped} dropped");
+    assert!(
+        rate > LOSS / 3.0 && rate < LOSS * 2.0,
+        "loss rate {rate} far from the injected {LOSS}"
+    );
+    assert!(moved("mxp_frames_retransmitted_total") > 0.0);
+    assert_eq!(
+        moved(r#"mxp_connection_errors_total{carrier="mxp",kind="timed_out"}"#),
+        0.0
+    );
+    assert_eq!(
+        served.calls.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        total_calls
+    );
+}
