@@ -413,3 +413,30 @@ async fn the_counters_the_violation_alert_watches_are_exposed_at_zero_from_the_s
         "mxp_amplification_blocked_total: {sample:?}\n--- /metrics ---\n{text}"
     );
 }
+
+/// The catalogue is the truth about `/metrics`: every metric it lists is
+/// served, and nothing is served that it does not list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalogue_lists_exactly_what_a_live_node_serves() {
+    let text = live_metrics().await;
+    let served: BTreeSet<String> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .map(|declared| {
+            let mut parts = declared.split_whitespace();
+            let (name, kind) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_owned()
+            }
+        })
+        .collect();
+    let catalogue = catalogue();
+    let uncatalogued: Vec<_> = served.difference(&catalogue).collect();
+    let unserved: Vec<_> = catalogue.difference(&served).collect();
+    assert!(
+        uncatalogued.is_empty() && unserved.is_empty(),
+        "served but not in {CATALOGUE}: {uncatalogued:?}; in {CATALOGUE} but not served: {unserved:?}"
+    );
+}
