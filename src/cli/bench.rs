@@ -4,14 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use mxp::proto::Band;
-use mxp::proto::message::{Message, MessageType};
 use serde_json::{Value, json};
 
-use super::client::{Client, ClientArgs, connect_failure};
-use super::measure::Latencies;
+use mxp::bench;
+
+use super::client::{Client, ClientArgs};
 use super::{CliError, parse_duration};
 
 /// What to measure.
@@ -126,8 +125,8 @@ fn print_table(report: &Value) {
     }
 }
 
-fn failed(what: &str, e: impl std::fmt::Display) -> CliError {
-    CliError::Failed(format!("{what}: {e}"))
+fn failed(e: mxp::bench::BenchError) -> CliError {
+    CliError::Failed(e.to_string())
 }
 
 /// One call at a time for the duration.
@@ -137,24 +136,15 @@ async fn rr(
     size: usize,
     figures: &mut BTreeMap<&'static str, Value>,
 ) -> Result<(), CliError> {
-    let payload = Bytes::from(vec![0x42; size]);
-    let mut lat = Latencies::default();
     let start = Instant::now();
-    let mut id = 0;
-    while start.elapsed() < args.duration {
-        let request = Message::new(MessageType::Call, payload.clone()).with_message_id(id);
-        let t = Instant::now();
-        tokio::time::timeout(args.client.timeout, client.conn.call(&request))
-            .await
-            .map_err(|_| failed("call", "no response"))?
-            .map_err(|e| failed("call", e))?;
-        lat.push(t.elapsed());
-        id += 1;
-    }
+    let mut lat = bench::call_latencies(&client.conn, size, args.duration, args.client.timeout)
+        .await
+        .map_err(failed)?;
     let elapsed = start.elapsed();
+    let calls = lat.len();
     let s = lat.summary();
-    figures.insert("calls", json!(id));
-    figures.insert("calls_per_sec", json!(id as f64 / elapsed.as_secs_f64()));
+    figures.insert("calls", json!(calls));
+    figures.insert("calls_per_sec", json!(calls as f64 / elapsed.as_secs_f64()));
     figures.insert("p50_us", json!(s.p50));
     figures.insert("p95_us", json!(s.p95));
     figures.insert("p99_us", json!(s.p99));
@@ -162,8 +152,8 @@ async fn rr(
     Ok(())
 }
 
-/// Writes `size`-byte chunks on one stream for the duration, then waits
-/// until the node has acknowledged all of it.
+/// Small messages (Streaming band) or bulk writes (Background) on one
+/// stream.
 async fn stream(
     client: &Client,
     args: &BenchArgs,
@@ -175,30 +165,12 @@ async fn stream(
     } else {
         Band::Streaming
     };
-    let mut send = client
-        .conn
-        .open_uni(band)
+    let t = bench::stream_throughput(&client.conn, size, band, args.duration)
         .await
-        .map_err(|e| failed("open stream", e))?;
-    let chunk = vec![0x17; size];
-    let start = Instant::now();
-    let mut writes = 0u64;
-    while start.elapsed() < args.duration {
-        // Check the clock every 1,000 writes: reading it costs more than a
-        // small write.
-        for _ in 0..1000 {
-            send.write_all(&chunk)
-                .await
-                .map_err(|e| failed("write", e))?;
-            writes += 1;
-        }
-    }
-    send.finished().await.map_err(|e| failed("finish", e))?;
-    let elapsed = start.elapsed().as_secs_f64();
-    let bytes = writes * size as u64;
-    figures.insert("messages", json!(writes));
-    figures.insert("msgs_per_sec", json!(writes as f64 / elapsed));
-    figures.insert("mb_per_sec", json!(bytes as f64 / elapsed / 1e6));
+        .map_err(failed)?;
+    figures.insert("messages", json!(t.count));
+    figures.insert("msgs_per_sec", json!(t.per_sec()));
+    figures.insert("mb_per_sec", json!(t.mb_per_sec()));
     Ok(())
 }
 
@@ -209,50 +181,21 @@ async fn datagrams(
     size: usize,
     figures: &mut BTreeMap<&'static str, Value>,
 ) -> Result<(), CliError> {
-    let conn = client.conn.clone();
-    let reader = tokio::spawn(async move {
-        let mut n = 0u64;
-        while conn.read_datagram().await.is_ok() {
-            n += 1;
-        }
-        n
-    });
-    let max = client.conn.max_datagram_size();
-    if size > max {
+    if size > client.conn.max_datagram_size() {
         return Err(CliError::Usage(format!(
-            "--size {size}: the node accepts datagrams of at most {max} bytes"
+            "--size {size}: the node accepts datagrams of at most {} bytes",
+            client.conn.max_datagram_size()
         )));
     }
-    let payload = Bytes::from(vec![0x33; size]);
-    let start = Instant::now();
-    let mut sent = 0u64;
-    while start.elapsed() < args.duration {
-        for _ in 0..64 {
-            if client
-                .conn
-                .send_datagram(payload.clone(), Band::Background)
-                .is_ok()
-            {
-                sent += 1;
-            }
-        }
-        // Let the driver put them on the wire.
-        tokio::task::yield_now().await;
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    // Echoes still in flight get a moment to arrive.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let stats = client.conn.stats();
-    client.conn.close(0, b"done");
-    let echoed = reader.await.unwrap_or(0);
-    figures.insert("datagrams_sent", json!(stats.datagrams.sent));
-    figures.insert("datagrams_queued", json!(sent));
-    figures.insert("datagrams_echoed", json!(echoed));
-    figures.insert(
-        "datagrams_per_sec",
-        json!(stats.datagrams.sent as f64 / elapsed),
-    );
-    figures.insert("echoes_per_sec", json!(echoed as f64 / elapsed));
+    let run = bench::datagram_rate(&client.conn, size, args.duration)
+        .await
+        .map_err(failed)?;
+    let secs = run.elapsed.as_secs_f64();
+    figures.insert("datagrams_sent", json!(run.sent));
+    figures.insert("datagrams_queued", json!(run.queued));
+    figures.insert("datagrams_echoed", json!(run.echoed));
+    figures.insert("datagrams_per_sec", json!(run.sent as f64 / secs));
+    figures.insert("echoes_per_sec", json!(run.echoed as f64 / secs));
     Ok(())
 }
 
@@ -266,17 +209,13 @@ async fn handshakes(
     let (endpoint, key) = (first.endpoint.clone(), first.server_key);
     let carrier = first.conn.carrier();
     first.conn.close(0, b"");
-    let mut lat = Latencies::default();
     let start = Instant::now();
-    while start.elapsed() < args.duration {
-        let t = Instant::now();
-        let conn = endpoint
-            .connect(&args.client.url, key)
-            .await
-            .map_err(|e| connect_failure(&args.client.url, args.client.timeout, e))?;
-        lat.push(t.elapsed());
-        conn.close(0, b"");
-    }
+    let mut lat = bench::handshake_latencies(&endpoint, &args.client.url, key, args.duration)
+        .await
+        .map_err(|e| match e.what {
+            "connect" => CliError::Failed(format!("{}: {}", args.client.url, e.why)),
+            _ => failed(e),
+        })?;
     let elapsed = start.elapsed().as_secs_f64();
     let n = lat.len();
     let s = lat.summary();

@@ -15,8 +15,8 @@ use mxp::proto::{Band, EndpointConfig, Keypair};
 use mxp::relay::{Relay, RelayConfig};
 use mxp::{Connection, Endpoint};
 
-use super::measure::Latencies;
 use super::{CliError, parse_duration, parse_fraction};
+use mxp::bench::Latencies;
 
 /// What the demo exchanges, and how impaired the path is.
 #[derive(Debug, Clone, Args)]

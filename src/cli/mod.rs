@@ -9,7 +9,6 @@ pub mod config;
 pub mod demo;
 pub mod keygen;
 pub mod logging;
-pub mod measure;
 pub mod ping;
 pub mod relay;
 pub mod serve;

@@ -7,8 +7,8 @@ use mxp::proto::message::{Message, MessageType};
 use serde::Serialize;
 
 use super::client::ClientArgs;
-use super::measure::{Latencies, Summary};
 use super::{CliError, parse_duration};
+use mxp::bench::{Latencies, Summary};
 
 /// `mxp ping` flags.
 #[derive(Debug, Args)]

@@ -303,7 +303,7 @@ pub(crate) fn collect(endpoint: &Endpoint) -> Vec<Family> {
     f.family(
         Counter,
         "mxp_replay_rejections",
-        "Replays refused: handshake initiations (an attack) and data packets (networks duplicate packets too)",
+        "Replays refused: handshake initiations (replayed: an attack; stale: an attack or a client clock off) and data packets (networks duplicate packets too)",
     )
     .with(
         &[("kind", "initiation_replayed")],

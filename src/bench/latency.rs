@@ -1,4 +1,4 @@
-//! Latency samples and their summary, for `ping` and `bench`.
+//! Latency samples and their nearest-rank summary.
 
 use std::time::Duration;
 
@@ -7,11 +7,17 @@ use serde::Serialize;
 /// Percentiles of a set of latencies, in microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Summary {
+    /// Smallest sample.
     pub min: f64,
+    /// Median.
     pub p50: f64,
+    /// 95th percentile.
     pub p95: f64,
+    /// 99th percentile.
     pub p99: f64,
+    /// Largest sample.
     pub max: f64,
+    /// Arithmetic mean.
     pub mean: f64,
 }
 
@@ -24,12 +30,19 @@ fn us(d: Duration) -> f64 {
 }
 
 impl Latencies {
+    /// Adds a sample.
     pub fn push(&mut self, d: Duration) {
         self.0.push(d);
     }
 
+    /// Number of samples.
     pub fn len(&self) -> usize {
         self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// Nearest-rank percentiles.
