@@ -320,6 +320,11 @@ impl QuicConn {
             min_rtt: s.path.min_rtt,
             congestion_window: s.path.cwnd,
             open_streams: self.streams.load(Ordering::Relaxed),
+            datagrams: mxp_proto::DatagramStats {
+                sent: s.frame_tx.datagram,
+                received: s.frame_rx.datagram,
+                ..Default::default()
+            },
             ..ConnectionStats::default()
         }
     }
