@@ -162,6 +162,17 @@ pub(crate) fn now() -> Duration {
         .unwrap_or_default()
 }
 
+/// This end's address in one datagram: the socket's `local` address, with
+/// the datagram's own IP (as the kernel reported or was told it) where
+/// `local` is a wildcard.
+pub(crate) fn local_address(local: SocketAddr, ip: Option<IpAddr>) -> SocketAddr {
+    let mut to = local;
+    if let Some(ip) = ip.filter(|_| local.ip().is_unspecified()) {
+        to.set_ip(ip);
+    }
+    to
+}
+
 /// Why a capture could not be started.
 #[derive(Debug, Error)]
 pub enum CaptureError {

@@ -124,10 +124,7 @@ impl RecvBuffers {
             let stride = meta.stride.max(1);
             for datagram in buf[..meta.len].chunks(stride) {
                 if let Some((batch, local)) = tap.as_mut() {
-                    let mut to = *local;
-                    if let Some(ip) = meta.dst_ip.filter(|_| to.ip().is_unspecified()) {
-                        to.set_ip(ip);
-                    }
+                    let to = capture::local_address(*local, meta.dst_ip);
                     batch.push(time, Direction::Received, meta.addr, to, datagram);
                 }
                 if self.arena.capacity() < datagram.len() {

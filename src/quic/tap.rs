@@ -26,18 +26,6 @@ struct Tapped {
     local: SocketAddr,
 }
 
-impl Tapped {
-    /// The local address of a datagram, with the real IP where the socket
-    /// is bound to a wildcard and the kernel said which.
-    fn local_with(&self, ip: Option<std::net::IpAddr>) -> SocketAddr {
-        let mut local = self.local;
-        if let Some(ip) = ip.filter(|_| local.ip().is_unspecified()) {
-            local.set_ip(ip);
-        }
-        local
-    }
-}
-
 impl AsyncUdpSocket for Tapped {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
         self.inner.clone().create_io_poller()
@@ -48,7 +36,7 @@ impl AsyncUdpSocket for Tapped {
         if self.capture.is_recording() {
             let mut batch = CaptureBatch::default();
             let time = capture::now();
-            let from = self.local_with(transmit.src_ip);
+            let from = capture::local_address(self.local, transmit.src_ip);
             let segment = transmit
                 .segment_size
                 .unwrap_or(transmit.contents.len())
@@ -72,7 +60,7 @@ impl AsyncUdpSocket for Tapped {
             let mut batch = CaptureBatch::default();
             let time = capture::now();
             for (m, buf) in meta.iter().zip(bufs.iter()).take(n) {
-                let to = self.local_with(m.dst_ip);
+                let to = capture::local_address(self.local, m.dst_ip);
                 for datagram in buf[..m.len].chunks(m.stride.max(1)) {
                     batch.push(time, Direction::Received, m.addr, to, datagram);
                 }
