@@ -7,6 +7,8 @@
 
 #![warn(missing_docs)]
 
+#[doc(hidden)]
+pub mod benching;
 pub mod coding;
 pub mod config;
 mod connection;

@@ -11,7 +11,7 @@
 
 mod ack;
 mod handshake;
-mod recovery;
+pub(crate) mod recovery;
 mod recv;
 mod send;
 mod stats;

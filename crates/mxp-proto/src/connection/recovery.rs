@@ -15,7 +15,7 @@ use crate::streams::Record;
 
 /// A packet this end sent and has not yet seen acknowledged or lost.
 #[derive(Debug)]
-pub(super) struct SentPacket {
+pub(crate) struct SentPacket {
     pub pn: u64,
     pub time_sent: Instant,
     pub size: u16,
@@ -33,7 +33,7 @@ pub(super) struct SentPacket {
 }
 
 #[derive(Debug)]
-pub(super) struct Recovery {
+pub(crate) struct Recovery {
     /// Packets from `base` on, by packet number; `None` once settled.
     sent: VecDeque<Option<SentPacket>>,
     base: u64,

@@ -1,6 +1,8 @@
 //! Cryptography, all of it from vetted crates: the Noise IK handshake is
-//! `snow`; packet AEAD (ChaCha20-Poly1305), header protection (ChaCha20, as
-//! RFC 9001 §5.4.4 does it), HKDF and HMAC are `ring`.
+//! `snow`; packet AEAD (AES-256-GCM), header protection (AES-256, as RFC
+//! 9001 §5.4.3 does it), HKDF and HMAC are `ring`. AES rather than ChaCha20
+//! for packets because every server CPU we target has AES-NI, where it
+//! seals a small packet about 3x faster (see `cargo bench -p mxp-proto`).
 //!
 //! This module only composes them: it turns the secrets Noise agrees on into
 //! per-direction packet keys, derives the next generation of keys for key
@@ -84,9 +86,7 @@ impl Secret {
         let key: [u8; 32] = self.expand(b"mxp key");
         let iv: [u8; 12] = self.expand(b"mxp iv");
         PacketKey {
-            key: LessSafeKey::new(
-                UnboundKey::new(&aead::CHACHA20_POLY1305, &key).expect("32-byte key"),
-            ),
+            key: LessSafeKey::new(UnboundKey::new(&aead::AES_256_GCM, &key).expect("32-byte key")),
             iv,
         }
     }
@@ -95,7 +95,7 @@ impl Secret {
     /// rotate, so a receiver can always read the key-phase bit.
     pub fn header_key(&self) -> HeaderKey {
         let key: [u8; 32] = self.expand(b"mxp hp");
-        HeaderKey(quic::HeaderProtectionKey::new(&quic::CHACHA20, &key).expect("32-byte key"))
+        HeaderKey(quic::HeaderProtectionKey::new(&quic::AES_256, &key).expect("32-byte key"))
     }
 }
 
