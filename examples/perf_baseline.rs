@@ -613,7 +613,7 @@ async fn measure(p: &Phases) -> (Vec<Row>, Value) {
             "max ACK delay {:?} (Critical acknowledged at once), timer granularity {:?}, pacing {}",
             transport.max_ack_delay, transport.timer_granularity, transport.pacing
         ),
-        "quic": "quinn 0.11 defaults otherwise: max ACK delay 25 ms, timer granularity 1 ms, CUBIC",
+        "quic": mxp::quic_settings(),
     });
     (rows, settings)
 }

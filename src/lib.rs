@@ -24,6 +24,7 @@ pub use endpoint::{
     ConnectError, ConnectionsPerCarrier, DEFAULT_DRAIN_TIMEOUT, DrainStatus, Endpoint, Options,
     Status, resolve_address,
 };
+pub use quic::quic_settings;
 pub use streams::{ReadError, RecvStream, SendStream, WriteError};
 
 /// Application close code of connections closed at a drain deadline.

@@ -135,9 +135,11 @@ pub(crate) struct State {
 }
 
 impl State {
-    /// Turns the core's events into wake-ups.
-    pub fn dispatch(&mut self) {
+    /// Turns the core's events into wake-ups; says whether there were any.
+    pub fn dispatch(&mut self) -> bool {
+        let mut any = false;
         while let Some((h, event)) = self.proto.poll_event() {
+            any = true;
             if event == Event::Connected && !self.conns.contains_key(&h) {
                 // A new server-side connection.
                 if self.accepting {
@@ -195,6 +197,7 @@ impl State {
                 }
             }
         }
+        any
     }
 
     /// The error a connection ended with (or a generic one if the core
@@ -247,9 +250,11 @@ async fn drive(shared: &Shared, socket: &Socket) -> io::Result<()> {
     loop {
         // Receive what is waiting (a bounded amount, so sending is not
         // starved by a flood).
+        let mut received = false;
         for _ in 0..RX_BATCHES {
             match rx.recv(socket) {
                 Ok(_) => {
+                    received = true;
                     let recording = shared.capture.is_recording();
                     let mut state = shared.lock();
                     let now = Instant::now();
@@ -270,6 +275,14 @@ async fn drive(shared: &Shared, socket: &Socket) -> io::Result<()> {
                     break;
                 }
             }
+        }
+
+        // What arrived may have woken tasks that answer at once (a call
+        // handler, a caller's next request): let them run first, so their
+        // data leaves in the same packet as the ACK the arrival asked for
+        // instead of a packet of its own right after it.
+        if received && shared.lock().dispatch() {
+            tokio::task::yield_now().await;
         }
 
         let (deadline, more, finished) = {
