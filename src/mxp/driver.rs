@@ -8,7 +8,9 @@
 //! precision, turns core events into task wake-ups, and sends in GSO
 //! batches.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};

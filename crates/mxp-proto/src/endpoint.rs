@@ -6,7 +6,9 @@
 //! Diffie-Hellman work, replay protection by timestamp, and the client
 //! allow-list. Everything it refuses is counted in [`EndpointStats`].
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

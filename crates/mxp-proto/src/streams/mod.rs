@@ -9,7 +9,9 @@
 mod recv;
 mod send;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 
 use bytes::Bytes;
 use thiserror::Error;
