@@ -83,14 +83,13 @@ impl MxpConn {
     ) -> Result<R, ConnectionError> {
         let mut guard = self.0.shared.lock();
         let state = &mut *guard;
-        let error = state.error_of(self.0.handle);
-        match (
+        if let (Some(conn), Some(cs)) = (
             state.proto.connection(self.0.handle),
             state.conns.get_mut(&self.0.handle),
         ) {
-            (Some(conn), Some(cs)) => Ok(f(conn, cs)),
-            _ => Err(error),
+            return Ok(f(conn, cs));
         }
+        Err(state.error_of(self.0.handle))
     }
 
     /// Tells the driver there is something to send.

@@ -44,6 +44,25 @@ impl RangeSet {
         let mut start = range.start;
         let mut end = range.end;
 
+        // Packets and stream data mostly arrive in order: then the new
+        // range touches or follows the last one and nothing else moves.
+        match self.map.last_entry() {
+            None => {
+                self.map.insert(start, end);
+                return true;
+            }
+            Some(mut last) if *last.get() == start => {
+                *last.get_mut() = end;
+                return true;
+            }
+            Some(last) if *last.get() < start => {
+                drop(last);
+                self.map.insert(start, end);
+                return true;
+            }
+            Some(_) => {}
+        }
+
         // The range starting at or before `start` may contain, overlap or
         // touch the new one.
         if let Some((&s, &e)) = self.map.range(..=start).next_back()

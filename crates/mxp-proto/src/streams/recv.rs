@@ -47,6 +47,17 @@ impl RecvBuffer {
         if cursor >= end {
             return Ok(grew);
         }
+        // In-order data (the common case) lies past everything buffered:
+        // nothing to trim.
+        let buffered_end = self
+            .segments
+            .last_key_value()
+            .map_or(0, |(&o, b)| o + b.len() as u64);
+        if cursor >= buffered_end {
+            let fresh = (cursor - offset) as usize..data.len();
+            self.segments.insert(cursor, data.slice(fresh));
+            return Ok(grew);
+        }
         let first = self
             .segments
             .range(..=cursor)
