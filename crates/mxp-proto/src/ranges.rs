@@ -56,7 +56,6 @@ impl RangeSet {
                 return true;
             }
             Some(last) if *last.get() < start => {
-                drop(last);
                 self.map.insert(start, end);
                 return true;
             }
