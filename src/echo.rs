@@ -107,11 +107,13 @@ async fn echo_stream(
                 } else {
                     m
                 };
-                send.write_message(&reply).await?;
+                // Recorded as the response is handed over, so a caller that
+                // has its response finds the call counted.
                 if is_call {
                     add(&stats.calls, 1);
                     conn.record_served_call(received.elapsed());
                 }
+                send.write_message(&reply).await?;
             }
         } else {
             let mut chunk = Some(first);

@@ -97,6 +97,11 @@ impl MxpConn {
         self.0.shared.wake_driver();
     }
 
+    /// Sends what is ready from this task if the driver is idle.
+    pub fn transmit_now(&self) {
+        self.0.shared.transmit_now();
+    }
+
     /// Whether the node asked us to take new work elsewhere (remembered
     /// after the connection closes, so a session still moves on).
     pub fn peer_going_away(&self) -> bool {

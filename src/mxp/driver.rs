@@ -6,16 +6,19 @@
 //! function call, not a message to another task) and nudge the driver to
 //! transmit. The driver receives in batches, runs timers with microsecond
 //! precision, turns core events into task wake-ups, and sends in GSO
-//! batches.
+//! batches. A task that finishes writing and is about to wait for its peer
+//! (a call sent, a response complete) transmits itself when the driver is
+//! idle ([`Shared::transmit_now`]), saving a hop to the driver task.
 
 use std::collections::VecDeque;
 
 use foldhash::{HashMap, HashMapExt};
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mxp_proto::{
     ConnectionError, ConnectionHandle, Dir, Endpoint as ProtoEndpoint, Event, StreamEvent, StreamId,
@@ -32,12 +35,23 @@ use crate::timer::Timer;
 const TX_BUDGET: usize = 256 * 1024;
 /// Receive batches processed before the driver also sends.
 const RX_BATCHES: usize = 8;
+/// Datagrams a task sends itself before it leaves the rest to the driver.
+const INLINE_BUDGET: usize = 16;
+/// How long the driver holds its transmissions after what arrived woke
+/// tasks, so their answer (a response, the next request) shares a packet
+/// with the ACK the arrival asked for: a separate ACK costs a send here and
+/// a wake-up and receive at the peer, before the answer even starts.
+const ACK_HOLD: Duration = Duration::from_micros(30);
 
 /// What the driver and the application handles share.
 #[derive(Debug)]
 pub(crate) struct Shared {
     state: Mutex<State>,
     wake: Notify,
+    socket: Socket,
+    /// The driver is parked with nothing of its own left to send, so a
+    /// task's datagrams cannot overtake any of its.
+    driver_idle: AtomicBool,
     pub local_addr: SocketAddr,
     /// The endpoint's packet capture: the driver hands it datagrams only
     /// while it records.
@@ -45,7 +59,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn new(proto: ProtoEndpoint, local_addr: SocketAddr) -> Shared {
+    pub fn new(proto: ProtoEndpoint, socket: Socket, local_addr: SocketAddr) -> Shared {
         Shared {
             state: Mutex::new(State {
                 proto,
@@ -55,8 +69,12 @@ impl Shared {
                 endpoint_handles: 1,
                 accepting: true,
                 idle_wakers: Vec::new(),
+                armed: None,
+                inline_tx: TxQueue::default(),
             }),
             wake: Notify::new(),
+            socket,
+            driver_idle: AtomicBool::new(false),
             local_addr,
             capture: Capture::new(),
         }
@@ -72,6 +90,45 @@ impl Shared {
     /// Tells the driver there may be something to send.
     pub fn wake_driver(&self) {
         self.wake.notify_one();
+    }
+
+    /// Sends what the connections have ready from the calling task, for a
+    /// task about to wait for its peer: on a multi-threaded runtime the
+    /// driver often runs on the other thread, and waking it there costs more
+    /// than the send. Falls back to waking the driver while it is busy (its
+    /// datagrams must not be overtaken) or a capture records, and wakes it
+    /// too when the socket is full, more is left, or a timer moved earlier
+    /// than the one it armed.
+    pub fn transmit_now(&self) {
+        if self.capture.is_recording() {
+            return self.wake_driver();
+        }
+        let mut guard = self.lock();
+        if !self.driver_idle.load(Ordering::Acquire) {
+            drop(guard);
+            return self.wake_driver();
+        }
+        let state = &mut *guard;
+        let now = Instant::now();
+        let mut produced = 0;
+        while produced < INLINE_BUDGET {
+            match state.proto.poll_transmit(now, &mut state.inline_tx.buf) {
+                Some(t) => state.inline_tx.push(t.destination, t.size, 1),
+                None => break,
+            }
+            produced += 1;
+        }
+        let blocked = state.inline_tx.send(&self.socket, None).is_err();
+        state.dispatch();
+        let earlier = match (state.proto.poll_timeout(), state.armed) {
+            (Some(next), Some(armed)) => next < armed,
+            (next, None) => next.is_some(),
+            (None, Some(_)) => false,
+        };
+        drop(guard);
+        if blocked || earlier || produced == INLINE_BUDGET {
+            self.wake_driver();
+        }
     }
 }
 
@@ -134,6 +191,11 @@ pub(crate) struct State {
     /// Whether new connections are accepted.
     pub accepting: bool,
     pub idle_wakers: Vec<Waker>,
+    /// When the driver's timer fires next.
+    armed: Option<Instant>,
+    /// Datagrams tasks produced in [`Shared::transmit_now`] that the socket
+    /// did not take yet (it was full); the driver sends them.
+    inline_tx: TxQueue,
 }
 
 impl State {
@@ -230,8 +292,8 @@ pub(crate) fn dir_index(dir: Dir) -> usize {
 
 /// Runs the endpoint until every handle is gone and every connection has
 /// drained.
-pub(crate) async fn run(shared: Arc<Shared>, socket: Socket) {
-    if let Err(e) = drive(&shared, &socket).await {
+pub(crate) async fn run(shared: Arc<Shared>) {
+    if let Err(e) = drive(&shared, &shared.socket).await {
         warn!(error = %e, local = %shared.local_addr, "endpoint driver stopped");
         let mut state = shared.lock();
         for cs in state.conns.values_mut() {
@@ -249,6 +311,8 @@ async fn drive(shared: &Shared, socket: &Socket) -> io::Result<()> {
     let mut send_blocked = false;
     // Datagrams on their way to a running packet capture.
     let mut taps = CaptureBatch::default();
+    // Since when transmissions wait for woken tasks to answer (see ACK_HOLD).
+    let mut holding: Option<Instant> = None;
     loop {
         // Receive what is waiting (a bounded amount, so sending is not
         // starved by a flood).
@@ -279,22 +343,26 @@ async fn drive(shared: &Shared, socket: &Socket) -> io::Result<()> {
             }
         }
 
-        // What arrived may have woken tasks that answer at once (a call
-        // handler, a caller's next request): let them run first, so their
-        // data leaves in the same packet as the ACK the arrival asked for
-        // instead of a packet of its own right after it.
-        if received && shared.lock().dispatch() {
-            tokio::task::yield_now().await;
-        }
-
         let (deadline, more, finished) = {
             let mut state = shared.lock();
             let now = Instant::now();
             if state.proto.poll_timeout().is_some_and(|t| t <= now) {
                 state.proto.handle_timeout(now);
             }
-            state.dispatch();
-            if !send_blocked {
+            let woke = state.dispatch();
+            // Hold at most ACK_HOLD in a row, so a stream of arrivals that
+            // keeps waking tasks cannot hold the ACKs back for longer.
+            let hold = match holding {
+                _ if !(received && woke) => None,
+                None => Some(now),
+                Some(since) => (now < since + ACK_HOLD).then_some(since),
+            };
+            holding = hold;
+            if !state.inline_tx.is_empty() {
+                // Left by a task when the socket was full; they go first.
+                send_blocked = state.inline_tx.send(socket, None).is_err();
+            }
+            if !send_blocked && hold.is_none() {
                 while tx.len() < TX_BUDGET {
                     match state.proto.poll_transmit(now, &mut tx.buf) {
                         Some(t) => tx.push(t.destination, t.size, max_segments),
@@ -305,7 +373,13 @@ async fn drive(shared: &Shared, socket: &Socket) -> io::Result<()> {
             // Handing off may have drained connections.
             state.dispatch();
             let more = tx.len() >= TX_BUDGET;
-            (state.proto.poll_timeout(), more, state.finished())
+            state.armed = match (state.proto.poll_timeout(), hold) {
+                (next, Some(since)) => {
+                    Some(next.map_or(since + ACK_HOLD, |t| t.min(since + ACK_HOLD)))
+                }
+                (next, None) => next,
+            };
+            (state.armed, more, state.finished())
         };
 
         let recording = shared.capture.is_recording();
@@ -328,11 +402,13 @@ async fn drive(shared: &Shared, socket: &Socket) -> io::Result<()> {
             tokio::task::yield_now().await;
             continue;
         }
+        shared.driver_idle.store(tx.is_empty(), Ordering::Release);
         tokio::select! {
             r = socket.readable() => r?,
             r = timer.expired() => r?,
             _ = shared.wake.notified() => {}
             r = socket.writable(), if send_blocked => r?,
         }
+        shared.driver_idle.store(false, Ordering::Release);
     }
 }

@@ -60,8 +60,8 @@ impl MxpEndpoint {
         let socket = Socket::bind(addr)?;
         let local_addr = socket.local_addr()?;
         let proto = mxp_proto::Endpoint::new(config, Instant::now(), unix_time());
-        let shared = Arc::new(Shared::new(proto, local_addr));
-        tokio::spawn(driver::run(shared.clone(), socket));
+        let shared = Arc::new(Shared::new(proto, socket, local_addr));
+        tokio::spawn(driver::run(shared.clone()));
         Ok(MxpEndpoint { shared })
     }
 

@@ -54,7 +54,9 @@ impl MxpSend {
             mxp_proto::WriteError::Stopped(code) => WriteError::Stopped(code),
             _ => WriteError::ClosedStream,
         })?;
-        self.conn.wake_driver();
+        // Nothing more comes on this stream: send now rather than hand the
+        // packet to the driver (a call's request, a handler's response).
+        self.conn.transmit_now();
         Ok(())
     }
 
