@@ -99,7 +99,7 @@ impl MxpConn {
 
     /// Sends what is ready from this task if the driver is idle.
     pub fn transmit_now(&self) {
-        self.0.shared.transmit_now();
+        self.0.shared.transmit_now(self.0.handle);
     }
 
     /// Whether the node asked us to take new work elsewhere (remembered

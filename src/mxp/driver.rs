@@ -92,14 +92,16 @@ impl Shared {
         self.wake.notify_one();
     }
 
-    /// Sends what the connections have ready from the calling task, for a
+    /// Sends what connection `h` has ready from the calling task, for a
     /// task about to wait for its peer: on a multi-threaded runtime the
     /// driver often runs on the other thread, and waking it there costs more
-    /// than the send. Falls back to waking the driver while it is busy (its
-    /// datagrams must not be overtaken) or a capture records, and wakes it
-    /// too when the socket is full, more is left, or a timer moved earlier
-    /// than the one it armed.
-    pub fn transmit_now(&self) {
+    /// than the send. Only `h` is looked at, so the cost does not grow with
+    /// the number of connections. Falls back to waking the driver while it
+    /// is busy (its datagrams must not be overtaken) or a capture records,
+    /// and wakes it too when the socket is full, more is left, the
+    /// connection is closing, or its next timer is earlier than the one the
+    /// driver armed.
+    pub fn transmit_now(&self, h: ConnectionHandle) {
         if self.capture.is_recording() {
             return self.wake_driver();
         }
@@ -108,25 +110,34 @@ impl Shared {
             drop(guard);
             return self.wake_driver();
         }
-        let state = &mut *guard;
+        let State {
+            proto,
+            inline_tx,
+            armed,
+            ..
+        } = &mut *guard;
+        let Some(conn) = proto.connection(h) else {
+            drop(guard);
+            return self.wake_driver();
+        };
         let now = Instant::now();
         let mut produced = 0;
         while produced < INLINE_BUDGET {
-            match state.proto.poll_transmit(now, &mut state.inline_tx.buf) {
-                Some(t) => state.inline_tx.push(t.destination, t.size, 1),
+            match conn.poll_transmit(now, &mut inline_tx.buf) {
+                Some(t) => inline_tx.push(t.destination, t.size, 1),
                 None => break,
             }
             produced += 1;
         }
-        let blocked = state.inline_tx.send(&self.socket, None).is_err();
-        state.dispatch();
-        let earlier = match (state.proto.poll_timeout(), state.armed) {
+        let blocked = inline_tx.send(&self.socket, None).is_err();
+        let earlier = match (conn.poll_timeout(), *armed) {
             (Some(next), Some(armed)) => next < armed,
             (next, None) => next.is_some(),
             (None, Some(_)) => false,
         };
+        let closing = conn.is_closed();
         drop(guard);
-        if blocked || earlier || produced == INLINE_BUDGET {
+        if blocked || earlier || closing || produced == INLINE_BUDGET {
             self.wake_driver();
         }
     }
