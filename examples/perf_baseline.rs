@@ -31,7 +31,7 @@ use clap::Parser;
 use mxp::bench::{self, Latencies};
 use mxp::echo::{self, EchoStats};
 use mxp::proto::message::{Message, MessageType};
-use mxp::proto::{Band, EndpointConfig, Keypair, PublicKey, TransportConfig};
+use mxp::proto::{Band, ConnectionStats, EndpointConfig, Keypair, PublicKey, TransportConfig};
 use mxp::relay::{Relay, RelayConfig};
 use mxp::{CarrierMode, Connection, Endpoint, Options};
 use serde_json::{Value, json};
@@ -376,6 +376,15 @@ fn codec_ns(size: usize, iterations: u32) -> ((f64, f64), (f64, f64)) {
     (encode, per_op(batches))
 }
 
+/// UDP payload bytes both ways (headers, AEAD tags, frame headers, ACKs,
+/// flow-control updates) per application byte a run moved, from the
+/// client's connection counters before and after it.
+fn wire_per_payload(before: &ConnectionStats, after: &ConnectionStats, payload: u64) -> f64 {
+    let wire =
+        (after.bytes_sent - before.bytes_sent) + (after.bytes_received - before.bytes_received);
+    wire as f64 / payload.max(1) as f64
+}
+
 /// 64-byte message throughput while a scraper reads `/metrics` ten times
 /// a second (Prometheus' default is once per 15 s).
 async fn scraped_throughput(conn: &Connection, admin: SocketAddr, d: Duration) -> f64 {
@@ -555,17 +564,34 @@ async fn measure(p: &Phases) -> (Vec<Row>, Value) {
         Better::Higher,
     )
     .target("≥ QUIC");
+    let mut msgs_overhead = Row::new(
+        "msgs64_wire_per_payload",
+        "wire bytes per payload byte, 64 B msgs",
+        "×",
+        Better::Lower,
+    );
+    let mut bulk_overhead = Row::new(
+        "bulk_wire_per_payload",
+        "wire bytes per payload byte, bulk",
+        "×",
+        Better::Lower,
+    )
+    .target("≤ 1.1×; ≤ 1.05×");
     for (column, conn, _) in &conns {
+        let before = conn.stats();
         let t = check(
             "msgs",
             bench::stream_throughput(conn, 64, Band::Streaming, p.throughput).await,
         );
         msgs.set(*column, t.per_sec());
+        msgs_overhead.set(*column, wire_per_payload(&before, &conn.stats(), t.bytes));
+        let before = conn.stats();
         let t = check(
             "bulk",
             bench::stream_throughput(conn, 64 * 1024, Band::Background, p.throughput).await,
         );
         bulk.set(*column, t.mb_per_sec());
+        bulk_overhead.set(*column, wire_per_payload(&before, &conn.stats(), t.bytes));
     }
     let (raw_msgs, _) = raw_blast(64, p.throughput);
     msgs.set(Column::Raw, raw_msgs);
@@ -595,7 +621,7 @@ async fn measure(p: &Phases) -> (Vec<Row>, Value) {
         );
         dgrams.set(*column, run.sent as f64 / run.elapsed.as_secs_f64());
     }
-    rows.extend([msgs, scraped, bulk, dgrams]);
+    rows.extend([msgs, scraped, bulk, dgrams, msgs_overhead, bulk_overhead]);
 
     rows.push(memory);
 
@@ -659,6 +685,7 @@ fn cell(v: Option<f64>) -> String {
         None => "n/a".to_owned(),
         Some(v) if v >= 100_000.0 => format!("{:.2} M", v / 1e6),
         Some(v) if v >= 100.0 => format!("{v:.0}"),
+        Some(v) if v < 10.0 => format!("{v:.2}"),
         Some(v) => format!("{v:.1}"),
     }
 }
