@@ -3,9 +3,11 @@
 //! runs them; `perf_baseline` measures the transport end to end.
 
 use std::hint::black_box;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use mxp_proto::benching::{AckProcessing, SchedulerLoad};
 use mxp_proto::crypto::Secret;
@@ -13,6 +15,7 @@ use mxp_proto::frame::{self, Ack, Frame};
 use mxp_proto::message::{Message, MessageType};
 use mxp_proto::packet::{self, ConnectionId};
 use mxp_proto::ranges::RangeSet;
+use mxp_proto::{Endpoint, EndpointConfig, Keypair, RetryPolicy, ServerConfig};
 
 fn codec(c: &mut Criterion) {
     let mut group = c.benchmark_group("codec");
@@ -128,5 +131,69 @@ fn scheduler(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, codec, protection, ack_processing, scheduler);
+/// Moves every datagram `from` wants to send into `to`; returns how many.
+fn carry(from: &mut Endpoint, from_addr: SocketAddr, to: &mut Endpoint, now: Instant) -> usize {
+    let mut n = 0;
+    let mut buf = Vec::new();
+    while let Some(t) = from.poll_transmit(now, &mut buf) {
+        let datagram = BytesMut::from(&buf[buf.len() - t.size..]);
+        to.handle(now, from_addr, datagram);
+        buf.clear();
+        n += 1;
+    }
+    n
+}
+
+/// One round of what the runtime's driver asks an endpoint each time it
+/// wakes (anything to send, any event, the next deadline) on a node with
+/// many established, idle connections: its cost should not grow with them.
+fn endpoint_polls(c: &mut Criterion) {
+    let mut group = c.benchmark_group("endpoint");
+    group.sample_size(20);
+    for connections in [1usize, 1000] {
+        let now = Instant::now();
+        let unix = Duration::from_secs(1_767_225_600);
+        let keys = Keypair::generate();
+        let mut config = EndpointConfig::server(keys.clone());
+        config.server = Some(Arc::new(ServerConfig {
+            retry: RetryPolicy::Never,
+            ..ServerConfig::default()
+        }));
+        let mut node = Endpoint::new(config, now, unix);
+        let node_addr: SocketAddr = "10.0.0.1:1".parse().expect("literal");
+        // One client key each: the node takes a second initiation from the
+        // same key at the same instant for a replay.
+        for i in 0..connections {
+            let mut client = Endpoint::new(EndpointConfig::client(Keypair::generate()), now, unix);
+            let client_addr = SocketAddr::from(([10, 0, 1, 1], 1000 + i as u16));
+            client
+                .connect(now, node_addr, keys.public())
+                .expect("connects");
+            while carry(&mut client, client_addr, &mut node, now)
+                + carry(&mut node, node_addr, &mut client, now)
+                > 0
+            {}
+        }
+        while node.poll_event().is_some() {}
+        assert_eq!(node.connection_count(), connections, "{:?}", node.stats());
+        let mut buf = Vec::new();
+        group.bench_function(format!("idle_poll_round/{connections}_connections"), |b| {
+            b.iter(|| {
+                let sent = node.poll_transmit(now, &mut buf);
+                let event = node.poll_event();
+                (sent.is_some(), event.is_some(), node.poll_timeout())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    codec,
+    protection,
+    ack_processing,
+    scheduler,
+    endpoint_polls
+);
 criterion_main!(benches);

@@ -6,7 +6,7 @@
 //! Diffie-Hellman work, replay protection by timestamp, and the client
 //! allow-list. Everything it refuses is counted in [`EndpointStats`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::net::SocketAddr;
@@ -255,6 +255,60 @@ struct Server {
     unconfirmed: HashSet<ConnectionHandle>,
 }
 
+/// Which connections the endpoint's poll functions look at, so their cost
+/// follows what happened rather than how many connections there are.
+///
+/// A connection is *touched* whenever something may have changed it: a
+/// datagram for it, an expired timer, its creation, or the application
+/// borrowing it through [`Endpoint::connection`]. At the next poll each
+/// touched connection gets its timer re-indexed and joins the transmit and
+/// event queues; it leaves a queue when it has nothing more for it.
+#[derive(Debug, Default)]
+struct Active {
+    touched: Vec<usize>,
+    queued_touched: HashSet<usize>,
+    /// Connections whose timers may have moved (they just sent, or found
+    /// nothing to send) but that need no other look.
+    retimed: Vec<usize>,
+    queued_retimed: HashSet<usize>,
+    transmit: VecDeque<usize>,
+    queued_transmit: HashSet<usize>,
+    events: VecDeque<usize>,
+    queued_events: HashSet<usize>,
+    /// Every connection's next timer, earliest first.
+    deadlines: BTreeSet<(Instant, usize)>,
+    deadline_of: HashMap<usize, Instant>,
+}
+
+impl Active {
+    fn touch(&mut self, k: usize) {
+        if self.queued_touched.insert(k) {
+            self.touched.push(k);
+        }
+    }
+
+    fn retime(&mut self, k: usize) {
+        if self.queued_retimed.insert(k) {
+            self.retimed.push(k);
+        }
+    }
+
+    /// A removed connection's slot may be reused: nothing of it may stay.
+    fn forget(&mut self, k: usize) {
+        if let Some(at) = self.deadline_of.remove(&k) {
+            self.deadlines.remove(&(at, k));
+        }
+        self.queued_touched.remove(&k);
+        self.touched.retain(|&t| t != k);
+        self.queued_retimed.remove(&k);
+        self.retimed.retain(|&t| t != k);
+        self.queued_transmit.remove(&k);
+        self.transmit.retain(|&t| t != k);
+        self.queued_events.remove(&k);
+        self.events.retain(|&t| t != k);
+    }
+}
+
 /// A set of connections sharing one socket.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -268,7 +322,8 @@ pub struct Endpoint {
     stateless: VecDeque<(SocketAddr, Vec<u8>)>,
     epoch: Instant,
     unix_epoch_ns: u64,
-    transmit_cursor: usize,
+    /// Which connections the poll functions look at (see [`Active`]).
+    active: Active,
     stats: EndpointStats,
     reset_key: ResetKey,
     /// Bounds stateless resets, so garbage aimed at a node cannot turn it
@@ -313,7 +368,7 @@ impl Endpoint {
             stateless: VecDeque::new(),
             epoch: now,
             unix_epoch_ns: unix_time.as_nanos() as u64,
-            transmit_cursor: 0,
+            active: Active::default(),
             stats: EndpointStats::default(),
             reset_key,
             reset_limiter: RateLimiter::new(RESETS_PER_SECOND, RESETS_PER_SECOND, now),
@@ -361,8 +416,12 @@ impl Endpoint {
     }
 
     /// A connection, to use its stream and datagram API.
+    ///
+    /// Whatever is done with it, the next poll looks at it again.
     pub fn connection(&mut self, handle: ConnectionHandle) -> Option<&mut Connection> {
-        self.connections.get_mut(handle.0)
+        let conn = self.connections.get_mut(handle.0)?;
+        self.active.touch(handle.0);
+        Some(conn)
     }
 
     /// A connection, read-only.
@@ -403,6 +462,7 @@ impl Endpoint {
             self.unix_now_ns(now),
         )?;
         let handle = ConnectionHandle(self.connections.insert(conn));
+        self.active.touch(handle.0);
         self.by_cid.insert(local_cid, handle);
         let span = self.connections[handle.0].span();
         debug!(target: HANDSHAKE, parent: span, server = %server_key, "connecting");
@@ -462,6 +522,7 @@ impl Endpoint {
                 self.stats.stateless_resets_received += 1;
                 if let Some(conn) = self.connections.get_mut(h.0) {
                     conn.stateless_reset();
+                    self.active.touch(h.0);
                 }
                 return Incoming::Routed(h);
             }
@@ -511,6 +572,7 @@ impl Endpoint {
         let Some(conn) = self.connections.get_mut(h.0) else {
             return;
         };
+        self.active.touch(h.0);
         let was_established = conn.is_established();
         conn.handle(now, remote, datagram);
         if conn.is_established() {
@@ -784,6 +846,7 @@ impl Endpoint {
             },
         );
         let h = ConnectionHandle(self.connections.insert(conn));
+        self.active.touch(h.0);
         let key = (remote, scid, dcid);
         self.by_cid.insert(local_cid, h);
         self.by_initial.insert(key, h);
@@ -806,47 +869,62 @@ impl Endpoint {
                 size: packet.len(),
             });
         }
-        // Round-robin, so one busy connection cannot starve the others.
-        let slots = self.connections.capacity();
-        for i in 0..slots {
-            let k = (self.transmit_cursor + i) % slots;
+        // Round-robin over the connections that may have something to
+        // send, so one busy connection cannot starve the others.
+        self.settle();
+        while let Some(k) = self.active.transmit.pop_front() {
             let Some(conn) = self.connections.get_mut(k) else {
                 continue;
             };
-            if let Some(t) = conn.poll_transmit(now, buf) {
-                self.transmit_cursor = k + 1;
+            let sent = conn.poll_transmit(now, buf);
+            // Sending, or finding nothing to send, can move its timers.
+            self.active.retime(k);
+            if let Some(t) = sent {
+                self.active.transmit.push_back(k);
                 return Some(t);
             }
+            self.active.queued_transmit.remove(&k);
         }
         None
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.connections
-            .iter()
-            .filter_map(|(_, c)| c.poll_timeout())
-            .min()
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.settle();
+        self.active.deadlines.first().map(|&(at, _)| at)
     }
 
     /// Runs expired timers of every connection.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for (_, conn) in self.connections.iter_mut() {
-            if conn.poll_timeout().is_some_and(|t| t <= now) {
-                conn.handle_timeout(now);
+        self.settle();
+        let due: Vec<usize> = self
+            .active
+            .deadlines
+            .range(..=(now, usize::MAX))
+            .map(|&(_, k)| k)
+            .collect();
+        for k in due {
+            if let Some(conn) = self.connections.get_mut(k) {
+                if conn.poll_timeout().is_some_and(|t| t <= now) {
+                    conn.handle_timeout(now);
+                }
             }
+            self.active.touch(k);
         }
     }
 
     /// Next event of any connection. A connection is removed right after
     /// its [`Event::Drained`] is returned.
     pub fn poll_event(&mut self) -> Option<(ConnectionHandle, Event)> {
+        self.settle();
         let mut found = None;
-        for (k, conn) in self.connections.iter_mut() {
-            if let Some(e) = conn.poll_event() {
+        while let Some(&k) = self.active.events.front() {
+            if let Some(e) = self.connections.get_mut(k).and_then(Connection::poll_event) {
                 found = Some((ConnectionHandle(k), e));
                 break;
             }
+            self.active.events.pop_front();
+            self.active.queued_events.remove(&k);
         }
         let (h, event) = found?;
         match event {
@@ -855,6 +933,50 @@ impl Endpoint {
             _ => {}
         }
         Some((h, event))
+    }
+
+    /// Brings the poll queues and the timer index up to date with the
+    /// connections touched since the last poll.
+    fn settle(&mut self) {
+        let Active {
+            touched,
+            queued_touched,
+            retimed,
+            queued_retimed,
+            transmit,
+            queued_transmit,
+            events,
+            queued_events,
+            deadlines,
+            deadline_of,
+        } = &mut self.active;
+        let mut retime = |k: usize| {
+            if let Some(old) = deadline_of.remove(&k) {
+                deadlines.remove(&(old, k));
+            }
+            let at = self.connections.get(k)?.poll_timeout();
+            if let Some(at) = at {
+                deadlines.insert((at, k));
+                deadline_of.insert(k, at);
+            }
+            Some(())
+        };
+        for k in retimed.drain(..) {
+            queued_retimed.remove(&k);
+            retime(k);
+        }
+        for k in touched.drain(..) {
+            queued_touched.remove(&k);
+            if retime(k).is_none() {
+                continue;
+            }
+            if queued_transmit.insert(k) {
+                transmit.push_back(k);
+            }
+            if queued_events.insert(k) {
+                events.push_back(k);
+            }
+        }
     }
 
     /// Counters of every connection this endpoint ever had (live ones as of
@@ -878,6 +1000,7 @@ impl Endpoint {
 
     fn remove(&mut self, h: ConnectionHandle) {
         let conn = self.connections.remove(h.0);
+        self.active.forget(h.0);
         self.retired.accumulate(&conn.stats());
         let kind = conn.error().map_or("closed", ConnectionError::kind);
         *self.ended.entry(kind).or_default() += 1;
@@ -965,6 +1088,36 @@ mod tests {
         assert!(after.packets_sent > live.packets_sent, "{after:?}");
         let ended: Vec<_> = p.client.ended_by_kind().collect();
         assert_eq!(ended, vec![(ConnectionError::Reset.kind(), 1)]);
+    }
+
+    #[test]
+    fn an_idle_connection_leaves_the_poll_queues_but_keeps_its_timers() {
+        let mut p = Pair::new();
+        p.client_to_server();
+        p.server_to_client();
+        p.client_to_server();
+        while p.client.poll_event().is_some() {}
+        // Idle: nothing to send, no event; its keep-alive and idle timers
+        // are still indexed.
+        let mut buf = Vec::new();
+        assert!(p.client.poll_transmit(p.now, &mut buf).is_none());
+        assert!(p.client.poll_event().is_none());
+        assert!(p.client.active.transmit.is_empty());
+        assert!(p.client.active.events.is_empty());
+        assert!(p.client.poll_timeout().is_some(), "timers stay indexed");
+        // Written to through `connection`, it is polled again and sends.
+        let c = p.client.connection(p.conn).unwrap();
+        let stream = c.open(crate::Dir::Uni, crate::Band::Streaming).unwrap();
+        c.write(stream, &b"hello"[..]).unwrap();
+        assert!(p.client.poll_transmit(p.now, &mut buf).is_some());
+        // Its timer fires when due even though nothing polled it since.
+        while p.client.poll_transmit(p.now, &mut buf).is_some() {}
+        let due = p.client.poll_timeout().expect("a timer");
+        p.client.handle_timeout(due);
+        assert!(
+            p.client.poll_timeout().is_some_and(|t| t > due),
+            "the fired timer was re-indexed"
+        );
     }
 
     #[test]

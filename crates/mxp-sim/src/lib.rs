@@ -431,7 +431,7 @@ impl Network {
         let next_delivery = self.in_flight.peek().map(|Reverse(p)| p.at);
         let next_timer = self
             .nodes
-            .iter()
+            .iter_mut()
             .filter_map(|n| n.endpoint.poll_timeout())
             .min();
         let Some(next) = [next_delivery, next_timer].into_iter().flatten().min() else {
@@ -506,11 +506,11 @@ impl Network {
     }
 
     /// When the next delivery or timer is due.
-    fn next_event(&self) -> Option<Instant> {
+    fn next_event(&mut self) -> Option<Instant> {
         let delivery = self.in_flight.peek().map(|Reverse(p)| p.at);
         let timer = self
             .nodes
-            .iter()
+            .iter_mut()
             .filter_map(|n| n.endpoint.poll_timeout())
             .min();
         [delivery, timer].into_iter().flatten().min()
