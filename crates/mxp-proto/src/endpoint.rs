@@ -266,45 +266,76 @@ struct Server {
 #[derive(Debug, Default)]
 struct Active {
     touched: Vec<usize>,
-    queued_touched: HashSet<usize>,
     /// Connections whose timers may have moved (they just sent, or found
     /// nothing to send) but that need no other look.
     retimed: Vec<usize>,
-    queued_retimed: HashSet<usize>,
     transmit: VecDeque<usize>,
-    queued_transmit: HashSet<usize>,
     events: VecDeque<usize>,
-    queued_events: HashSet<usize>,
+    /// Per connection slot: which of the lists above hold it
+    /// ([`TOUCHED`], [`RETIMED`], [`TRANSMIT`], [`EVENTS`]) — a plain
+    /// array, since the application touches a connection on every write.
+    queued: Vec<u8>,
     /// Every connection's next timer, earliest first.
     deadlines: BTreeSet<(Instant, usize)>,
-    deadline_of: HashMap<usize, Instant>,
+    /// Per connection slot: its entry in `deadlines`.
+    deadline_of: Vec<Option<Instant>>,
 }
 
+const TOUCHED: u8 = 1;
+const RETIMED: u8 = 2;
+const TRANSMIT: u8 = 4;
+const EVENTS: u8 = 8;
+
 impl Active {
+    /// Sets `flag` for slot `k`; whether it was clear.
+    fn mark(&mut self, k: usize, flag: u8) -> bool {
+        if k >= self.queued.len() {
+            self.queued.resize(k + 1, 0);
+            self.deadline_of.resize(k + 1, None);
+        }
+        let was_clear = self.queued[k] & flag == 0;
+        self.queued[k] |= flag;
+        was_clear
+    }
+
+    fn clear(&mut self, k: usize, flag: u8) {
+        if let Some(q) = self.queued.get_mut(k) {
+            *q &= !flag;
+        }
+    }
+
     fn touch(&mut self, k: usize) {
-        if self.queued_touched.insert(k) {
+        if self.mark(k, TOUCHED) {
             self.touched.push(k);
         }
     }
 
     fn retime(&mut self, k: usize) {
-        if self.queued_retimed.insert(k) {
+        if self.mark(k, RETIMED) {
             self.retimed.push(k);
+        }
+    }
+
+    /// Re-indexes slot `k`'s timer at `at`.
+    fn set_deadline(&mut self, k: usize, at: Option<Instant>) {
+        self.mark(k, 0);
+        if let Some(old) = std::mem::replace(&mut self.deadline_of[k], at) {
+            self.deadlines.remove(&(old, k));
+        }
+        if let Some(at) = at {
+            self.deadlines.insert((at, k));
         }
     }
 
     /// A removed connection's slot may be reused: nothing of it may stay.
     fn forget(&mut self, k: usize) {
-        if let Some(at) = self.deadline_of.remove(&k) {
-            self.deadlines.remove(&(at, k));
+        if k < self.queued.len() {
+            self.set_deadline(k, None);
+            self.queued[k] = 0;
         }
-        self.queued_touched.remove(&k);
         self.touched.retain(|&t| t != k);
-        self.queued_retimed.remove(&k);
         self.retimed.retain(|&t| t != k);
-        self.queued_transmit.remove(&k);
         self.transmit.retain(|&t| t != k);
-        self.queued_events.remove(&k);
         self.events.retain(|&t| t != k);
     }
 }
@@ -883,7 +914,7 @@ impl Endpoint {
                 self.active.transmit.push_back(k);
                 return Some(t);
             }
-            self.active.queued_transmit.remove(&k);
+            self.active.clear(k, TRANSMIT);
         }
         None
     }
@@ -924,7 +955,7 @@ impl Endpoint {
                 break;
             }
             self.active.events.pop_front();
-            self.active.queued_events.remove(&k);
+            self.active.clear(k, EVENTS);
         }
         let (h, event) = found?;
         match event {
@@ -938,43 +969,24 @@ impl Endpoint {
     /// Brings the poll queues and the timer index up to date with the
     /// connections touched since the last poll.
     fn settle(&mut self) {
-        let Active {
-            touched,
-            queued_touched,
-            retimed,
-            queued_retimed,
-            transmit,
-            queued_transmit,
-            events,
-            queued_events,
-            deadlines,
-            deadline_of,
-        } = &mut self.active;
-        let mut retime = |k: usize| {
-            if let Some(old) = deadline_of.remove(&k) {
-                deadlines.remove(&(old, k));
-            }
-            let at = self.connections.get(k)?.poll_timeout();
-            if let Some(at) = at {
-                deadlines.insert((at, k));
-                deadline_of.insert(k, at);
-            }
-            Some(())
-        };
-        for k in retimed.drain(..) {
-            queued_retimed.remove(&k);
-            retime(k);
+        let active = &mut self.active;
+        while let Some(k) = active.retimed.pop() {
+            active.clear(k, RETIMED);
+            let at = self.connections.get(k).and_then(Connection::poll_timeout);
+            active.set_deadline(k, at);
         }
-        for k in touched.drain(..) {
-            queued_touched.remove(&k);
-            if retime(k).is_none() {
+        while let Some(k) = active.touched.pop() {
+            active.clear(k, TOUCHED);
+            let Some(conn) = self.connections.get(k) else {
+                active.set_deadline(k, None);
                 continue;
+            };
+            active.set_deadline(k, conn.poll_timeout());
+            if active.mark(k, TRANSMIT) {
+                active.transmit.push_back(k);
             }
-            if queued_transmit.insert(k) {
-                transmit.push_back(k);
-            }
-            if queued_events.insert(k) {
-                events.push_back(k);
+            if active.mark(k, EVENTS) {
+                active.events.push_back(k);
             }
         }
     }
