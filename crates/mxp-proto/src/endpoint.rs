@@ -319,6 +319,9 @@ impl Active {
     /// Re-indexes slot `k`'s timer at `at`.
     fn set_deadline(&mut self, k: usize, at: Option<Instant>) {
         self.mark(k, 0);
+        if self.deadline_of[k] == at {
+            return;
+        }
         if let Some(old) = std::mem::replace(&mut self.deadline_of[k], at) {
             self.deadlines.remove(&(old, k));
         }
