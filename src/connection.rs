@@ -3,6 +3,7 @@
 //! that moves new work to the other carrier when the node drains the
 //! current one.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -206,6 +207,13 @@ struct Session {
     reconnect: Option<Reconnect>,
     /// Serialises carrier switches.
     switching: tokio::sync::Mutex<()>,
+    /// The connection the last switch replaced: it drains, and what the
+    /// peer still sends on it is still received.
+    previous: Mutex<Option<Arc<Current>>>,
+    /// Woken by every switch, so receivers start listening on the new one.
+    switched: tokio::sync::Notify,
+    /// A switch started from sync code (a datagram) is under way.
+    switch_spawned: AtomicBool,
     closed_by_app: AtomicBool,
     /// The endpoint's call-latency histograms.
     calls: Arc<CallDurations>,
@@ -251,6 +259,9 @@ impl Connection {
             current: Mutex::new(Current::new(link)),
             reconnect,
             switching: tokio::sync::Mutex::new(()),
+            previous: Mutex::new(None),
+            switched: tokio::sync::Notify::new(),
+            switch_spawned: AtomicBool::new(false),
             closed_by_app: AtomicBool::new(false),
             calls,
         }))
@@ -289,12 +300,89 @@ impl Connection {
                 info!(from = %from, to = %link.carrier(), peer = %link.remote_address(), "node is draining the connection: new work moves to a new connection");
                 let next = Current::new(link);
                 *self.0.current.lock().unwrap_or_else(|e| e.into_inner()) = next.clone();
+                *self.0.previous.lock().unwrap_or_else(|e| e.into_inner()) = Some(cur);
+                self.0.switched.notify_waiters();
                 next
             }
             Err(e) => {
                 // The old connection still works until the drain deadline.
                 warn!(from = %from, error = %e, "node is draining the connection, and no other carrier answered");
                 cur
+            }
+        }
+    }
+
+    /// Starts the switch `current` makes, for callers that cannot wait
+    /// (sending a datagram) or wait on something else (receiving): one at
+    /// a time, in the background.
+    fn switch_soon(&self) {
+        if self.0.reconnect.is_none()
+            || self.0.closed_by_app.load(Ordering::Relaxed)
+            || self.0.switch_spawned.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.0.switch_spawned.store(false, Ordering::Release);
+            return;
+        };
+        let conn = self.clone();
+        runtime.spawn(async move {
+            conn.current().await;
+            conn.0.switch_spawned.store(false, Ordering::Release);
+        });
+    }
+
+    /// Waits for what the peer sends (a stream, a datagram) on the current
+    /// carrier connection and, after a switch, also on the draining one it
+    /// replaced until that closes: nothing the node still sends there is
+    /// missed, and nothing waits on a connection that is gone.
+    async fn receive<T, F, Fut>(&self, op: F) -> Result<T, ConnectionError>
+    where
+        F: Fn(Link) -> Fut,
+        Fut: Future<Output = Result<T, ConnectionError>>,
+    {
+        if self.0.reconnect.is_none() {
+            return op(self.snapshot().link.clone()).await; // a node never switches
+        }
+        loop {
+            let switched = self.0.switched.notified();
+            tokio::pin!(switched);
+            switched.as_mut().enable();
+            let cur = self.snapshot();
+            if cur.link.peer_going_away() {
+                self.switch_soon();
+            }
+            let previous = self
+                .0
+                .previous
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let on_previous = async {
+                match &previous {
+                    Some(p) => op(p.link.clone()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = op(cur.link.clone()) => {
+                    if r.is_err() && !Arc::ptr_eq(&cur, &self.snapshot()) {
+                        continue; // replaced while we waited: listen on the new one
+                    }
+                    return r;
+                }
+                r = on_previous => match r {
+                    Ok(v) => return Ok(v),
+                    Err(_) => {
+                        // The drained connection closed: stop listening there.
+                        let mut slot = self.0.previous.lock().unwrap_or_else(|e| e.into_inner());
+                        if slot.as_ref().zip(previous.as_ref()).is_some_and(|(a, b)| Arc::ptr_eq(a, b)) {
+                            *slot = None;
+                        }
+                    }
+                },
+                () = &mut switched => {}
             }
         }
     }
@@ -371,12 +459,14 @@ impl Connection {
 
     /// Waits for the peer to open a bidirectional stream.
     pub async fn accept_bi(&self) -> Result<(SendStream, RecvStream), ConnectionError> {
-        self.snapshot().link.accept_bi().await
+        self.receive(|link| async move { link.accept_bi().await })
+            .await
     }
 
     /// Waits for the peer to open a unidirectional stream.
     pub async fn accept_uni(&self) -> Result<RecvStream, ConnectionError> {
-        self.snapshot().link.accept_uni().await
+        self.receive(|link| async move { link.accept_uni().await })
+            .await
     }
 
     /// Sends a one-way message (an event, a heartbeat, an acknowledgement)
@@ -397,7 +487,13 @@ impl Connection {
     /// Sends an unreliable datagram in `band`: never retransmitted, dropped
     /// (and counted) if the send queue is full.
     pub fn send_datagram(&self, data: Bytes, band: Band) -> Result<(), SendDatagramError> {
-        self.snapshot().link.send_datagram(data, band)
+        let cur = self.snapshot();
+        if cur.link.peer_going_away() {
+            // The draining connection still carries this one; later ones
+            // go over the new connection once it is up.
+            self.switch_soon();
+        }
+        cur.link.send_datagram(data, band)
     }
 
     /// Largest datagram payload the peer accepts.
@@ -407,7 +503,8 @@ impl Connection {
 
     /// Waits for the next datagram.
     pub async fn read_datagram(&self) -> Result<Bytes, ConnectionError> {
-        self.snapshot().link.read_datagram().await
+        self.receive(|link| async move { link.read_datagram().await })
+            .await
     }
 
     /// Closes the connection with an application code and reason. Data not

@@ -106,8 +106,42 @@ fn run(command: Command) -> Result<(), CliError> {
     }
 }
 
+/// A command-line mistake as one line (clap's own report spreads it over a
+/// usage block and a hint), exit code 2, like every other refusal.
+fn parse() -> Result<Cli, ExitCode> {
+    use clap::error::ErrorKind;
+    Cli::try_parse().map_err(|e| match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+        }
+        _ => {
+            eprintln!("mxp: {} (see --help)", one_line(&e.render().to_string()));
+            ExitCode::from(2)
+        }
+    })
+}
+
+/// Clap's message without its `Usage:` block and closing hint, joined.
+fn one_line(report: &str) -> String {
+    report
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_owned()
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let command = cli
         .command
         .unwrap_or_else(|| Command::Demo(cli::demo::DemoArgs::default()));

