@@ -481,6 +481,88 @@ fn auto_reaches_a_node_over_quic_when_nothing_listens_for_mxp() {
     assert!(took >= Duration::from_millis(300), "{took:?}");
 }
 
+/// The README's first command: a bare `mxp` runs the demo on built-in
+/// defaults and prints a summary in which every kind of traffic arrived.
+#[test]
+fn a_bare_mxp_runs_the_demo_and_everything_reliable_arrives() {
+    let out = run(&[]).success();
+    let text = &out.stdout;
+    let figures = |label: &str| -> Vec<u64> {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no {label:?} line in:\n{text}"));
+        line[line.find(label).unwrap() + label.len()..]
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect()
+    };
+    assert_eq!(figures("calls answered")[0], 2000, "{text}");
+    assert_eq!(figures("token-stream chunks received"), [20000, 20000], "{text}");
+    assert_eq!(figures("events received"), [2000, 2000], "{text}");
+    // Datagrams are unreliable: the line is there and counts some.
+    assert!(figures("heartbeat datagrams echoed")[0] > 0, "{text}");
+}
+
+/// `mxp relay` as the command line runs it, between a client and a
+/// node: pings (calls, reliable) all come back although the relay drops
+/// some of the datagrams it carries, and it reports its counters on Ctrl-C.
+#[test]
+fn pings_through_mxp_relay_at_five_percent_loss_all_come_back() {
+    let node = Node::start(&["--listen", "127.0.0.1:0", "--quic-listen", "off"]);
+    let mut cmd = mxp();
+    let to = node.addr.to_string();
+    cmd.args(["relay", "--listen", "127.0.0.1:0", "--to", &to])
+        .args(["--loss", "0.05", "--delay", "1ms", "--jitter", "200us"])
+        .args(["--reorder", "0.02", "--duplicate", "0.01", "--seed", "7"]);
+    let mut relay = Guarded::spawn(cmd, "mxp relay");
+    let lines = read_lines(relay.child.stdout.take().expect("piped stdout"));
+    let stderr = drain(relay.child.stderr.take());
+    let first = lines.recv_timeout(PATIENCE).expect("the relay's first line");
+    let listen: SocketAddr = first
+        .strip_prefix("relaying ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{first:?}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{first:?}: {e}"));
+
+    let out = ping(
+        &format!("mxp://{listen}"),
+        &node.key,
+        &["-c", "300", "--carrier", "mxp", "--json"],
+    )
+    .success();
+    let report = json_object(&out);
+    assert_eq!(report["sent"], 300, "{report:?}");
+    assert_eq!(report["received"], 300, "{report:?}");
+
+    let sent = Command::new("kill")
+        .args(["-INT", &relay.pid().to_string()])
+        .status()
+        .expect("the kill command");
+    assert!(sent.success());
+    let status = relay.wait(String::new);
+    assert!(status.success(), "{status}: {}", stderr.join().unwrap_or_default());
+    let counters: Vec<String> = lines.iter().collect();
+    let summary = counters
+        .iter()
+        .find_map(|l| l.strip_prefix("relayed: "))
+        .unwrap_or_else(|| panic!("no counters in {counters:#?}"));
+    // "... to target: received N, forwarded N, lost N, ..." each way.
+    let lost: u64 = summary
+        .match_indices("lost ")
+        .map(|(i, _)| {
+            summary[i + 5..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert!(lost > 0, "the relay lost nothing: {summary}");
+}
+
 // ---------------------------------------------------------------------------
 // Bad input: one clear line, a non-zero exit, never a hang
 // ---------------------------------------------------------------------------

@@ -232,11 +232,26 @@ fn allow_list_refuses_unknown_clients_and_admits_listed_ones() {
     };
     let mut s = Setup::with(3, ideal(), TransportConfig::default(), server_config);
     let (client, server) = (s.client, s.server);
+    let server_addr = s.net.addr(server);
     // The setup's own client is not on the list.
     let c = s.start_connect(client);
     let seen = run_to_outcome(&mut s.net, client, c, Duration::from_secs(5));
     assert_eq!(lost_reason(&seen), Some(ConnectionError::ClientNotAllowed));
     assert_eq!(seen.last(), Some(&Event::Drained));
+    // The server answered the initiation with the typed refusal (and only
+    // that), and its application never heard of the client.
+    let refusals: Vec<Incoming> = s
+        .net
+        .take_outcomes()
+        .into_iter()
+        .filter(|(to, _)| *to == server_addr)
+        .map(|(_, o)| o)
+        .collect();
+    assert_eq!(
+        refusals,
+        vec![Incoming::Answered(Refusal::ClientNotAllowed)]
+    );
+    assert_eq!(events(&mut s.net, server), vec![]);
     assert_eq!(s.net.endpoint(client).connection_count(), 0);
     let e = s.net.endpoint(server).stats();
     assert_eq!((e.clients_refused, e.handshakes_accepted), (1, 0));

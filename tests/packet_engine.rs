@@ -10,13 +10,14 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use common::{
     Digest, EchoServer, Receiver, Sender, Setup, client_initial, events, is_long, is_short, wiretap,
 };
 use mxp::proto::{
     Band, ConnectionHandle, ConnectionStats, Dir, EndpointStats, Event, Incoming, KeyRotation,
-    Keypair, RetryPolicy, ServerConfig, StreamEvent, TransportConfig,
+    Keypair, RetryPolicy, ServerConfig, StreamEvent, StreamId, TransportConfig,
+    message::{Message, MessageType},
     packet::{self, MIN_INITIAL_SIZE, SHORT_PN_OFFSET},
 };
 use mxp::sim::{Datagram, LinkConfig, Network, NodeId, TapAction};
@@ -1190,4 +1191,226 @@ fn a_packet_under_old_keys_is_refused_once_the_grace_period_is_over() {
         Duration::from_secs(2),
     );
     assert_eq!(sent, received);
+}
+
+// ---- acknowledgements and tail loss ----------------------------------------
+
+/// Hands the next datagram `from` sends at `now` straight to `to`,
+/// bypassing the network (so no time passes). Returns whether there was one.
+fn hand_carry(net: &mut Network, from: NodeId, to: NodeId, now: Instant) -> bool {
+    let mut buf = Vec::new();
+    let Some(t) = net.endpoint(from).poll_transmit(now, &mut buf) else {
+        return false;
+    };
+    let from_addr = net.addr(from);
+    net.endpoint(to)
+        .handle(now, from_addr, BytesMut::from(&buf[buf.len() - t.size..]));
+    true
+}
+
+/// Writes one MXP message of `kind` and `len` payload bytes on a fresh
+/// stream in the message type's band, and finishes the stream.
+fn send_message(
+    net: &mut Network,
+    node: NodeId,
+    h: ConnectionHandle,
+    kind: MessageType,
+    len: usize,
+) -> (StreamId, Vec<u8>) {
+    let wire = Message::new(kind, vec![kind as u8; len])
+        .to_bytes()
+        .expect("encodes");
+    let conn = net.endpoint(node).connection(h).unwrap();
+    let id = conn.open(Dir::Uni, kind.band()).unwrap();
+    assert_eq!(conn.write(id, wire.clone()), Ok(wire.len()));
+    conn.finish(id).unwrap();
+    (id, wire.to_vec())
+}
+
+/// ACK-only packets `node` has sent on `h` so far.
+fn acks_only(net: &mut Network, node: NodeId, h: ConnectionHandle) -> u64 {
+    stats(net, node, h).ack_only_packets
+}
+
+/// Client and server connected over an ideal link, with nothing left to
+/// send or acknowledge on either side.
+fn settled(seed: u64, link: LinkConfig) -> (Setup, ConnectionHandle, ConnectionHandle) {
+    let mut s = Setup::new(seed, link);
+    let (c, srv) = s.connect();
+    s.net.run_for(Duration::from_millis(10));
+    let (client, server, now) = (s.client, s.server, s.net.now());
+    assert!(!hand_carry(&mut s.net, client, server, now), "client idle");
+    assert!(!hand_carry(&mut s.net, server, client, now), "server idle");
+    (s, c, srv)
+}
+
+#[test]
+fn a_critical_packet_is_acknowledged_at_once_and_others_only_after_max_ack_delay() {
+    let (mut s, c, srv) = settled(31, ideal());
+    let (client, server) = (s.client, s.server);
+    let max_ack_delay = TransportConfig::default().max_ack_delay;
+    let one_ns = Duration::from_nanos(1);
+    for kind in [
+        MessageType::Call,
+        MessageType::Response,
+        MessageType::StreamChunk,
+        MessageType::Event,
+    ] {
+        let net = &mut s.net;
+        let now = net.now();
+        let before = acks_only(net, server, srv);
+        send_message(net, client, c, kind, 200);
+        assert!(hand_carry(net, client, server, now), "{kind:?} leaves");
+        assert!(!hand_carry(net, client, server, now), "in one packet");
+        assert!(stats(net, client, c).bytes_in_flight > 0);
+
+        if kind.band() == Band::Critical {
+            // The receiver's very next poll, at the same instant, is the ACK.
+            assert!(
+                hand_carry(net, server, client, now),
+                "{kind:?} is acknowledged without any time passing"
+            );
+        } else {
+            assert!(
+                !hand_carry(net, server, client, now),
+                "{kind:?} ({:?}) is not acknowledged at once",
+                kind.band()
+            );
+            assert_eq!(
+                net.endpoint(server).poll_timeout(),
+                Some(now + max_ack_delay),
+                "the ACK timer is max_ack_delay after arrival"
+            );
+            net.run_for(max_ack_delay - one_ns);
+            assert_eq!(
+                acks_only(net, server, srv),
+                before,
+                "no ACK a nanosecond before max_ack_delay"
+            );
+            net.run_for(one_ns);
+            assert_eq!(net.now(), now + max_ack_delay);
+        }
+        assert_eq!(
+            acks_only(net, server, srv),
+            before + 1,
+            "{kind:?}: exactly one ACK-only packet"
+        );
+        net.run_for(Duration::from_millis(1));
+        assert_eq!(
+            stats(net, client, c).bytes_in_flight,
+            0,
+            "{kind:?}: the ACK covered the message"
+        );
+        assert_eq!(acks_only(net, server, srv), before + 1, "and no other");
+        events(net, server);
+    }
+}
+
+#[test]
+fn a_burst_of_non_critical_packets_is_acknowledged_every_threshold_packets_without_waiting() {
+    let (mut s, c, srv) = settled(32, ideal());
+    let (client, server) = (s.client, s.server);
+    let config = TransportConfig::default();
+    let threshold = u64::from(config.ack_eliciting_threshold);
+    assert_eq!(threshold, 2);
+    let net = &mut s.net;
+    let now = net.now();
+    let before = acks_only(net, server, srv);
+    // Nine packets' worth of bulk data in the Streaming band, all sent and
+    // received at the same instant.
+    let (_, wire) = send_message(net, client, c, MessageType::StreamChunk, 9 * 1400);
+    let mut packets = 0;
+    while hand_carry(net, client, server, now) {
+        packets += 1;
+        let acked = hand_carry(net, server, client, now);
+        assert_eq!(
+            acked,
+            packets % threshold == 0,
+            "data packet {packets}: an ACK at once exactly every {threshold} packets"
+        );
+    }
+    assert!(
+        packets as usize >= wire.len() / 1452 + 1 && packets % threshold == 1,
+        "an odd burst of several packets ({packets}) went out at once"
+    );
+    assert_eq!(acks_only(net, server, srv), before + packets / threshold);
+    // The odd one out is acknowledged within max_ack_delay, not later.
+    assert_eq!(
+        net.endpoint(server).poll_timeout(),
+        Some(now + config.max_ack_delay)
+    );
+    net.run_for(config.max_ack_delay);
+    assert_eq!(
+        acks_only(net, server, srv),
+        before + packets / threshold + 1
+    );
+    net.run_for(Duration::from_millis(1));
+    assert_eq!(stats(net, client, c).bytes_in_flight, 0);
+}
+
+#[test]
+fn a_lost_tail_packet_is_probed_and_delivered_within_a_millisecond_at_microsecond_rtts() {
+    // 15 µs each way: a 30 µs round trip, as inside a datacenter.
+    let one_way = Duration::from_micros(15);
+    for kind in [MessageType::Call, MessageType::StreamChunk] {
+        let (mut s, c, srv) = settled(33, LinkConfig::ideal(one_way));
+        let (client, server) = (s.client, s.server);
+        let (client_addr, server_addr) = (s.net.addr(client), s.net.addr(server));
+        let net = &mut s.net;
+        assert_eq!(
+            net.endpoint(client).connection_ref(c).unwrap().rtt(),
+            2 * one_way
+        );
+        events(net, server);
+        let sent = net.now();
+        let (id, wire) = send_message(net, client, c, kind, 4000);
+        // Every packet of the message, as the client sends it now.
+        let mut packets = Vec::new();
+        loop {
+            let mut buf = Vec::new();
+            let Some(t) = net.endpoint(client).poll_transmit(sent, &mut buf) else {
+                break;
+            };
+            packets.push(buf[buf.len() - t.size..].to_vec());
+        }
+        assert!(packets.len() >= 3, "{kind:?}: {} packets", packets.len());
+        // All but the last reach the server; the last is lost.
+        packets.pop();
+        for p in packets {
+            net.inject(client_addr, server_addr, p);
+        }
+        let before = stats(net, client, c);
+        let mut got = Vec::new();
+        let mut complete = false;
+        let delivered = net.run_until(Duration::from_millis(5), |net| {
+            let conn = net.endpoint(server).connection(srv).unwrap();
+            while conn.accept(Dir::Uni).is_some() {}
+            loop {
+                match conn.read(id, usize::MAX) {
+                    Ok(Some(chunk)) => got.extend_from_slice(&chunk),
+                    Ok(None) => {
+                        complete = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            complete
+        });
+        assert!(delivered, "{kind:?}: the tail never arrived");
+        assert_eq!(got, wire, "{kind:?}: byte-exact");
+        let took = net.now() - sent;
+        assert!(
+            took < Duration::from_millis(1),
+            "{kind:?}: tail loss repaired after {took:?} of virtual time"
+        );
+        assert!(took > 4 * one_way, "{kind:?}: it took a probe: {took:?}");
+        let after = stats(net, client, c);
+        assert_eq!(
+            after.probes - before.probes,
+            1,
+            "{kind:?}: one probe timeout"
+        );
+        assert!(after.retransmitted_frames > before.retransmitted_frames);
+    }
 }

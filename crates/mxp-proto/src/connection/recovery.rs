@@ -304,3 +304,215 @@ impl Recovery {
             .map(|p| p.records.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ops::RangeInclusive;
+
+    use super::*;
+
+    const fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
+    /// The peer's max_ack_delay the tests assume: the default, 200 µs.
+    fn peer_max_ack_delay() -> Duration {
+        TransportConfig::default().max_ack_delay
+    }
+
+    fn recovery(now: Instant) -> (Recovery, TransportConfig) {
+        let config = TransportConfig::default();
+        (Recovery::new(&config, now), config)
+    }
+
+    /// Sends an ack-eliciting packet carrying one record that names it
+    /// (`DataBlocked(pn)`), so a probe can be told apart.
+    fn send(r: &mut Recovery, now: Instant) -> u64 {
+        let pn = r.next_pn;
+        r.next_pn += 1;
+        r.on_packet_sent(
+            now,
+            SentPacket {
+                pn,
+                time_sent: now,
+                size: 1200,
+                ack_eliciting: true,
+                in_flight: true,
+                ack_largest: None,
+                datagrams: 0,
+                go_away: false,
+                records: vec![Record::DataBlocked(pn)],
+            },
+        );
+        pn
+    }
+
+    /// Applies an ACK of `ranges` (highest first) and returns the packet
+    /// numbers it acknowledged and declared lost.
+    fn ack(
+        r: &mut Recovery,
+        config: &TransportConfig,
+        now: Instant,
+        ranges: &[RangeInclusive<u64>],
+    ) -> (Vec<u64>, Vec<u64>) {
+        let frame = Ack {
+            largest: *ranges[0].end(),
+            delay_us: 0,
+            ranges: ranges.to_vec(),
+        };
+        let (mut acked, mut lost) = (Vec::new(), Vec::new());
+        r.on_ack(
+            now,
+            &frame,
+            config,
+            peer_max_ack_delay(),
+            &mut acked,
+            &mut lost,
+        )
+        .expect("a valid ACK");
+        (pns(&acked), pns(&lost))
+    }
+
+    fn pns(packets: &[SentPacket]) -> Vec<u64> {
+        packets.iter().map(|p| p.pn).collect()
+    }
+
+    fn deadline(r: &Recovery, config: &TransportConfig) -> Option<Instant> {
+        r.loss_detection_deadline(config, peer_max_ack_delay())
+    }
+
+    #[test]
+    fn a_packet_is_lost_once_the_packet_threshold_of_later_packets_is_acknowledged() {
+        let t0 = Instant::now();
+        let (mut r, config) = recovery(t0);
+        assert_eq!(config.packet_threshold, 3);
+        for _ in 0..6 {
+            send(&mut r, t0);
+        }
+        // Every ACK arrives one 30 µs round trip after the burst: packet 0
+        // is 30 µs old, under the 33.75 µs time threshold, so only the
+        // packet count can declare it lost.
+        let at = t0 + us(30);
+        for later in 1..config.packet_threshold {
+            let (acked, lost) = ack(&mut r, &config, at, &[1..=later]);
+            assert_eq!(acked, [later]);
+            assert!(
+                lost.is_empty(),
+                "{later} later packet(s) acknowledged is not enough: {lost:?}"
+            );
+            assert_eq!(
+                deadline(&r, &config),
+                Some(t0 + us(33) + Duration::from_nanos(750)),
+                "meanwhile the time threshold is armed for packet 0"
+            );
+        }
+        let (acked, lost) = ack(&mut r, &config, at, &[1..=config.packet_threshold]);
+        assert_eq!(acked, [config.packet_threshold]);
+        assert_eq!(lost, [0], "the third later packet acknowledged loses it");
+        assert_eq!(r.bytes_in_flight, 2 * 1200, "packets 4 and 5 remain");
+    }
+
+    #[test]
+    fn the_packet_threshold_counts_packet_numbers_not_acknowledged_packets() {
+        let t0 = Instant::now();
+        let (mut r, config) = recovery(t0);
+        for _ in 0..5 {
+            send(&mut r, t0);
+        }
+        // Packet 3 alone is acknowledged: 0 is three numbers below it and
+        // lost; 1 and 2 are not (yet).
+        let (acked, lost) = ack(&mut r, &config, t0 + us(30), &[3..=3]);
+        assert_eq!(acked, [3]);
+        assert_eq!(lost, [0]);
+        // Packet 4 makes 1 lost too, and 2 still waits for its time.
+        let (_, lost) = ack(&mut r, &config, t0 + us(30), &[3..=4]);
+        assert_eq!(lost, [1]);
+        assert!(deadline(&r, &config).is_some());
+    }
+
+    #[test]
+    fn a_packet_is_lost_by_time_threshold_nine_eighths_of_the_rtt_after_it_was_sent() {
+        let t0 = Instant::now();
+        let (mut r, config) = recovery(t0);
+        let first = send(&mut r, t0);
+        send(&mut r, t0 + us(2));
+        // Packet 1 is acknowledged one 32 µs round trip after it left:
+        // loss delay = 9/8 · max(smoothed 32, latest 32) = 36 µs. Packet 0 is
+        // 34 µs old, and only one later packet is acknowledged.
+        let (acked, lost) = ack(&mut r, &config, t0 + us(34), &[1..=1]);
+        assert_eq!((acked, lost), (vec![1], vec![]));
+        assert_eq!(r.rtt.smoothed(), us(32));
+        assert_eq!(r.rtt.loss_delay(config.timer_granularity), us(36));
+        let at = t0 + us(36);
+        assert_eq!(
+            deadline(&r, &config),
+            Some(at),
+            "the loss timer, not the probe timer, is armed for packet 0"
+        );
+
+        let mut lost = Vec::new();
+        let before = at - Duration::from_nanos(1);
+        let probe = r.on_timeout(before, &config, peer_max_ack_delay(), &mut lost);
+        assert!(
+            probe.is_none() && lost.is_empty(),
+            "not lost a nanosecond early"
+        );
+        assert_eq!(deadline(&r, &config), Some(at), "still armed");
+
+        let probe = r.on_timeout(at, &config, peer_max_ack_delay(), &mut lost);
+        assert!(probe.is_none(), "a time-threshold loss is no probe");
+        assert_eq!(pns(&lost), [first]);
+        assert_eq!(r.pto_count, 0);
+        assert_eq!(r.bytes_in_flight, 0);
+        assert_eq!(deadline(&r, &config), None, "nothing left in flight");
+    }
+
+    #[test]
+    fn probe_timeout_is_microseconds_for_a_microsecond_rtt_and_doubles_per_probe_until_an_ack() {
+        let t0 = Instant::now();
+        let (mut r, config) = recovery(t0);
+        send(&mut r, t0);
+        ack(&mut r, &config, t0 + us(30), &[0..=0]);
+        // First sample 30 µs: smoothed 30, rttvar 15. PTO = 30 + max(4·15,
+        // granularity 10) + the peer's max_ack_delay 200 = 290 µs.
+        let pto = us(30 + 60 + 200);
+        assert_eq!(r.pto(&config, peer_max_ack_delay()), pto);
+
+        let t1 = t0 + us(30);
+        send(&mut r, t1);
+        assert_eq!(deadline(&r, &config), Some(t1 + pto));
+        assert!(pto < Duration::from_millis(1), "no 1 ms floor");
+
+        // Each probe timeout asks for two probes carrying the oldest
+        // packet's frames, and doubles the next timeout.
+        let mut sent_at = t1;
+        for (count, backoff) in [(1, 2), (2, 4), (3, 8)] {
+            let fire = deadline(&r, &config).expect("probe timer armed");
+            let mut lost = Vec::new();
+            let records = r.on_timeout(fire, &config, peer_max_ack_delay(), &mut lost);
+            assert!(lost.is_empty());
+            assert_eq!(records, Some(vec![Record::DataBlocked(1)]));
+            assert_eq!((r.pto_count, r.probes), (count, 2));
+            assert!(r.can_send(u64::MAX / 2), "probes ignore the window");
+            sent_at = fire;
+            send(&mut r, sent_at);
+            assert_eq!(deadline(&r, &config), Some(sent_at + pto * backoff));
+        }
+        // The three probes went out at 290, 290 + 580, 290 + 580 + 1160 µs
+        // after packet 1.
+        assert_eq!(sent_at, t1 + us(290 + 580 + 1160));
+
+        // An ACK of the last probe (packet 4), 30 µs after it left, resets
+        // the backoff: packets 1 to 3 are lost (by count and time), and the
+        // next packet's probe timeout is one PTO again, with the new
+        // estimate: rttvar (3·15 + 0) / 4 = 11.25 µs, so
+        // 30 + 45 + 200 = 275 µs.
+        let now = sent_at + us(30);
+        let (acked, lost) = ack(&mut r, &config, now, &[4..=4]);
+        assert_eq!((acked, lost), (vec![4], vec![1, 2, 3]));
+        assert_eq!(r.pto_count, 0);
+        assert_eq!(deadline(&r, &config), None, "nothing in flight");
+        send(&mut r, now);
+        assert_eq!(deadline(&r, &config), Some(now + us(275)));
+    }
+}
