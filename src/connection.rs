@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::carrier::{Carrier, CarrierMode};
 use crate::endpoint::{Endpoint, Target};
-use crate::metrics::{CallDurations, CallSide};
+use crate::metrics::{CallDurations, CallSide, MessageErrors};
 use crate::mxp::conn::MxpConn;
 use crate::mxp::streams::{MxpRecv, MxpSend};
 use crate::quic::QuicConn;
@@ -217,6 +217,8 @@ struct Session {
     closed_by_app: AtomicBool,
     /// The endpoint's call-latency histograms.
     calls: Arc<CallDurations>,
+    /// The endpoint's count of messages its streams refused.
+    message_errors: Arc<MessageErrors>,
 }
 
 /// A connection to an MXP node (or, on a node, from a client). Cheap to
@@ -245,16 +247,31 @@ struct Session {
 pub struct Connection(Arc<Session>);
 
 impl Connection {
-    pub(crate) fn node_side(link: Link, calls: Arc<CallDurations>) -> Connection {
-        Self::with(link, None, calls)
+    pub(crate) fn node_side(
+        link: Link,
+        calls: Arc<CallDurations>,
+        message_errors: Arc<MessageErrors>,
+    ) -> Connection {
+        Self::with(link, None, calls, message_errors)
     }
 
     pub(crate) fn client_side(link: Link, endpoint: Endpoint, target: Target) -> Connection {
         let calls = endpoint.call_durations();
-        Self::with(link, Some(Reconnect { endpoint, target }), calls)
+        let message_errors = endpoint.message_errors();
+        Self::with(
+            link,
+            Some(Reconnect { endpoint, target }),
+            calls,
+            message_errors,
+        )
     }
 
-    fn with(link: Link, reconnect: Option<Reconnect>, calls: Arc<CallDurations>) -> Connection {
+    fn with(
+        link: Link,
+        reconnect: Option<Reconnect>,
+        calls: Arc<CallDurations>,
+        message_errors: Arc<MessageErrors>,
+    ) -> Connection {
         Connection(Arc::new(Session {
             current: Mutex::new(Current::new(link)),
             reconnect,
@@ -264,6 +281,7 @@ impl Connection {
             switch_spawned: AtomicBool::new(false),
             closed_by_app: AtomicBool::new(false),
             calls,
+            message_errors,
         }))
     }
 
@@ -387,6 +405,14 @@ impl Connection {
         }
     }
 
+    /// The stream pair with its receiving half counting refused messages.
+    fn counted(&self, (send, recv): (SendStream, RecvStream)) -> (SendStream, RecvStream) {
+        (
+            send,
+            recv.counting_errors_into(self.0.message_errors.clone()),
+        )
+    }
+
     /// The carrier new work goes over now.
     pub fn carrier(&self) -> Carrier {
         self.snapshot().link.carrier()
@@ -421,7 +447,7 @@ impl Connection {
         let started = Instant::now();
         let current = self.current().await;
         let exchange = async {
-            let (mut send, mut recv) = current.link.open_bi(request.band()).await?;
+            let (mut send, mut recv) = self.counted(current.link.open_bi(request.band()).await?);
             send.write_message(request).await?;
             send.finish()?;
             recv.read_message().await?.ok_or(CallError::NoResponse)
@@ -449,7 +475,7 @@ impl Connection {
     /// Opens a bidirectional stream whose data is sent in `band`, waiting
     /// if the peer's stream limit is reached.
     pub async fn open_bi(&self, band: Band) -> Result<(SendStream, RecvStream), ConnectionError> {
-        self.current().await.link.open_bi(band).await
+        Ok(self.counted(self.current().await.link.open_bi(band).await?))
     }
 
     /// Opens a unidirectional stream whose data is sent in `band`.
@@ -459,14 +485,18 @@ impl Connection {
 
     /// Waits for the peer to open a bidirectional stream.
     pub async fn accept_bi(&self) -> Result<(SendStream, RecvStream), ConnectionError> {
-        self.receive(|link| async move { link.accept_bi().await })
-            .await
+        let pair = self
+            .receive(|link| async move { link.accept_bi().await })
+            .await?;
+        Ok(self.counted(pair))
     }
 
     /// Waits for the peer to open a unidirectional stream.
     pub async fn accept_uni(&self) -> Result<RecvStream, ConnectionError> {
-        self.receive(|link| async move { link.accept_uni().await })
-            .await
+        let recv = self
+            .receive(|link| async move { link.accept_uni().await })
+            .await?;
+        Ok(recv.counting_errors_into(self.0.message_errors.clone()))
     }
 
     /// Sends a one-way message (an event, a heartbeat, an acknowledgement)

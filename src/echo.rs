@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use mxp_proto::Band;
-use mxp_proto::message::{MAGIC, Message, MessageDecoder, MessageType};
+use mxp_proto::message::{CHECKSUM_LEN, HEADER_LEN, MAGIC, Message, MessageType};
 use tracing::debug;
 
 use crate::{Connection, Endpoint, RecvStream, SendStream};
@@ -133,23 +133,29 @@ async fn echo_stream(
 }
 
 async fn sink_stream(mut recv: RecvStream, stats: Arc<EchoStats>) {
-    let mut decoder: Option<MessageDecoder> = None;
-    let mut first = true;
-    while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX).await {
-        add(&stats.sunk_bytes, chunk.len() as u64);
-        if std::mem::take(&mut first) && is_message(&chunk) {
-            decoder = Some(MessageDecoder::default());
+    let Ok(Some(first)) = recv.read_chunk(usize::MAX).await else {
+        return;
+    };
+    if !is_message(&first) {
+        let mut chunk = Some(first);
+        while let Some(data) = chunk {
+            add(&stats.sunk_bytes, data.len() as u64);
+            chunk = recv.read_chunk(usize::MAX).await.ok().flatten();
         }
-        if let Some(d) = &mut decoder {
-            d.push(chunk);
-            while let Ok(Some(m)) = d.next_message() {
-                add(&stats.sunk_messages, 1);
-                match m.kind {
-                    MessageType::Event => add(&stats.events, 1),
-                    MessageType::StreamChunk => add(&stats.stream_chunks, 1),
-                    _ => {}
-                }
-            }
+        return;
+    }
+    recv.unread(first);
+    // A message the codec refuses ends the stream (and is counted there).
+    while let Ok(Some(m)) = recv.read_message().await {
+        add(
+            &stats.sunk_bytes,
+            (HEADER_LEN + m.payload.len() + CHECKSUM_LEN) as u64,
+        );
+        add(&stats.sunk_messages, 1);
+        match m.kind {
+            MessageType::Event => add(&stats.events, 1),
+            MessageType::StreamChunk => add(&stats.stream_chunks, 1),
+            _ => {}
         }
     }
 }

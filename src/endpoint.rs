@@ -17,7 +17,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::capture::{CaptureError, CaptureStatus, CaptureSummary};
 use crate::carrier::{Carrier, CarrierMode, Carriers};
 use crate::connection::{Connection, Link};
-use crate::metrics::{CallDurations, CarrierTotals, ConnectionInfo};
+use crate::metrics::{CallDurations, CarrierTotals, ConnectionInfo, MessageErrors};
 use crate::mxp::endpoint::MxpEndpoint;
 use crate::quic::{self, QuicEndpoint};
 
@@ -152,6 +152,7 @@ struct Inner {
     /// MXP did not answer: `Auto` skips it until then.
     mxp_silent_until: Mutex<Option<Instant>>,
     calls: Arc<CallDurations>,
+    message_errors: Arc<MessageErrors>,
 }
 
 /// An MXP node or client.
@@ -230,6 +231,7 @@ impl Endpoint {
             fallbacks: AtomicU64::new(0),
             mxp_silent_until: Mutex::new(None),
             calls: Arc::default(),
+            message_errors: Arc::default(),
         });
         let endpoint = Endpoint(inner);
         if node_policy.is_some() {
@@ -289,7 +291,11 @@ impl Endpoint {
     /// `None` once the endpoint is closed.
     pub async fn accept(&self) -> Option<Connection> {
         let link = self.0.incoming.lock().await.recv().await?;
-        Some(Connection::node_side(link, self.call_durations()))
+        Some(Connection::node_side(
+            link,
+            self.call_durations(),
+            self.message_errors(),
+        ))
     }
 
     /// Connects to `address` — `mxp://host:port`, optionally with
@@ -618,6 +624,10 @@ impl Endpoint {
 
     pub(crate) fn call_durations(&self) -> Arc<CallDurations> {
         self.0.calls.clone()
+    }
+
+    pub(crate) fn message_errors(&self) -> Arc<MessageErrors> {
+        self.0.message_errors.clone()
     }
 
     /// Every open connection's stats, both carriers.

@@ -14,6 +14,7 @@ use mxp_proto::{Band, ConnectionError};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::metrics::MessageErrors;
 use crate::mxp::streams::{MxpRecv, MxpSend};
 use crate::quic;
 
@@ -274,6 +275,8 @@ pub struct RecvStream {
     decoder: MessageDecoder,
     /// Counts a QUIC stream as open while held.
     _open: Option<Arc<quic::OpenStream>>,
+    /// Where a message the codec refuses is counted.
+    message_errors: Option<Arc<MessageErrors>>,
 }
 
 impl RecvStream {
@@ -291,7 +294,13 @@ impl RecvStream {
             done: false,
             decoder: MessageDecoder::default(),
             _open: open,
+            message_errors: None,
         }
+    }
+
+    pub(crate) fn counting_errors_into(mut self, errors: Arc<MessageErrors>) -> RecvStream {
+        self.message_errors = Some(errors);
+        self
     }
 
     fn poll_chunk(
@@ -339,7 +348,22 @@ impl RecvStream {
     }
 
     /// The next MXP message; `None` at a clean end of the stream.
+    /// Bad input is refused with a typed error and counted in
+    /// `mxp_message_errors_total`.
     pub async fn read_message(&mut self) -> Result<Option<Message>, ReadError> {
+        let result = self.next_message().await;
+        if let (Err(e), Some(errors)) = (&result, &self.message_errors) {
+            match e {
+                ReadError::Message(e) => errors.count(e.kind()),
+                // The stream ended inside a message: the codec's truncation.
+                ReadError::Truncated => errors.count("truncated"),
+                _ => {}
+            }
+        }
+        result
+    }
+
+    async fn next_message(&mut self) -> Result<Option<Message>, ReadError> {
         loop {
             if let Some(m) = self.decoder.next_message()? {
                 return Ok(Some(m));

@@ -498,7 +498,11 @@ fn a_bare_mxp_runs_the_demo_and_everything_reliable_arrives() {
             .collect()
     };
     assert_eq!(figures("calls answered")[0], 2000, "{text}");
-    assert_eq!(figures("token-stream chunks received"), [20000, 20000], "{text}");
+    assert_eq!(
+        figures("token-stream chunks received"),
+        [20000, 20000],
+        "{text}"
+    );
     assert_eq!(figures("events received"), [2000, 2000], "{text}");
     // Datagrams are unreliable: the line is there and counts some.
     assert!(figures("heartbeat datagrams echoed")[0] > 0, "{text}");
@@ -518,7 +522,9 @@ fn pings_through_mxp_relay_at_five_percent_loss_all_come_back() {
     let mut relay = Guarded::spawn(cmd, "mxp relay");
     let lines = read_lines(relay.child.stdout.take().expect("piped stdout"));
     let stderr = drain(relay.child.stderr.take());
-    let first = lines.recv_timeout(PATIENCE).expect("the relay's first line");
+    let first = lines
+        .recv_timeout(PATIENCE)
+        .expect("the relay's first line");
     let listen: SocketAddr = first
         .strip_prefix("relaying ")
         .and_then(|rest| rest.split_whitespace().next())
@@ -542,7 +548,11 @@ fn pings_through_mxp_relay_at_five_percent_loss_all_come_back() {
         .expect("the kill command");
     assert!(sent.success());
     let status = relay.wait(String::new);
-    assert!(status.success(), "{status}: {}", stderr.join().unwrap_or_default());
+    assert!(
+        status.success(),
+        "{status}: {}",
+        stderr.join().unwrap_or_default()
+    );
     let counters: Vec<String> = lines.iter().collect();
     let summary = counters
         .iter()

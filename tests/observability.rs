@@ -233,3 +233,91 @@ async fn metrics_follow_real_traffic_through_a_lossy_relay() {
         total_calls
     );
 }
+
+/// Polls the node's `/metrics` until `series` reaches `value`.
+async fn until_served(admin: &AdminServer, series: &str, value: f64) -> Scrape {
+    timeout(PATIENCE, async {
+        loop {
+            let scrape = Scrape::of(admin).await;
+            if scrape.get(series) == value {
+                return scrape;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{series} never reached {value}"))
+}
+
+/// A peer that speaks MXP badly: each bad message ends its own stream
+/// with a typed error and is counted by kind; the connection carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_messages_end_their_stream_and_are_counted_by_kind() {
+    let node = Endpoint::bind(any_port(), EndpointConfig::server(Keypair::generate())).unwrap();
+    tokio::spawn(echo::serve(node.clone(), Arc::new(EchoStats::default())));
+    let admin = admin::serve(any_port(), node.clone(), None).await.unwrap();
+    let client = Endpoint::bind(any_port(), EndpointConfig::client(Keypair::generate())).unwrap();
+    let conn = client
+        .connect_to(node.local_addr(), node.public_key())
+        .await
+        .unwrap();
+    let kind = |k: &str| format!("mxp_message_errors_total{{kind=\"{k}\"}}");
+    for k in mxp::proto::message::MessageError::KINDS {
+        assert_eq!(Scrape::of(&admin).await.get(&kind(k)), 0.0, "{k}");
+    }
+
+    // A good call, then a message whose payload was altered in flight
+    // above the transport: the call is answered, the second one refused.
+    let good = Message::new(MessageType::Call, "fine").with_message_id(1);
+    let mut bad = Message::new(MessageType::Call, "tampered")
+        .to_bytes()
+        .unwrap()
+        .to_vec();
+    bad[40] ^= 0x20;
+    let (mut send, mut recv) = conn.open_bi(Band::Critical).await.unwrap();
+    send.write_message(&good).await.unwrap();
+    send.write_all(&bad).await.unwrap();
+    send.finish().unwrap();
+    let answer = recv
+        .read_message()
+        .await
+        .unwrap()
+        .expect("the good call's answer");
+    assert_eq!(answer.message_id, 1);
+    until_served(&admin, &kind("checksum_mismatch"), 1.0).await;
+
+    // An unknown message type on a one-way stream.
+    let mut unknown = Message::new(MessageType::Event, "e")
+        .to_bytes()
+        .unwrap()
+        .to_vec();
+    unknown[4] = 0x77;
+    let mut lane = conn.open_uni(Band::Background).await.unwrap();
+    lane.write_all(&unknown).await.unwrap();
+    lane.finish().unwrap();
+    until_served(&admin, &kind("unknown_type"), 1.0).await;
+
+    // A stream that ends inside a message.
+    let whole = Message::new(MessageType::Call, "cut short")
+        .to_bytes()
+        .unwrap();
+    let (mut send, _recv) = conn.open_bi(Band::Critical).await.unwrap();
+    send.write_all(&whole[..whole.len() - 3]).await.unwrap();
+    send.finish().unwrap();
+    let scrape = until_served(&admin, &kind("truncated"), 1.0).await;
+    for k in [
+        "bad_magic",
+        "reserved_nonzero",
+        "unknown_flags",
+        "payload_too_large",
+    ] {
+        assert_eq!(scrape.get(&kind(k)), 0.0, "{k}");
+    }
+
+    // The connection still serves calls.
+    let reply = conn
+        .call(&Message::new(MessageType::Call, "still here").with_message_id(2))
+        .await
+        .unwrap();
+    assert_eq!(reply.message_id, 2);
+}

@@ -1330,7 +1330,7 @@ fn a_burst_of_non_critical_packets_is_acknowledged_every_threshold_packets_witho
         );
     }
     assert!(
-        packets as usize >= wire.len() / 1452 + 1 && packets % threshold == 1,
+        packets as usize >= wire.len().div_ceil(1452) && packets % threshold == 1,
         "an odd burst of several packets ({packets}) went out at once"
     );
     assert_eq!(acks_only(net, server, srv), before + packets / threshold);

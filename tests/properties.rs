@@ -71,7 +71,9 @@ fn delivers_exactly_and_at_most_once(
     let net = &mut s.net;
 
     let c = net.endpoint(client).connection(ch).unwrap();
-    let ids: Vec<StreamId> = (0..sizes.len()).map(|i| c.open(Dir::Uni, band(i)).unwrap()).collect();
+    let ids: Vec<StreamId> = (0..sizes.len())
+        .map(|i| c.open(Dir::Uni, band(i)).unwrap())
+        .collect();
     let mut written = vec![0usize; sizes.len()];
     let mut finished = vec![false; sizes.len()];
     let mut expected: HashMap<StreamId, Digest> = HashMap::new();
@@ -110,38 +112,70 @@ fn delivers_exactly_and_at_most_once(
         rx.pump(net, server);
         let sc = net.endpoint(server).connection(sh).unwrap();
         while let Some(d) = sc.recv_datagram() {
-            assert!(seen.insert(number(&d)), "datagram {} delivered twice", number(&d));
+            assert!(
+                seen.insert(number(&d)),
+                "datagram {} delivered twice",
+                number(&d)
+            );
         }
         let cs = net.endpoint(client).connection(ch).unwrap().stats();
         rx.finished.len() == ids.len()
             && cs.open_streams == 0
             && cs.datagrams.sent + cs.datagrams.dropped_send == u64::from(datagrams)
     });
-    prop_assert!(done, "{} of {} streams finished", rx.finished.len(), ids.len());
+    prop_assert!(
+        done,
+        "{} of {} streams finished",
+        rx.finished.len(),
+        ids.len()
+    );
     prop_assert!(!lost_connection);
     for (i, id) in ids.iter().enumerate() {
         let got = rx.digests.get(id).copied().unwrap_or_default();
         let want = expected.get(id).copied().unwrap_or_default();
-        prop_assert_eq!(got, want, "stream {} ({} bytes) delivered other bytes", i, sizes[i]);
+        prop_assert_eq!(
+            got,
+            want,
+            "stream {} ({} bytes) delivered other bytes",
+            i,
+            sizes[i]
+        );
     }
     let mut finished_ids = rx.finished.clone();
     finished_ids.sort_by_key(|id| id.0);
     prop_assert_eq!(finished_ids, ids, "each stream ends exactly once");
-    prop_assert!(seen.iter().all(|&n| n < datagrams), "only datagrams that were sent arrive");
+    prop_assert!(
+        seen.iter().all(|&n| n < datagrams),
+        "only datagrams that were sent arrive"
+    );
     let (cs, ss) = {
         let cs = net.endpoint(client).connection(ch).unwrap().stats();
         let ss = net.endpoint(server).connection(sh).unwrap().stats();
         (cs, ss)
     };
     prop_assert_eq!(ss.datagrams.received, seen.len() as u64);
-    prop_assert_eq!(cs.datagrams.dropped_send, 0, "the send buffer holds the whole burst");
-    prop_assert!(net.endpoint(client).connection(ch).unwrap().is_established());
-    prop_assert!(net.endpoint(server).connection(sh).unwrap().is_established());
+    prop_assert_eq!(
+        cs.datagrams.dropped_send,
+        0,
+        "the send buffer holds the whole burst"
+    );
+    prop_assert!(
+        net.endpoint(client)
+            .connection(ch)
+            .unwrap()
+            .is_established()
+    );
+    prop_assert!(
+        net.endpoint(server)
+            .connection(sh)
+            .unwrap()
+            .is_established()
+    );
     Ok(())
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     /// Streams of random sizes in every band, plus a burst of uniquely
     /// numbered datagrams, over a randomly impaired network in both

@@ -10,6 +10,7 @@
 //! relaxed atomics. A scrape reads them all; nothing is counted twice.
 
 mod calls;
+mod messages;
 mod prometheus;
 mod snapshot;
 
@@ -22,6 +23,7 @@ use crate::capture::CaptureState;
 use crate::{Carrier, Endpoint};
 
 pub(crate) use calls::{CallDurations, CallSide};
+pub(crate) use messages::MessageErrors;
 pub use prometheus::{registry, render};
 pub use snapshot::{ConnectionInfo, NodeInfo, Snapshot};
 
@@ -371,6 +373,14 @@ pub(crate) fn collect(endpoint: &Endpoint) -> Vec<Family> {
         let left = status.draining.iter().find(|d| d.carrier == c);
         Value::Real(left.map_or(0.0, |d| d.deadline_in_s))
     });
+    let refused = f.family(
+        Counter,
+        "mxp_message_errors",
+        "MXP messages refused by the codec on a stream, by kind",
+    );
+    for (kind, n) in endpoint.message_errors().load() {
+        refused.with(&[("kind", kind)], count(n));
+    }
     f.counter(
         "mxp_carrier_fallbacks",
         "Client connections that fell back from MXP to QUIC",

@@ -84,6 +84,34 @@ pub enum MessageError {
     },
 }
 
+impl MessageError {
+    /// Every [`kind`](Self::kind), in declaration order: the label values
+    /// of the runtime's message-error counter.
+    pub const KINDS: [&'static str; 7] = [
+        "truncated",
+        "bad_magic",
+        "reserved_nonzero",
+        "unknown_type",
+        "unknown_flags",
+        "payload_too_large",
+        "checksum_mismatch",
+    ];
+
+    /// A short stable name for the kind of error (a metric label).
+    pub fn kind(&self) -> &'static str {
+        let i = match self {
+            MessageError::Truncated { .. } => 0,
+            MessageError::BadMagic(_) => 1,
+            MessageError::ReservedNonZero(_) => 2,
+            MessageError::UnknownType(_) => 3,
+            MessageError::UnknownFlags(_) => 4,
+            MessageError::PayloadTooLarge(_) => 5,
+            MessageError::ChecksumMismatch { .. } => 6,
+        };
+        Self::KINDS[i]
+    }
+}
+
 /// What a message is, which fixes its priority [`Band`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]
