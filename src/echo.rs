@@ -44,6 +44,18 @@ fn add(counter: &AtomicU64, n: u64) {
 }
 
 /// Serves every connection `endpoint` accepts until it stops accepting.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use mxp::echo::{self, EchoStats};
+/// use mxp::proto::{EndpointConfig, Keypair};
+///
+/// let node = mxp::Endpoint::bind("127.0.0.1:0".parse()?, EndpointConfig::server(Keypair::generate()))?;
+/// let stats = Arc::new(EchoStats::default());
+/// tokio::spawn(echo::serve(node.clone(), stats.clone()));
+/// # Ok(()) }
+/// ```
 pub async fn serve(endpoint: Endpoint, stats: Arc<EchoStats>) {
     while let Some(conn) = endpoint.accept().await {
         add(&stats.connections, 1);

@@ -25,6 +25,13 @@ pub use endpoint::{
     Status, resolve_address,
 };
 pub use quic::quic_settings;
+
+/// The driver's microsecond timer, for `examples/timer_precision.rs`; not
+/// a stable API.
+#[doc(hidden)]
+pub mod benching {
+    pub use crate::timer::Timer;
+}
 pub use streams::{ReadError, RecvStream, SendStream, WriteError};
 
 /// Application close code of connections closed at a drain deadline.

@@ -86,7 +86,25 @@ enum Send {
 /// The sending half of a stream.
 ///
 /// Dropping it without [`finish`](Self::finish) or [`reset`](Self::reset)
-/// finishes it: everything written is still delivered.
+/// finishes it: everything written is still delivered. It implements
+/// tokio's `AsyncWrite` too. A write waits while the peer's flow-control
+/// window is full: that wait is the backpressure.
+///
+/// A token stream, one MXP message per token, in the Streaming band:
+///
+/// ```no_run
+/// # async fn example(conn: mxp::Connection) -> Result<(), Box<dyn std::error::Error>> {
+/// use mxp::proto::Band;
+/// use mxp::proto::message::{Message, MessageType};
+///
+/// let mut tokens = conn.open_uni(Band::Streaming).await?;
+/// for token in ["Hello", ",", " world"] {
+///     tokens.write_message(&Message::new(MessageType::StreamChunk, token)).await?;
+/// }
+/// tokens.write_message(&Message::new(MessageType::StreamClose, "")).await?;
+/// tokens.finish()?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct SendStream {
     inner: Send,
@@ -268,6 +286,19 @@ enum Recv {
 /// The receiving half of a stream.
 ///
 /// Dropping it before reading to the end tells the peer to stop sending.
+/// It implements tokio's `AsyncRead` too.
+///
+/// Reading the messages of every one-way stream a peer opens:
+///
+/// ```no_run
+/// # async fn example(conn: mxp::Connection) -> Result<(), Box<dyn std::error::Error>> {
+/// while let Ok(mut stream) = conn.accept_uni().await {
+///     while let Some(message) = stream.read_message().await? {
+///         println!("{:?}: {} bytes", message.kind, message.payload.len());
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct RecvStream {
     inner: Recv,

@@ -11,12 +11,13 @@ use std::time::Instant;
 
 /// One re-armable deadline.
 #[derive(Debug)]
-pub(crate) struct Timer {
+pub struct Timer {
     imp: imp::Timer,
     deadline: Option<Instant>,
 }
 
 impl Timer {
+    /// A disarmed timer (on Linux, a `timerfd` registered with the reactor).
     pub fn new() -> io::Result<Timer> {
         Ok(Timer {
             imp: imp::Timer::new()?,

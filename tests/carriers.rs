@@ -388,3 +388,58 @@ async fn auto_falls_back_to_quic_when_nothing_listens_on_the_mxp_port() {
     conn.call(&call(1)).await.unwrap();
     assert_eq!(client.status().fallbacks, 1);
 }
+
+/// The rollback undone: a node flipped back to MXP drains its QUIC
+/// connections exactly as it drained MXP — new work moves to MXP, an open
+/// QUIC stream finishes, and at the deadline what is left on QUIC closes
+/// with the drain code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flip_back_to_mxp_drains_quic_the_same_way() {
+    let (node, stats) = node(Carriers::QUIC);
+    let client = client(CarrierMode::Auto);
+    let conn = client
+        .connect(&url(&node), node.public_key())
+        .await
+        .unwrap();
+    assert_eq!(conn.carrier(), Carrier::Quic);
+    conn.call(&call(0)).await.unwrap();
+    let (mut send, mut recv) = conn.open_bi(Band::Streaming).await.unwrap();
+    send.write_all(b"before the flip back, ").await.unwrap();
+    // A second session that does nothing more: it stays on QUIC until the
+    // deadline closes it.
+    let idle = client
+        .connect(&url(&node), node.public_key())
+        .await
+        .unwrap();
+    assert_eq!(idle.carrier(), Carrier::Quic);
+
+    node.set_carriers(Carriers::MXP);
+    let mut calls = 1;
+    while conn.carrier() != Carrier::Mxp {
+        conn.call(&call(calls)).await.unwrap();
+        calls += 1;
+        assert!(calls < 10_000, "new work never moved to MXP");
+    }
+    conn.call(&call(calls)).await.unwrap();
+    let status = node.status();
+    assert_eq!(status.accepting, Carriers::MXP);
+    assert_eq!(status.draining.len(), 1, "{status:?}");
+    assert_eq!(status.draining[0].carrier, Carrier::Quic);
+
+    send.write_all(b"after it").await.unwrap();
+    send.finish().unwrap();
+    let echoed = recv.read_to_end(1024).await.unwrap();
+    assert_eq!(&echoed[..], b"before the flip back, after it");
+    assert_eq!(stats.calls.load(Ordering::Relaxed), calls + 1);
+
+    node.drain(Carrier::Quic, Duration::from_millis(200));
+    let reason = timeout(PATIENCE, idle.closed())
+        .await
+        .expect("closed at the deadline (within the hang guard)");
+    assert!(
+        matches!(reason, ConnectionError::ApplicationClosed { code, .. } if code == mxp::DRAINED),
+        "{reason:?}"
+    );
+    conn.call(&call(calls + 1)).await.unwrap();
+    assert_eq!(conn.carrier(), Carrier::Mxp);
+}
