@@ -443,6 +443,9 @@ fn bench_json_reports_every_scenario_on_every_carrier() {
             let report = json_object(&out);
             assert_eq!(report["scenario"], scenario, "{flag}: {report:?}");
             assert_eq!(report["carrier"], used, "{flag}: {report:?}");
+            if scenario != "handshake" {
+                assert_eq!(report["fell_back"], false, "{flag}: {report:?}");
+            }
             positive_number(&report, figure);
             for (k, v) in &report {
                 if let Some(n) = v.as_f64() {
@@ -475,6 +478,7 @@ fn auto_reaches_a_node_over_quic_when_nothing_listens_for_mxp() {
     let took = started.elapsed();
     let report = json_object(&out);
     assert_eq!(report["carrier"], "quic", "{report:?}");
+    assert_eq!(report["fell_back"], true, "{report:?}");
     assert_eq!(report["received"], 20, "{report:?}");
     // It waited out the MXP timeout before falling back (a lower bound:
     // no claim about how fast the machine is).

@@ -79,6 +79,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
                 }
                 _ => datagrams(&client, &args, size, &mut figures).await?,
             }
+            figures.insert("fell_back", json!(client.fell_back));
             let stats = client.conn.stats();
             figures.insert("rtt_us", json!(stats.rtt.as_secs_f64() * 1e6));
             figures.insert("packets_sent", json!(stats.packets_sent));

@@ -22,6 +22,7 @@ pub struct CallArgs {
 #[derive(Serialize)]
 struct Report<'a> {
     carrier: mxp::Carrier,
+    fell_back: bool,
     rtt_us: f64,
     response_type: &'static str,
     response: &'a str,
@@ -39,11 +40,13 @@ pub async fn run(args: CallArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::Failed(format!("call failed: {e}")))?;
     let rtt = start.elapsed();
     let carrier = client.conn.carrier();
+    let fell_back = client.fell_back;
     client.close().await;
     let text = String::from_utf8_lossy(&reply.payload);
     if args.client.json {
         let report = Report {
             carrier,
+            fell_back,
             rtt_us: rtt.as_secs_f64() * 1e6,
             response_type: reply.kind.as_str(),
             response: &text,

@@ -55,6 +55,8 @@ pub struct Client {
     pub conn: Connection,
     /// Time from sending the first handshake packet to being connected.
     pub handshake: Duration,
+    /// `auto` fell back to QUIC (the reason is in the `info` log).
+    pub fell_back: bool,
     pub server_key: PublicKey,
 }
 
@@ -95,6 +97,7 @@ impl ClientArgs {
             .map_err(|e| connect_failure(&self.url, self.patience(), e))?;
         Ok(Client {
             handshake: start.elapsed(),
+            fell_back: endpoint.status().fallbacks > 0,
             endpoint,
             conn,
             server_key,

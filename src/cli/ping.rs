@@ -29,6 +29,7 @@ pub struct PingArgs {
 #[derive(Serialize)]
 struct Report {
     carrier: mxp::Carrier,
+    fell_back: bool,
     target: String,
     sent: u64,
     received: u64,
@@ -64,6 +65,7 @@ pub async fn run(args: PingArgs) -> Result<(), CliError> {
     }
     let report = Report {
         carrier: client.conn.carrier(),
+        fell_back: client.fell_back,
         target: args.client.url.clone(),
         sent,
         received: rtts.len() as u64,
@@ -74,8 +76,13 @@ pub async fn run(args: PingArgs) -> Result<(), CliError> {
     if args.client.json {
         println!("{}", serde_json::to_string(&report).expect("serialisable"));
     } else {
+        let fallback = if report.fell_back {
+            " (fallback: MXP refused or silent)"
+        } else {
+            ""
+        };
         println!(
-            "{} pings to {} over {}: {} replies, handshake {:.1} µs",
+            "{} pings to {} over {}{fallback}: {} replies, handshake {:.1} µs",
             report.sent, report.target, report.carrier, report.received, report.handshake_us
         );
         println!("rtt {}", report.rtt_us);
