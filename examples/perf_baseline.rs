@@ -128,6 +128,8 @@ struct Phases {
     throughput: Duration,
     codec_iterations: u32,
     streams: usize,
+    /// Writes timed against a full window.
+    backpressure: usize,
 }
 
 fn phases(quick: bool) -> Phases {
@@ -139,6 +141,7 @@ fn phases(quick: bool) -> Phases {
             throughput: Duration::from_millis(300),
             codec_iterations: 20_000,
             streams: 1_000,
+            backpressure: 1_000,
         }
     } else {
         Phases {
@@ -148,6 +151,7 @@ fn phases(quick: bool) -> Phases {
             throughput: Duration::from_secs(4),
             codec_iterations: 1_000_000,
             streams: 10_000,
+            backpressure: 100_000,
         }
     }
 }
@@ -624,6 +628,26 @@ async fn measure(p: &Phases) -> (Vec<Row>, Value) {
     rows.extend([msgs, scraped, bulk, dgrams, msgs_overhead, bulk_overhead]);
 
     rows.push(memory);
+
+    eprintln!("backpressure signal...");
+    let mut signal = Row::new(
+        "backpressure_p99_us",
+        "backpressure signal P99",
+        "µs",
+        Better::Lower,
+    )
+    .target("≤ 50 µs; ≤ 10 µs");
+    for column in [Column::Mxp, Column::Quic] {
+        let endpoint = client(mode(column), transport.clone());
+        let conn = connect(&endpoint, &direct, key).await;
+        let mut lat = check(
+            "backpressure",
+            bench::backpressure_signal(&conn, p.backpressure, PATIENCE).await,
+        );
+        signal.set(column, lat.summary().p99);
+        conn.close(0, b"");
+    }
+    rows.push(signal);
 
     let (encode, decode) = codec_ns(256, p.codec_iterations);
     for (keys, labels, (p50, p99)) in [

@@ -8,6 +8,9 @@
 
 mod latency;
 
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -116,6 +119,47 @@ pub async fn stream_throughput(
         bytes: writes * size as u64,
         elapsed: start.elapsed(),
     })
+}
+
+/// How long a writer takes to learn that the peer's flow-control window
+/// is full (the backpressure signal): fills a stream whose echo is never
+/// read, so the node stops reading and the windows stay full, then times
+/// `samples` writes, each polled once and coming back "not now" — what a
+/// caller's task sees before it is parked.
+pub async fn backpressure_signal(
+    conn: &Connection,
+    samples: usize,
+    patience: Duration,
+) -> Result<Latencies, BenchError> {
+    let (mut send, recv) = conn
+        .open_bi(Band::Streaming)
+        .await
+        .map_err(|e| failed("open stream", e))?;
+    let chunk = vec![0x33; 16 * 1024];
+    let start = Instant::now();
+    // Full once a write has waited 50 ms: nothing reads, so nothing frees it.
+    while let Ok(written) =
+        tokio::time::timeout(Duration::from_millis(50), send.write(&chunk)).await
+    {
+        written.map_err(|e| failed("write", e))?;
+        if start.elapsed() > patience {
+            return Err(failed("fill", "the window never filled"));
+        }
+    }
+    let mut lat = Latencies::default();
+    let mut cx = Context::from_waker(Waker::noop());
+    while lat.len() < samples {
+        let t = Instant::now();
+        let pending = pin!(send.write(&chunk)).poll(&mut cx).is_pending();
+        let took = t.elapsed();
+        if !pending {
+            return Err(failed("fill", "a write went through a full window"));
+        }
+        lat.push(took);
+    }
+    let _ = send.reset(0);
+    drop(recv);
+    Ok(lat)
 }
 
 /// What a datagram run did.
