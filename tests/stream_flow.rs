@@ -4,16 +4,18 @@
 
 mod common;
 
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use common::{Digest, EchoServer, Receiver, Setup, content};
+use common::{Digest, EchoServer, Receiver, Sender, Setup, content};
 use mxp::proto::{
     Band, Connection, ConnectionHandle, DatagramError, Dir, Event, OpenError, ReadError,
     ServerConfig, StreamEvent, StreamId, TransportConfig, WriteError,
 };
-use mxp::sim::{LinkConfig, Network, NodeId};
+use mxp::sim::{Datagram, LinkConfig, Network, NodeId, TapAction};
 
 fn conn(net: &mut Network, node: NodeId, h: ConnectionHandle) -> &mut Connection {
     net.endpoint(node)
@@ -413,6 +415,111 @@ fn critical_message_leaves_in_the_very_next_packet_behind_megabytes_of_streaming
     );
 }
 
+/// The same promise with the shipped defaults: pacing on, the default
+/// congestion window grown by slow start, flow control at its defaults.
+/// Megabytes of Streaming data are queued on a busy connection; a Critical
+/// message written then is in the very next packet the client sends,
+/// whenever pacing and congestion control let that packet go: no packet
+/// carrying only Streaming data leaves in between.
+#[test]
+fn critical_message_leaves_in_the_very_next_packet_with_default_pacing_and_window() {
+    const BULK_STREAMS: usize = 4;
+    const BULK_EACH: u64 = 4 << 20;
+    let transport = TransportConfig::default();
+    assert!(transport.pacing);
+    let (mut s, ch, sh) = setup(17, transport);
+    let (client, server) = (s.client, s.server);
+    let (client_addr, server_addr) = (s.net.addr(client), s.net.addr(server));
+    let net = &mut s.net;
+    events(net, server);
+
+    // Armed, this tap takes every client→server datagram off the wire (in
+    // the order sent) so the test can look at the first one.
+    let armed = Rc::new(Cell::new(false));
+    let captured: Rc<RefCell<Vec<Datagram>>> = Rc::default();
+    {
+        let (armed, captured) = (armed.clone(), captured.clone());
+        net.add_tap(move |d| {
+            if armed.get() && d.from == client_addr && d.to == server_addr {
+                captured.borrow_mut().push(d.clone());
+                return TapAction::Drop;
+            }
+            TapAction::Pass
+        });
+    }
+
+    // Bulk transfer until a megabyte has arrived: RTT measured, window
+    // grown, pacing in its steady state, and megabytes still queued.
+    let mut bulk = Sender::open(net, client, ch, BULK_STREAMS, BULK_EACH, Band::Streaming);
+    let mut rx = Receiver::default();
+    let delivered = |rx: &Receiver| rx.digests.values().map(|d| d.1).sum::<u64>();
+    let ok = net.run_until(Duration::from_secs(5), |net| {
+        bulk.pump(net, client, ch);
+        rx.pump(net, server);
+        delivered(&rx) >= 1 << 20
+    });
+    assert!(ok, "the bulk transfer got going");
+    bulk.pump(net, client, ch);
+    let written: u64 = bulk.streams.iter().map(|&(_, n)| n).sum();
+    let stats = conn(net, client, ch).stats();
+    let streaming_out = stats.bands[Band::Streaming.index()].dequeued_bytes;
+    assert!(
+        written - streaming_out > 2 << 20,
+        "megabytes of Streaming data are queued: {written} written, {streaming_out} sent"
+    );
+    assert!(stats.bytes_in_flight > 0, "the connection is busy");
+    assert_eq!(stats.packets_lost, 0);
+
+    // Nothing more is sent at this instant: the client is held back by
+    // pacing or by its window, and a timer or an ACK wakes it later.
+    let t = net.now();
+    assert!(
+        net.endpoint(client)
+            .poll_transmit(t, &mut Vec::new())
+            .is_none(),
+        "the network already took everything the client may send now"
+    );
+
+    let message = content(99, 0, 900);
+    let critical = conn(net, client, ch)
+        .open(Dir::Uni, Band::Critical)
+        .unwrap();
+    assert_eq!(
+        conn(net, client, ch).write(critical, Bytes::from(message.clone())),
+        Ok(900)
+    );
+    conn(net, client, ch).finish(critical).unwrap();
+    armed.set(true);
+    let ok = net.run_until(Duration::from_millis(10), |_| !captured.borrow().is_empty());
+    assert!(ok, "the client sent again");
+    armed.set(false);
+    let first = captured.borrow()[0].clone();
+    let sent_at = first.sent;
+    assert!(
+        sent_at - t < Duration::from_micros(200),
+        "the next packet left {:?} after the write",
+        sent_at - t
+    );
+
+    // Only that packet reaches the server: it holds the whole message.
+    net.endpoint(server)
+        .handle(sent_at, client_addr, BytesMut::from(&first.data[..]));
+    let srv = conn(net, server, sh);
+    let mut accepted = Vec::new();
+    while let Some(id) = srv.accept(Dir::Uni) {
+        accepted.push(id);
+    }
+    assert!(
+        accepted.contains(&critical),
+        "the Critical stream opened with the first packet after the write: {accepted:?}"
+    );
+    let (got, end) = read_available(srv, critical);
+    assert_eq!(got, message, "the whole Critical message is in that packet");
+    assert!(end, "including its end");
+    let critical_band = conn(net, client, ch).stats().bands[Band::Critical.index()];
+    assert_eq!(critical_band.dequeued_frames, 1);
+}
+
 #[test]
 fn saturated_bands_share_the_link_by_weight_and_background_is_never_starved() {
     // A 40 MB/s bottleneck with a short queue: congestion control keeps the
@@ -493,6 +600,169 @@ fn saturated_bands_share_the_link_by_weight_and_background_is_never_starved() {
         );
         assert!(stats[b.index()].dequeued_frames > 0);
         assert!(stats[b.index()].enqueued > 0);
+    }
+}
+
+// ---- pacing ----------------------------------------------------------------
+
+/// Pacing with the shipped defaults, on a 100 µs round trip: a sender with
+/// far more than a congestion window queued sends one bucket of packets at
+/// once, then one packet at each instant the token bucket of
+/// `mxp_proto::recovery::Pacer` allows, never earlier, so the window is
+/// spread over most of a round trip instead of leaving at one instant.
+///
+/// The rule, from `recovery/pacing.rs`: the bucket holds
+/// `clamp(window / 4, 10·mtu, 64·mtu)` bytes and starts full; it earns
+/// `5·window / (4·rtt)` bytes per unit time; a packet may leave when the
+/// bucket holds a full-sized packet (`mtu` bytes), and spends its actual size.
+/// Nothing is acknowledged here (the server never hears the client), so
+/// window and RTT stay fixed and the whole run follows that rule exactly.
+#[test]
+fn pacing_spreads_a_congestion_window_over_the_round_trip() {
+    const RTT: Duration = Duration::from_micros(100);
+    let transport = TransportConfig::default();
+    assert!(transport.pacing, "pacing is on by default");
+    let mtu = u64::from(transport.max_udp_payload_size);
+    let mut s = Setup::with(
+        16,
+        LinkConfig::ideal(RTT / 2),
+        transport,
+        ServerConfig::default(),
+    );
+    let (ch, _sh) = s.connect();
+    let client = s.client;
+    let net = &mut s.net;
+    // Let the handshake's last ACKs settle: nothing is in flight after this.
+    net.run_for(Duration::from_millis(5));
+
+    let stats = conn(net, client, ch).stats();
+    let (rtt, window) = (stats.rtt, stats.congestion_window);
+    assert_eq!(rtt, RTT, "the handshake measured the link's round trip");
+    // The default initial window, grown by the few bytes of the handshake's
+    // last acknowledged packet (slow start).
+    assert!(
+        (32 * mtu..33 * mtu).contains(&window),
+        "about the default initial window: {window}"
+    );
+    assert_eq!(stats.bytes_in_flight, 0);
+    let capacity = (window / 4).clamp(10 * mtu, 64 * mtu);
+    assert_eq!(capacity, 10 * mtu, "a quarter window is below the floor");
+
+    // Megabytes queued: far more than one window, let alone one bucket.
+    for i in 0..4 {
+        let c = conn(net, client, ch);
+        let id = c.open(Dir::Uni, Band::Streaming).unwrap();
+        let data = Bytes::from(content(i, 0, 1 << 20));
+        assert_eq!(c.write(id, data), Ok(1 << 20));
+    }
+
+    // Drive the client by hand on the virtual clock; what it sends goes
+    // nowhere, so no ACK changes the window or the RTT.
+    let t0 = net.now();
+    let rate_num = 5 * u128::from(window); // bytes per (4·rtt) ns
+    let rate_den = 4 * rtt.as_nanos();
+    // Bytes the bucket has earned `d` after t0 (it was full at t0).
+    let earned = |d: Duration| (d.as_nanos() * rate_num / rate_den) as u64;
+    // The first instant a full-sized packet may leave after `spent` bytes.
+    let allowed_at = |spent: u64| {
+        let deficit = (spent + mtu).saturating_sub(capacity);
+        let ns = (u128::from(deficit) * rate_den).div_ceil(rate_num);
+        t0 + Duration::from_nanos(ns as u64)
+    };
+
+    let mut now = t0;
+    let mut sent: Vec<(Duration, u64)> = Vec::new(); // (offset from t0, size)
+    let mut spent = 0u64; // in-flight bytes, i.e. tokens spent
+    let mut bursts = Vec::new(); // packets per instant
+    loop {
+        let mut buf = Vec::new();
+        let mut here = 0;
+        while let Some(t) = net.endpoint(client).poll_transmit(now, &mut buf) {
+            let size = t.size as u64;
+            assert!(size <= mtu);
+            assert!(
+                spent + mtu <= capacity + earned(now - t0),
+                "packet {} left at +{:?} before the bucket held a full packet",
+                sent.len(),
+                now - t0
+            );
+            sent.push((now - t0, size));
+            spent += size;
+            here += 1;
+            buf.clear();
+        }
+        bursts.push(here);
+        let in_flight = conn(net, client, ch).stats().bytes_in_flight;
+        assert_eq!(in_flight, spent, "every packet carried stream data");
+        if in_flight + mtu > window {
+            break; // the congestion window is full: pacing's job is done
+        }
+        // Held back by pacing alone: the timer is armed for exactly the
+        // instant the bucket holds a full packet again, strictly later.
+        let deadline = net.endpoint(client).poll_timeout().expect("a timer");
+        assert!(deadline > now, "pacing deadline {deadline:?} not after now");
+        assert_eq!(
+            deadline,
+            allowed_at(spent),
+            "pacing deadline after {} bytes",
+            spent
+        );
+        // One nanosecond early, nothing leaves and the deadline stands.
+        let early = deadline - Duration::from_nanos(1);
+        if early > now {
+            net.endpoint(client).handle_timeout(early);
+            assert!(
+                net.endpoint(client)
+                    .poll_transmit(early, &mut Vec::new())
+                    .is_none(),
+                "a packet left before the pacing deadline"
+            );
+            assert_eq!(net.endpoint(client).poll_timeout(), Some(deadline));
+        }
+        now = deadline;
+        net.endpoint(client).handle_timeout(now);
+    }
+
+    // One bucket at t0: ten full-sized packets, not the whole window.
+    let first_burst = bursts[0];
+    assert_eq!(
+        first_burst, 10,
+        "the first burst is one bucket: {bursts:?} at {sent:?}"
+    );
+    assert!(sent[..first_burst].iter().all(|&(at, _)| at.is_zero()));
+    // Then one packet per pacing deadline.
+    assert!(
+        bursts[1..].iter().all(|&n| n == 1),
+        "after the first bucket packets leave one at a time: {bursts:?}"
+    );
+    // A window's worth: the packets the window admits at full size.
+    let packets = sent.len();
+    assert_eq!(packets as u64, window / mtu, "one window of packets");
+    // The window is spread over most of the round trip: at 1.25 windows per
+    // RTT, what is beyond the first bucket takes (window − bucket)/(1.25
+    // window) of an RTT, about 55 µs here.
+    let span = sent[packets - 1].0 - sent[0].0;
+    assert_eq!(
+        sent[packets - 1].0,
+        allowed_at(spent - sent[packets - 1].1) - t0
+    );
+    assert!(
+        span >= rtt / 2 && span < rtt,
+        "the window left over {span:?} of a {rtt:?} round trip"
+    );
+    // Never more than a bucket in any interval of the RTT / 8 (12.5 µs)
+    // beyond what the rate earns in it.
+    for (i, &(at, _)) in sent.iter().enumerate() {
+        let in_window: u64 = sent[i..]
+            .iter()
+            .take_while(|&&(t, _)| t - at < rtt / 8)
+            .map(|&(_, size)| size)
+            .sum();
+        assert!(
+            in_window <= capacity + earned(rtt / 8),
+            "{in_window} bytes within {:?} from +{at:?}",
+            rtt / 8
+        );
     }
 }
 

@@ -106,15 +106,18 @@ impl Pacer {
             self.last_mtu = mtu;
         }
 
-        let needed = packet_size.min(self.capacity);
-        if self.tokens >= needed {
-            return None;
-        }
         if smoothed_rtt.is_zero() || window == 0 {
             return None;
         }
 
+        // Credit what was earned up to `now` before spending, even when the
+        // bucket looks full enough: a full bucket earns nothing, and moving
+        // `prev` to `now` records that. Skipping it would leave `prev` at
+        // the last refill, however long ago, so once a burst emptied the
+        // bucket the whole time since would be credited at once — a second
+        // full bucket at the same instant.
         self.refill(now, window, smoothed_rtt);
+        let needed = packet_size.min(self.capacity);
         if self.tokens >= needed {
             return None;
         }
@@ -325,6 +328,20 @@ mod tests {
         }
         // Zero window: pacing off too (congestion control blocks instead).
         assert_eq!(p.delay(t, MTU, MTU, 0, us(10)), None);
+    }
+
+    #[test]
+    fn a_burst_after_an_idle_period_is_one_bucket() {
+        // The bucket was full (and so never refilled) for a millisecond; a
+        // sender that then empties it gets no second bucket at that instant.
+        let t = Instant::now();
+        let window = 10 * MTU;
+        let rtt = us(100);
+        let mut p = Pacer::new(t, MTU, window, rtt);
+        let sent = drive(&mut p, t + Duration::from_millis(1), 12, window, rtt);
+        assert_eq!(sent[9], Duration::ZERO);
+        assert_eq!(sent[10], us(8));
+        assert_eq!(sent[11], us(16));
     }
 
     #[test]
