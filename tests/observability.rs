@@ -277,7 +277,8 @@ async fn refused_messages_end_their_stream_and_are_counted_by_kind() {
     let (mut send, mut recv) = conn.open_bi(Band::Critical).await.unwrap();
     send.write_message(&good).await.unwrap();
     send.write_all(&bad).await.unwrap();
-    send.finish().unwrap();
+    // The node may refuse (and stop) the stream before this finish.
+    let _ = send.finish();
     let answer = recv
         .read_message()
         .await
@@ -294,7 +295,7 @@ async fn refused_messages_end_their_stream_and_are_counted_by_kind() {
     unknown[4] = 0x77;
     let mut lane = conn.open_uni(Band::Background).await.unwrap();
     lane.write_all(&unknown).await.unwrap();
-    lane.finish().unwrap();
+    let _ = lane.finish();
     until_served(&admin, &kind("unknown_type"), 1.0).await;
 
     // A stream that ends inside a message.
