@@ -195,16 +195,10 @@ async fn auto_falls_back_to_quic_when_the_node_refuses_mxp() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auto_falls_back_to_quic_when_mxp_does_not_answer_at_all() {
-    let (node, _) = node(Carriers::BOTH);
-    // Nothing answers MXP at this address: a bound, silent socket.
-    let silent = std::net::UdpSocket::bind(any_port()).unwrap();
-    let url = format!(
-        "mxp://{}?quic={}",
-        silent.local_addr().unwrap(),
-        node.quic_addr().unwrap().port()
-    );
+/// An auto client told MXP is at `mxp` (where nothing answers) reaches
+/// `node` over QUIC, and counts one fallback.
+async fn falls_back_to_quic(node: &Endpoint, mxp: SocketAddr) {
+    let url = format!("mxp://{mxp}?quic={}", node.quic_addr().unwrap().port());
     let client = client(CarrierMode::Auto);
     let conn = timeout(PATIENCE, client.connect(&url, node.public_key()))
         .await
@@ -216,39 +210,82 @@ async fn auto_falls_back_to_quic_when_mxp_does_not_answer_at_all() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flip_moves_new_work_to_quic_while_an_open_stream_finishes_on_mxp() {
-    let (node, stats) = node(Carriers::BOTH);
+async fn auto_falls_back_to_quic_when_mxp_does_not_answer_at_all() {
+    let (node, _) = node(Carriers::BOTH);
+    // Nothing answers MXP at this address: a bound, silent socket.
+    let silent = std::net::UdpSocket::bind(any_port()).unwrap();
+    falls_back_to_quic(&node, silent.local_addr().unwrap()).await;
+}
+
+/// The MXP listener gone entirely (a closed port, nothing bound): auto
+/// gives MXP its timeout and connects over QUIC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_falls_back_to_quic_when_nothing_listens_on_the_mxp_port() {
+    let (node, _) = node(Carriers::BOTH);
+    let closed = std::net::UdpSocket::bind(any_port())
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    falls_back_to_quic(&node, closed).await;
+}
+
+fn only(carrier: Carrier) -> Carriers {
+    match carrier {
+        Carrier::Mxp => Carriers::MXP,
+        Carrier::Quic => Carriers::QUIC,
+    }
+}
+
+/// `node`, on which new auto sessions land on `from`, is flipped to accept
+/// only `to` while an auto client has a stream open: calls keep succeeding
+/// and move to `to`, the node drains `from`, and the open stream finishes
+/// there. Returns the client endpoint and its session (on `to` by then).
+async fn flip_while_a_stream_is_open(
+    node: &Endpoint,
+    stats: &EchoStats,
+    from: Carrier,
+    to: Carrier,
+) -> (Endpoint, mxp::Connection) {
     let client = client(CarrierMode::Auto);
     let conn = client
-        .connect(&url(&node), node.public_key())
+        .connect(&url(node), node.public_key())
         .await
         .unwrap();
-    assert_eq!(conn.carrier(), Carrier::Mxp);
+    assert_eq!(conn.carrier(), from);
     conn.call(&call(0)).await.unwrap();
     // A stream opened before the flip.
     let (mut send, mut recv) = conn.open_bi(Band::Streaming).await.unwrap();
     send.write_all(b"before the flip, ").await.unwrap();
 
-    node.set_carriers(Carriers::QUIC);
+    node.set_carriers(only(to));
     // The client learns it within a round trip; calls keep succeeding
-    // throughout, and soon run on QUIC.
+    // throughout, and soon run on the new carrier.
     let mut calls = 1;
-    while conn.carrier() != Carrier::Quic {
+    while conn.carrier() != to {
         conn.call(&call(calls)).await.unwrap();
         calls += 1;
-        assert!(calls < 10_000, "new work never moved to QUIC");
+        assert!(calls < 10_000, "new work never moved to {to}");
     }
     let reply = conn.call(&call(calls)).await.unwrap();
     assert_eq!(reply.message_id, calls);
-    assert_eq!(node.status().accepting, Carriers::QUIC);
-    assert_eq!(node.status().draining.len(), 1);
+    let status = node.status();
+    assert_eq!(status.accepting, only(to));
+    assert_eq!(status.draining.len(), 1, "{status:?}");
+    assert_eq!(status.draining[0].carrier, from);
 
-    // The old stream still works on the draining MXP connection.
+    // The old stream still works on the draining connection.
     send.write_all(b"after the flip").await.unwrap();
     send.finish().unwrap();
     let echoed = recv.read_to_end(1024).await.unwrap();
     assert_eq!(&echoed[..], b"before the flip, after the flip");
     assert_eq!(stats.calls.load(Ordering::Relaxed), calls + 1);
+    (client, conn)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flip_moves_new_work_to_quic_while_an_open_stream_finishes_on_mxp() {
+    let (node, stats) = node(Carriers::BOTH);
+    flip_while_a_stream_is_open(&node, &stats, Carrier::Mxp, Carrier::Quic).await;
 }
 
 /// Sends one datagram and waits briefly for its echo (datagrams may be
@@ -369,26 +406,6 @@ async fn after_mxp_stays_silent_auto_goes_straight_to_quic_until_the_retry_time_
     }
 }
 
-/// The MXP listener gone entirely (a closed port, nothing bound): auto
-/// gives MXP its timeout and connects over QUIC.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auto_falls_back_to_quic_when_nothing_listens_on_the_mxp_port() {
-    let (node, _) = node(Carriers::BOTH);
-    let closed = std::net::UdpSocket::bind(any_port())
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let url = format!("mxp://{closed}?quic={}", node.quic_addr().unwrap().port());
-    let client = client(CarrierMode::Auto);
-    let conn = timeout(PATIENCE, client.connect(&url, node.public_key()))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(conn.carrier(), Carrier::Quic);
-    conn.call(&call(1)).await.unwrap();
-    assert_eq!(client.status().fallbacks, 1);
-}
-
 /// The rollback undone: a node flipped back to MXP drains its QUIC
 /// connections exactly as it drained MXP — new work moves to MXP, an open
 /// QUIC stream finishes, and at the deadline what is left on QUIC closes
@@ -396,41 +413,14 @@ async fn auto_falls_back_to_quic_when_nothing_listens_on_the_mxp_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flip_back_to_mxp_drains_quic_the_same_way() {
     let (node, stats) = node(Carriers::QUIC);
-    let client = client(CarrierMode::Auto);
-    let conn = client
-        .connect(&url(&node), node.public_key())
-        .await
-        .unwrap();
-    assert_eq!(conn.carrier(), Carrier::Quic);
-    conn.call(&call(0)).await.unwrap();
-    let (mut send, mut recv) = conn.open_bi(Band::Streaming).await.unwrap();
-    send.write_all(b"before the flip back, ").await.unwrap();
-    // A second session that does nothing more: it stays on QUIC until the
-    // deadline closes it.
-    let idle = client
+    // A session on QUIC that does nothing more: the deadline closes it.
+    let idle = client(CarrierMode::Auto)
         .connect(&url(&node), node.public_key())
         .await
         .unwrap();
     assert_eq!(idle.carrier(), Carrier::Quic);
-
-    node.set_carriers(Carriers::MXP);
-    let mut calls = 1;
-    while conn.carrier() != Carrier::Mxp {
-        conn.call(&call(calls)).await.unwrap();
-        calls += 1;
-        assert!(calls < 10_000, "new work never moved to MXP");
-    }
-    conn.call(&call(calls)).await.unwrap();
-    let status = node.status();
-    assert_eq!(status.accepting, Carriers::MXP);
-    assert_eq!(status.draining.len(), 1, "{status:?}");
-    assert_eq!(status.draining[0].carrier, Carrier::Quic);
-
-    send.write_all(b"after it").await.unwrap();
-    send.finish().unwrap();
-    let echoed = recv.read_to_end(1024).await.unwrap();
-    assert_eq!(&echoed[..], b"before the flip back, after it");
-    assert_eq!(stats.calls.load(Ordering::Relaxed), calls + 1);
+    let (_client, conn) =
+        flip_while_a_stream_is_open(&node, &stats, Carrier::Quic, Carrier::Mxp).await;
 
     node.drain(Carrier::Quic, Duration::from_millis(200));
     let reason = timeout(PATIENCE, idle.closed())
@@ -440,6 +430,6 @@ async fn a_flip_back_to_mxp_drains_quic_the_same_way() {
         matches!(reason, ConnectionError::ApplicationClosed { code, .. } if code == mxp::DRAINED),
         "{reason:?}"
     );
-    conn.call(&call(calls + 1)).await.unwrap();
+    conn.call(&call(10_001)).await.unwrap();
     assert_eq!(conn.carrier(), Carrier::Mxp);
 }

@@ -27,20 +27,7 @@ impl AckProcessing {
         let config = TransportConfig::default();
         let mut recovery = Recovery::new(&config, now);
         for pn in 0..in_flight {
-            recovery.on_packet_sent(
-                now,
-                SentPacket {
-                    pn,
-                    time_sent: now,
-                    size: 1200,
-                    ack_eliciting: true,
-                    in_flight: true,
-                    ack_largest: None,
-                    datagrams: 0,
-                    go_away: false,
-                    records: Vec::new(),
-                },
-            );
+            recovery.on_packet_sent(now, SentPacket::data(pn, now, Vec::new()));
             recovery.next_pn = pn + 1;
         }
         AckProcessing {

@@ -32,6 +32,24 @@ pub(crate) struct SentPacket {
     pub records: Vec<Record>,
 }
 
+impl SentPacket {
+    /// A 1200-byte ack-eliciting data packet: what the tests and
+    /// micro-benchmarks of recovery send.
+    pub fn data(pn: u64, time_sent: Instant, records: Vec<Record>) -> SentPacket {
+        SentPacket {
+            pn,
+            time_sent,
+            size: 1200,
+            ack_eliciting: true,
+            in_flight: true,
+            ack_largest: None,
+            datagrams: 0,
+            go_away: false,
+            records,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Recovery {
     /// Packets from `base` on, by packet number; `None` once settled.
@@ -332,17 +350,7 @@ mod tests {
         r.next_pn += 1;
         r.on_packet_sent(
             now,
-            SentPacket {
-                pn,
-                time_sent: now,
-                size: 1200,
-                ack_eliciting: true,
-                in_flight: true,
-                ack_largest: None,
-                datagrams: 0,
-                go_away: false,
-                records: vec![Record::DataBlocked(pn)],
-            },
+            SentPacket::data(pn, now, vec![Record::DataBlocked(pn)]),
         );
         pn
     }
