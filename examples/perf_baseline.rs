@@ -11,7 +11,9 @@
 //! ```
 //!
 //! Everything runs in this process on loopback: one node serving both
-//! carriers with the echo application, its admin endpoint (metrics are
+//! carriers with the echo application on a tokio runtime of its own (as a
+//! node process would), the clients on another, the raw UDP echo on a
+//! thread of its own; the node's admin endpoint (metrics are
 //! counted, and scraped in one measure), logging at `info` into
 //! `target/perf_baseline.log` — what operators run is what is measured.
 //! The 1%-loss measure goes through the impairment relay, the same for
@@ -36,6 +38,7 @@ use mxp::relay::{Relay, RelayConfig};
 use mxp::{CarrierMode, Connection, Endpoint, Options};
 use serde_json::{Value, json};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use tokio::runtime::Handle;
 
 /// Flags.
 #[derive(Debug, Parser)]
@@ -162,8 +165,12 @@ fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
-/// A node on both carriers serving the echo application.
-fn start_node(transport: Arc<TransportConfig>) -> Endpoint {
+/// A node on both carriers serving the echo application, on the node's own
+/// runtime (as `mxp serve` is a process of its own): its driver, its
+/// connections' tasks and the echo never share worker threads with the
+/// clients measuring it.
+fn start_node(runtime: &Handle, transport: Arc<TransportConfig>) -> Endpoint {
+    let _on_node_runtime = runtime.enter();
     let options = Options {
         quic_listen: Some(any_port()),
         ..Options::new(EndpointConfig {
@@ -172,7 +179,7 @@ fn start_node(transport: Arc<TransportConfig>) -> Endpoint {
         })
     };
     let node = Endpoint::with_options(any_port(), options).expect("bind the node");
-    tokio::spawn(echo::serve(node.clone(), Arc::new(EchoStats::default())));
+    runtime.spawn(echo::serve(node.clone(), Arc::new(EchoStats::default())));
     node
 }
 
@@ -413,9 +420,9 @@ async fn scraped_throughput(conn: &Connection, admin: SocketAddr, d: Duration) -
     t.per_sec()
 }
 
-async fn measure(p: &Phases) -> (Vec<Row>, Value) {
+async fn measure(p: &Phases, node_runtime: &Handle) -> (Vec<Row>, Value) {
     let transport = Arc::new(TransportConfig::default());
-    let node = start_node(transport.clone());
+    let node = start_node(node_runtime, transport.clone());
     let key = node.public_key();
     let direct = url(node.local_addr(), node.quic_addr().unwrap());
     let admin = mxp::admin::serve(any_port(), node.clone(), None)
@@ -436,7 +443,7 @@ async fn measure(p: &Phases) -> (Vec<Row>, Value) {
         max_concurrent_uni_streams: p.streams as u64 + 100,
         ..TransportConfig::default()
     });
-    let wide = start_node(many.clone());
+    let wide = start_node(node_runtime, many.clone());
     let wide_url = url(wide.local_addr(), wide.quic_addr().unwrap());
     for column in [Column::Mxp, Column::Quic] {
         let endpoint = client(mode(column), many.clone());
@@ -854,14 +861,19 @@ fn main() {
         .with_writer(Arc::new(log))
         .init();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    // Two runtimes of two workers each, as a node process and a client
+    // process would have on this machine.
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    };
+    let (clients, node) = (runtime(), runtime());
     let started = Instant::now();
     let p = phases(args.quick);
-    let (rows, settings) = runtime.block_on(measure(&p));
+    let (rows, settings) = clients.block_on(measure(&p, node.handle()));
     eprintln!(
         "measured in {:.0} s (log: {})\n",
         started.elapsed().as_secs_f64(),
@@ -895,5 +907,6 @@ fn main() {
         }
     }
     // Measurements are over; do not wait for lingering connections.
-    runtime.shutdown_timeout(Duration::from_millis(100));
+    clients.shutdown_timeout(Duration::from_millis(100));
+    node.shutdown_timeout(Duration::from_millis(100));
 }
