@@ -247,10 +247,7 @@ async fn flip_while_a_stream_is_open(
     to: Carrier,
 ) -> (Endpoint, mxp::Connection) {
     let client = client(CarrierMode::Auto);
-    let conn = client
-        .connect(&url(node), node.public_key())
-        .await
-        .unwrap();
+    let conn = client.connect(&url(node), node.public_key()).await.unwrap();
     assert_eq!(conn.carrier(), from);
     conn.call(&call(0)).await.unwrap();
     // A stream opened before the flip.
