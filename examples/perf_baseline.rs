@@ -440,8 +440,11 @@ async fn measure(p: &Phases, node_runtime: &Handle) -> (Vec<Row>, Value) {
     let node = start_node(node_runtime, transport.clone());
     let key = node.public_key();
     let direct = url(node.local_addr(), node.quic_addr().unwrap());
-    let admin = mxp::admin::serve(any_port(), node.clone(), None)
+    // Serving /metrics is the node's work: on the node's runtime.
+    let admin = node_runtime
+        .spawn(mxp::admin::serve(any_port(), node.clone(), None))
         .await
+        .expect("the admin task")
         .expect("admin endpoint");
     let mut rows = Vec::new();
 

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -194,6 +194,9 @@ impl Current {
     }
 }
 
+/// How long background switches wait after one found no carrier.
+const SWITCH_RETRY: Duration = Duration::from_secs(1);
+
 /// How a client session reopens itself on another carrier.
 #[derive(Debug)]
 struct Reconnect {
@@ -208,12 +211,17 @@ struct Session {
     /// Serialises carrier switches.
     switching: tokio::sync::Mutex<()>,
     /// The connection the last switch replaced: it drains, and what the
-    /// peer still sends on it is still received.
-    previous: Mutex<Option<Arc<Current>>>,
+    /// peer still sends on it is still received while something holds it
+    /// (work in flight, a waiting receiver); weak, so it closes when that
+    /// work is done, as before the switch.
+    previous: Mutex<Weak<Current>>,
     /// Woken by every switch, so receivers start listening on the new one.
     switched: tokio::sync::Notify,
     /// A switch started from sync code (a datagram) is under way.
     switch_spawned: AtomicBool,
+    /// When the last switch found no carrier: background switches wait a
+    /// while before trying again.
+    switch_failed_at: Mutex<Option<Instant>>,
     closed_by_app: AtomicBool,
     /// The endpoint's call-latency histograms.
     calls: Arc<CallDurations>,
@@ -276,9 +284,10 @@ impl Connection {
             current: Mutex::new(Current::new(link)),
             reconnect,
             switching: tokio::sync::Mutex::new(()),
-            previous: Mutex::new(None),
+            previous: Mutex::new(Weak::new()),
             switched: tokio::sync::Notify::new(),
             switch_spawned: AtomicBool::new(false),
+            switch_failed_at: Mutex::new(None),
             closed_by_app: AtomicBool::new(false),
             calls,
             message_errors,
@@ -314,17 +323,41 @@ impl Connection {
             .establish(&reconnect.target, CarrierMode::Auto)
             .await
         {
+            Ok(link) if self.0.closed_by_app.load(Ordering::Relaxed) => {
+                // Closed while the new connection was being set up.
+                link.close(0, b"closed");
+                cur
+            }
             Ok(link) => {
                 info!(from = %from, to = %link.carrier(), peer = %link.remote_address(), "node is draining the connection: new work moves to a new connection");
                 let next = Current::new(link);
                 *self.0.current.lock().unwrap_or_else(|e| e.into_inner()) = next.clone();
-                *self.0.previous.lock().unwrap_or_else(|e| e.into_inner()) = Some(cur);
+                *self.0.previous.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&cur);
+                *self
+                    .0
+                    .switch_failed_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
+                // One-way messages continue on the new connection: the old
+                // lanes end (a lane in use now ends when it is dropped).
+                for lane in &cur.lanes {
+                    if let Ok(mut lane) = lane.try_lock() {
+                        if let Some(mut stream) = lane.take() {
+                            let _ = stream.finish();
+                        }
+                    }
+                }
                 self.0.switched.notify_waiters();
                 next
             }
             Err(e) => {
                 // The old connection still works until the drain deadline.
                 warn!(from = %from, error = %e, "node is draining the connection, and no other carrier answered");
+                *self
+                    .0
+                    .switch_failed_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                 cur
             }
         }
@@ -334,7 +367,14 @@ impl Connection {
     /// (sending a datagram) or wait on something else (receiving): one at
     /// a time, in the background.
     fn switch_soon(&self) {
+        let failed_recently = self
+            .0
+            .switch_failed_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at.elapsed() < SWITCH_RETRY);
         if self.0.reconnect.is_none()
+            || failed_recently
             || self.0.closed_by_app.load(Ordering::Relaxed)
             || self.0.switch_spawned.swap(true, Ordering::AcqRel)
         {
@@ -376,7 +416,7 @@ impl Connection {
                 .previous
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .clone();
+                .upgrade();
             let on_previous = async {
                 match &previous {
                     Some(p) => op(p.link.clone()).await,
@@ -388,6 +428,13 @@ impl Connection {
                     if r.is_err() && !Arc::ptr_eq(&cur, &self.snapshot()) {
                         continue; // replaced while we waited: listen on the new one
                     }
+                    if r.is_err() && cur.link.peer_going_away() {
+                        // Closed at the drain deadline before a switch
+                        // happened (nothing was sent meanwhile): move now.
+                        if !Arc::ptr_eq(&cur, &self.current().await) {
+                            continue;
+                        }
+                    }
                     return r;
                 }
                 r = on_previous => match r {
@@ -395,8 +442,8 @@ impl Connection {
                     Err(_) => {
                         // The drained connection closed: stop listening there.
                         let mut slot = self.0.previous.lock().unwrap_or_else(|e| e.into_inner());
-                        if slot.as_ref().zip(previous.as_ref()).is_some_and(|(a, b)| Arc::ptr_eq(a, b)) {
-                            *slot = None;
+                        if previous.as_ref().is_some_and(|p| slot.as_ptr() == Arc::as_ptr(p)) {
+                            *slot = Weak::new();
                         }
                     }
                 },
@@ -542,6 +589,15 @@ impl Connection {
     /// [`ConnectionError::ApplicationClosed`].
     pub fn close(&self, code: u64, reason: &[u8]) {
         self.0.closed_by_app.store(true, Ordering::Relaxed);
+        let previous = self
+            .0
+            .previous
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .upgrade();
+        if let Some(previous) = previous {
+            previous.link.close(code, reason);
+        }
         self.snapshot().link.close(code, reason);
     }
 

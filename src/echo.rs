@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use mxp_proto::Band;
-use mxp_proto::message::{CHECKSUM_LEN, HEADER_LEN, MAGIC, Message, MessageType};
+use mxp_proto::message::{MAGIC, Message, MessageType};
 use tracing::debug;
 
 use crate::{Connection, Endpoint, RecvStream, SendStream};
@@ -159,10 +159,7 @@ async fn sink_stream(mut recv: RecvStream, stats: Arc<EchoStats>) {
     recv.unread(first);
     // A message the codec refuses ends the stream (and is counted there).
     while let Ok(Some(m)) = recv.read_message().await {
-        add(
-            &stats.sunk_bytes,
-            (HEADER_LEN + m.payload.len() + CHECKSUM_LEN) as u64,
-        );
+        add(&stats.sunk_bytes, m.encoded_len() as u64);
         add(&stats.sunk_messages, 1);
         match m.kind {
             MessageType::Event => add(&stats.events, 1),

@@ -383,7 +383,12 @@ impl RecvStream {
     /// `mxp_message_errors_total`.
     pub async fn read_message(&mut self) -> Result<Option<Message>, ReadError> {
         let result = self.next_message().await;
-        if let (Err(e), Some(errors)) = (&result, &self.message_errors) {
+        // Once per stream: the decoder repeats its error if asked again.
+        let errors = match &result {
+            Err(_) => self.message_errors.take(),
+            Ok(_) => None,
+        };
+        if let (Err(e), Some(errors)) = (&result, errors) {
             match e {
                 ReadError::Message(e) => errors.count(e.kind()),
                 // The stream ended inside a message: the codec's truncation.

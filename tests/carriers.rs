@@ -430,3 +430,43 @@ async fn a_flip_back_to_mxp_drains_quic_the_same_way() {
     conn.call(&call(10_001)).await.unwrap();
     assert_eq!(conn.carrier(), Carrier::Mxp);
 }
+
+/// A receiver already waiting when the node drains (nothing sent, nothing
+/// arriving) is not handed the drain's close: at the deadline the session
+/// moves to QUIC and the same wait goes on there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_waiting_through_a_drain_moves_at_the_deadline() {
+    let (node, _) = node(Carriers::BOTH);
+    let client = client(CarrierMode::Auto);
+    let conn = client
+        .connect(&url(&node), node.public_key())
+        .await
+        .unwrap();
+    assert_eq!(conn.carrier(), Carrier::Mxp);
+    let reader = tokio::spawn({
+        let conn = conn.clone();
+        async move { conn.read_datagram().await }
+    });
+
+    node.set_carriers(Carriers::QUIC);
+    node.drain(Carrier::Mxp, Duration::from_millis(200));
+    timeout(PATIENCE, async {
+        while conn.carrier() != Carrier::Quic {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("moved to QUIC at the deadline");
+    assert!(!reader.is_finished(), "{:?}", reader.await);
+
+    let payload = Bytes::from_static(b"after the drain");
+    timeout(PATIENCE, async {
+        while !reader.is_finished() {
+            let _ = conn.send_datagram(payload.clone(), Band::Background);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the waiting reader got the echo");
+    assert_eq!(reader.await.unwrap().unwrap(), payload);
+}

@@ -34,7 +34,7 @@ pub struct ClientArgs {
     pub carrier: CarrierMode,
     /// With `--carrier auto`: how long MXP may stay silent before the
     /// client tries QUIC (a node that refuses MXP says so at once).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = parse_positive_duration)]
     pub mxp_timeout: Duration,
     /// Print one JSON object on stdout instead of a table.
     #[arg(long)]
@@ -43,6 +43,13 @@ pub struct ClientArgs {
     /// `info,mxp_proto::handshake=debug`. Logs go to stderr.
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be more than 0 (use --carrier quic to skip MXP)".to_owned()),
+        d => Ok(d),
+    }
 }
 
 fn parse_carrier(s: &str) -> Result<CarrierMode, String> {
@@ -109,7 +116,8 @@ impl ClientArgs {
     /// How long a connection attempt may take: auto waits for MXP first.
     fn patience(&self) -> Duration {
         match self.carrier {
-            CarrierMode::Auto => self.mxp_timeout + self.timeout,
+            // The MXP attempt also ends at the handshake timeout.
+            CarrierMode::Auto => self.mxp_timeout.min(self.timeout) + self.timeout,
             CarrierMode::Mxp | CarrierMode::Quic => self.timeout,
         }
     }

@@ -13,7 +13,7 @@ use mxp_proto::{
     PublicKey, StreamId,
 };
 
-use super::driver::{ConnState, Shared, dir_index};
+use super::driver::{ConnState, Shared, add_waiter, dir_index};
 use crate::connection::SendDatagramError;
 
 /// A handle to one MXP connection. Clones share it; the connection closes
@@ -31,21 +31,27 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let mut guard = self.shared.lock();
-        let state = &mut *guard;
-        if let Some(cs) = state.conns.get_mut(&self.handle) {
-            if cs.drained {
-                state.conns.remove(&self.handle);
-            } else {
-                cs.detached = true;
-                if let Some(c) = state.proto.connection(self.handle) {
-                    c.close(Instant::now(), 0, Bytes::new());
-                }
+        release(&self.shared, self.handle);
+    }
+}
+
+/// The application lets go of a connection: it closes (if it has not
+/// already) and the driver forgets it once the core is done with it.
+pub(crate) fn release(shared: &Shared, handle: ConnectionHandle) {
+    let mut guard = shared.lock();
+    let state = &mut *guard;
+    if let Some(cs) = state.conns.get_mut(&handle) {
+        if cs.drained {
+            state.conns.remove(&handle);
+        } else {
+            cs.detached = true;
+            if let Some(c) = state.proto.connection(handle) {
+                c.close(Instant::now(), 0, Bytes::new());
             }
         }
-        drop(guard);
-        self.shared.wake_driver();
     }
+    drop(guard);
+    shared.wake_driver();
 }
 
 impl MxpConn {
@@ -122,7 +128,7 @@ impl MxpConn {
             let result = self.with(|c, cs| match c.error() {
                 Some(e) => Poll::Ready(e.clone()),
                 None => {
-                    cs.wakers.closed.push(cx.waker().clone());
+                    add_waiter(&mut cs.wakers.closed, cx.waker());
                     Poll::Pending
                 }
             });
@@ -144,7 +150,7 @@ impl MxpConn {
             match c.open(dir, band) {
                 Ok(id) => Poll::Ready(Ok(id)),
                 Err(OpenError::Limit) => {
-                    cs.wakers.open[dir_index(dir)].push(cx.waker().clone());
+                    add_waiter(&mut cs.wakers.open[dir_index(dir)], cx.waker());
                     Poll::Pending
                 }
             }
@@ -168,7 +174,7 @@ impl MxpConn {
                 if let Some(e) = c.error() {
                     return Poll::Ready(Err(e.clone()));
                 }
-                cs.wakers.accept[dir_index(dir)].push(cx.waker().clone());
+                add_waiter(&mut cs.wakers.accept[dir_index(dir)], cx.waker());
                 Poll::Pending
             });
             result.unwrap_or_else(|e| Poll::Ready(Err(e)))
@@ -196,7 +202,7 @@ impl MxpConn {
                 if let Some(e) = c.error() {
                     return Poll::Ready(Err(e.clone()));
                 }
-                cs.wakers.datagram.push(cx.waker().clone());
+                add_waiter(&mut cs.wakers.datagram, cx.waker());
                 Poll::Pending
             });
             result.unwrap_or_else(|e| Poll::Ready(Err(e)))

@@ -157,6 +157,15 @@ pub(crate) struct Wakers {
     pub closed: Vec<Waker>,
 }
 
+/// Adds `waker` to a list of waiters unless the same task is already in
+/// it: a task that polls again (a receiver listening on two connections
+/// re-polls the quiet one on every wake) must not grow the list.
+pub(crate) fn add_waiter(list: &mut Vec<Waker>, waker: &Waker) {
+    if !list.iter().any(|w| w.will_wake(waker)) {
+        list.push(waker.clone());
+    }
+}
+
 impl Wakers {
     fn wake_all(&mut self) {
         self.connect.take().into_iter().for_each(Waker::wake);

@@ -9,9 +9,9 @@ use std::task::Poll;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use mxp_proto::{ConnectionError, EndpointConfig, EndpointStats, PublicKey};
+use mxp_proto::{ConnectionError, ConnectionHandle, EndpointConfig, EndpointStats, PublicKey};
 
-use super::conn::MxpConn;
+use super::conn::{MxpConn, release};
 use super::driver::{self, ConnState, Shared};
 use super::udp::Socket;
 use crate::capture::Capture;
@@ -133,6 +133,12 @@ impl MxpEndpoint {
             h
         };
         self.shared.wake_driver();
+        // Given up before the handshake ends (auto's MXP timeout): close
+        // it, so it stops sending to an address that does not answer.
+        let mut abandon = Abandon {
+            shared: &self.shared,
+            handle: Some(handle),
+        };
         poll_fn(|cx| {
             let mut state = self.shared.lock();
             let error = state.error_of(handle);
@@ -149,8 +155,10 @@ impl MxpEndpoint {
             Poll::Pending
         })
         .await?;
-        MxpConn::new(self.shared.clone(), handle)
-            .ok_or(ConnectError::Handshake(ConnectionError::LocallyClosed))
+        let conn = MxpConn::new(self.shared.clone(), handle)
+            .ok_or(ConnectError::Handshake(ConnectionError::LocallyClosed))?;
+        abandon.handle = None; // the connection's handle owns it now
+        Ok(conn)
     }
 
     /// The next connection a client opened; `None` once the endpoint is
@@ -227,5 +235,20 @@ impl MxpEndpoint {
             Poll::Pending
         })
         .await
+    }
+}
+
+/// Releases a connection whose handshake was abandoned (its `connect_to`
+/// future dropped, or failed) unless disarmed.
+struct Abandon<'a> {
+    shared: &'a Shared,
+    handle: Option<ConnectionHandle>,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            release(self.shared, handle);
+        }
     }
 }

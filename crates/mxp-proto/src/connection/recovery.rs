@@ -16,6 +16,8 @@ use crate::streams::Record;
 /// Most record vectors kept for reuse: a window of 1.2 MB in 1200-byte
 /// packets. A connection keeps only as many as it once had in flight.
 const SPARE_RECORDS: usize = 1024;
+/// Largest record list kept for reuse (a packet carries a few frames).
+const SPARE_CAPACITY: usize = 8;
 
 /// A packet this end sent and has not yet seen acknowledged or lost.
 #[derive(Debug)]
@@ -119,7 +121,8 @@ impl Recovery {
     /// one per packet.
     pub fn recycle(&mut self, mut records: Vec<Record>) {
         records.clear();
-        if self.spare.len() < SPARE_RECORDS {
+        // A list grown by an unusual packet is not kept at that size.
+        if records.capacity() <= SPARE_CAPACITY && self.spare.len() < SPARE_RECORDS {
             self.spare.push(records);
         }
     }
