@@ -87,6 +87,14 @@ impl Link {
         }
     }
 
+    /// Waits until the peer asks this connection to go away.
+    async fn going_away(&self) {
+        match self {
+            Link::Mxp(c) => c.going_away().await,
+            Link::Quic(c) => c.going_away().await,
+        }
+    }
+
     async fn open_bi(&self, band: Band) -> Result<(SendStream, RecvStream), ConnectionError> {
         match self {
             Link::Mxp(c) => {
@@ -447,6 +455,9 @@ impl Connection {
                         }
                     }
                 },
+                // The node starts draining while we wait: move now, not at
+                // its deadline (the switch then wakes this loop).
+                () = cur.link.going_away(), if !cur.link.peer_going_away() => {}
                 () = &mut switched => {}
             }
         }

@@ -110,6 +110,22 @@ impl MxpConn {
 
     /// Whether the node asked us to take new work elsewhere (remembered
     /// after the connection closes, so a session still moves on).
+    /// Waits until the node asks this connection to go away (never, once
+    /// the connection has ended: its other waits report that).
+    pub async fn going_away(&self) {
+        poll_fn(|cx| {
+            let result = self.with(|_, cs| {
+                if cs.going_away {
+                    return Poll::Ready(());
+                }
+                add_waiter(&mut cs.wakers.going_away, cx.waker());
+                Poll::Pending
+            });
+            result.unwrap_or(Poll::Pending)
+        })
+        .await
+    }
+
     pub fn peer_going_away(&self) -> bool {
         let state = self.0.shared.lock();
         state

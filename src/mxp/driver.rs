@@ -155,6 +155,8 @@ pub(crate) struct Wakers {
     pub open: [Vec<Waker>; 2],
     pub datagram: Vec<Waker>,
     pub closed: Vec<Waker>,
+    /// Waiting for the node to ask this connection to go away.
+    pub going_away: Vec<Waker>,
 }
 
 /// Adds `waker` to a list of waiters unless the same task is already in
@@ -172,12 +174,11 @@ impl Wakers {
         self.readers.drain().for_each(|(_, w)| w.wake());
         self.writers.drain().for_each(|(_, w)| w.wake());
         self.finishers.drain().for_each(|(_, w)| w.wake());
-        for list in self
-            .accept
-            .iter_mut()
-            .chain(self.open.iter_mut())
-            .chain([&mut self.datagram, &mut self.closed])
-        {
+        for list in self.accept.iter_mut().chain(self.open.iter_mut()).chain([
+            &mut self.datagram,
+            &mut self.closed,
+            &mut self.going_away,
+        ]) {
             list.drain(..).for_each(Waker::wake);
         }
     }
@@ -267,7 +268,10 @@ impl State {
                     w.open[dir_index(dir)].drain(..).for_each(Waker::wake)
                 }
                 Event::DatagramReceived => w.datagram.drain(..).for_each(Waker::wake),
-                Event::GoAway => cs.going_away = true,
+                Event::GoAway => {
+                    cs.going_away = true;
+                    w.going_away.drain(..).for_each(Waker::wake);
+                }
                 Event::Drained => {
                     cs.drained = true;
                     cs.error.get_or_insert(ConnectionError::LocallyClosed);

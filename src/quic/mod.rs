@@ -278,6 +278,19 @@ impl QuicConn {
         )
     }
 
+    /// Waits until the node asks this connection to go away.
+    pub async fn going_away(&self) {
+        loop {
+            let changed = self.control.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.peer_going_away() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     pub fn peer_going_away(&self) -> bool {
         self.control.going_away.load(Ordering::Relaxed)
     }
