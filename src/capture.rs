@@ -57,7 +57,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -66,6 +66,8 @@ use pcap_file::{DataLink, Endianness, TsResolution};
 use serde::Serialize;
 use thiserror::Error;
 use tracing::{info, warn};
+
+use crate::lock;
 
 /// Size limit of a capture when none is given: large enough for minutes of
 /// moderate traffic, small enough that a forgotten capture cannot fill a
@@ -338,11 +340,6 @@ struct Inner {
 /// the file in the background, as [`stop`](Self::stop) would.
 #[derive(Debug, Clone, Default)]
 pub struct Capture(Arc<Inner>);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // What these guard stays consistent through a panic (plain values).
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 impl Capture {
     /// A capture that records nothing until started.

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::carrier::{Carrier, CarrierMode};
 use crate::endpoint::{Endpoint, Target};
+use crate::lock;
 use crate::metrics::{CallDurations, CallSide, MessageErrors};
 use crate::mxp::conn::MxpConn;
 use crate::mxp::streams::{MxpRecv, MxpSend};
@@ -303,11 +304,7 @@ impl Connection {
     }
 
     fn snapshot(&self) -> Arc<Current> {
-        self.0
-            .current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.0.current).clone()
     }
 
     /// The carrier connection new work should use: the current one, or, if
@@ -339,13 +336,9 @@ impl Connection {
             Ok(link) => {
                 info!(from = %from, to = %link.carrier(), peer = %link.remote_address(), "node is draining the connection: new work moves to a new connection");
                 let next = Current::new(link);
-                *self.0.current.lock().unwrap_or_else(|e| e.into_inner()) = next.clone();
-                *self.0.previous.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&cur);
-                *self
-                    .0
-                    .switch_failed_at
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = None;
+                *lock(&self.0.current) = next.clone();
+                *lock(&self.0.previous) = Arc::downgrade(&cur);
+                *lock(&self.0.switch_failed_at) = None;
                 // One-way messages continue on the new connection: the old
                 // lanes end (a lane in use now ends when it is dropped).
                 for lane in &cur.lanes {
@@ -361,11 +354,7 @@ impl Connection {
             Err(e) => {
                 // The old connection still works until the drain deadline.
                 warn!(from = %from, error = %e, "node is draining the connection, and no other carrier answered");
-                *self
-                    .0
-                    .switch_failed_at
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                *lock(&self.0.switch_failed_at) = Some(Instant::now());
                 cur
             }
         }
@@ -375,12 +364,8 @@ impl Connection {
     /// (sending a datagram) or wait on something else (receiving): one at
     /// a time, in the background.
     fn switch_soon(&self) {
-        let failed_recently = self
-            .0
-            .switch_failed_at
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|at| at.elapsed() < SWITCH_RETRY);
+        let failed_recently =
+            lock(&self.0.switch_failed_at).is_some_and(|at| at.elapsed() < SWITCH_RETRY);
         if self.0.reconnect.is_none()
             || failed_recently
             || self.0.closed_by_app.load(Ordering::Relaxed)
@@ -419,12 +404,7 @@ impl Connection {
             if cur.link.peer_going_away() {
                 self.switch_soon();
             }
-            let previous = self
-                .0
-                .previous
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .upgrade();
+            let previous = lock(&self.0.previous).upgrade();
             let on_previous = async {
                 match &previous {
                     Some(p) => op(p.link.clone()).await,
@@ -449,7 +429,7 @@ impl Connection {
                     Ok(v) => return Ok(v),
                     Err(_) => {
                         // The drained connection closed: stop listening there.
-                        let mut slot = self.0.previous.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut slot = lock(&self.0.previous);
                         if previous.as_ref().is_some_and(|p| slot.as_ptr() == Arc::as_ptr(p)) {
                             *slot = Weak::new();
                         }
@@ -463,12 +443,9 @@ impl Connection {
         }
     }
 
-    /// The stream pair with its receiving half counting refused messages.
-    fn counted(&self, (send, recv): (SendStream, RecvStream)) -> (SendStream, RecvStream) {
-        (
-            send,
-            recv.counting_errors_into(self.0.message_errors.clone()),
-        )
+    /// A receiving half that counts the messages it refuses.
+    fn counted(&self, recv: RecvStream) -> RecvStream {
+        recv.counting_errors_into(self.0.message_errors.clone())
     }
 
     /// The carrier new work goes over now.
@@ -505,7 +482,8 @@ impl Connection {
         let started = Instant::now();
         let current = self.current().await;
         let exchange = async {
-            let (mut send, mut recv) = self.counted(current.link.open_bi(request.band()).await?);
+            let (mut send, recv) = current.link.open_bi(request.band()).await?;
+            let mut recv = self.counted(recv);
             send.write_message(request).await?;
             send.finish()?;
             recv.read_message().await?.ok_or(CallError::NoResponse)
@@ -533,7 +511,8 @@ impl Connection {
     /// Opens a bidirectional stream whose data is sent in `band`, waiting
     /// if the peer's stream limit is reached.
     pub async fn open_bi(&self, band: Band) -> Result<(SendStream, RecvStream), ConnectionError> {
-        Ok(self.counted(self.current().await.link.open_bi(band).await?))
+        let (send, recv) = self.current().await.link.open_bi(band).await?;
+        Ok((send, self.counted(recv)))
     }
 
     /// Opens a unidirectional stream whose data is sent in `band`.
@@ -543,10 +522,10 @@ impl Connection {
 
     /// Waits for the peer to open a bidirectional stream.
     pub async fn accept_bi(&self) -> Result<(SendStream, RecvStream), ConnectionError> {
-        let pair = self
+        let (send, recv) = self
             .receive(|link| async move { link.accept_bi().await })
             .await?;
-        Ok(self.counted(pair))
+        Ok((send, self.counted(recv)))
     }
 
     /// Waits for the peer to open a unidirectional stream.
@@ -554,7 +533,7 @@ impl Connection {
         let recv = self
             .receive(|link| async move { link.accept_uni().await })
             .await?;
-        Ok(recv.counting_errors_into(self.0.message_errors.clone()))
+        Ok(self.counted(recv))
     }
 
     /// Sends a one-way message (an event, a heartbeat, an acknowledgement)
@@ -600,12 +579,7 @@ impl Connection {
     /// [`ConnectionError::ApplicationClosed`].
     pub fn close(&self, code: u64, reason: &[u8]) {
         self.0.closed_by_app.store(true, Ordering::Relaxed);
-        let previous = self
-            .0
-            .previous
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .upgrade();
+        let previous = lock(&self.0.previous).upgrade();
         if let Some(previous) = previous {
             previous.link.close(code, reason);
         }

@@ -17,6 +17,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::capture::{CaptureError, CaptureStatus, CaptureSummary};
 use crate::carrier::{Carrier, CarrierMode, Carriers};
 use crate::connection::{Connection, Link};
+use crate::lock;
 use crate::metrics::{CallDurations, CarrierTotals, ConnectionInfo, MessageErrors};
 use crate::mxp::endpoint::MxpEndpoint;
 use crate::quic::{self, QuicEndpoint};
@@ -347,12 +348,7 @@ impl Endpoint {
     }
 
     async fn connect_auto(&self, target: &Target) -> Result<Link, ConnectError> {
-        let silent = self
-            .0
-            .mxp_silent_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|until| Instant::now() < until);
+        let silent = lock(&self.0.mxp_silent_until).is_some_and(|until| Instant::now() < until);
         let mut quic_addrs = target.quic.clone();
         let why = if silent {
             "MXP did not answer recently"
@@ -375,11 +371,7 @@ impl Endpoint {
                     ),
                 )) => return Err(e),
                 Ok(Err(_)) | Err(_) => {
-                    *self
-                        .0
-                        .mxp_silent_until
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()) =
+                    *lock(&self.0.mxp_silent_until) =
                         Some(Instant::now() + self.0.options.mxp_retry_after);
                     "MXP did not answer"
                 }
@@ -446,7 +438,7 @@ impl Endpoint {
 
     /// Which carriers accept new sessions.
     pub fn carriers(&self) -> Carriers {
-        *self.0.carriers.lock().unwrap_or_else(|e| e.into_inner())
+        *lock(&self.0.carriers)
     }
 
     /// Flips which carriers accept new sessions (the deployment switch).
@@ -455,7 +447,7 @@ impl Endpoint {
     /// being drained.
     pub fn set_carriers(&self, carriers: Carriers) {
         let before = {
-            let mut c = self.0.carriers.lock().unwrap_or_else(|e| e.into_inner());
+            let mut c = lock(&self.0.carriers);
             std::mem::replace(&mut *c, carriers)
         };
         let span = info_span!("carrier_switch", from = %before, to = %carriers);
@@ -473,20 +465,12 @@ impl Endpoint {
     /// How long connections on a carrier switched off may finish their
     /// work before they are closed.
     pub fn drain_timeout(&self) -> Duration {
-        *self
-            .0
-            .drain_timeout
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        *lock(&self.0.drain_timeout)
     }
 
     /// Changes the drain timeout for later switches (a config reload).
     pub fn set_drain_timeout(&self, timeout: Duration) {
-        *self
-            .0
-            .drain_timeout
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = timeout;
+        *lock(&self.0.drain_timeout) = timeout;
     }
 
     fn apply_carriers(&self, carriers: Carriers) {
@@ -496,17 +480,13 @@ impl Endpoint {
             quic.set_accepting(carriers.quic);
         }
         // Accepting again ends a drain.
-        self.0
-            .drains
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|d| {
-                let keep = !carriers.accepts(d.carrier);
-                if !keep {
-                    d.task.abort();
-                }
-                keep
-            });
+        lock(&self.0.drains).retain(|d| {
+            let keep = !carriers.accepts(d.carrier);
+            if !keep {
+                d.task.abort();
+            }
+            keep
+        });
     }
 
     /// Drains `carrier`: its connections are told to go away now and the
@@ -540,7 +520,7 @@ impl Endpoint {
             }
             .instrument(span.clone()),
         );
-        let mut drains = self.0.drains.lock().unwrap_or_else(|e| e.into_inner());
+        let mut drains = lock(&self.0.drains);
         drains.retain(|d| {
             let keep = d.carrier != carrier;
             if !keep {
@@ -586,11 +566,7 @@ impl Endpoint {
     /// What `mxp admin status` shows.
     pub fn status(&self) -> Status {
         let now = Instant::now();
-        let draining = self
-            .0
-            .drains
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let draining = lock(&self.0.drains)
             .iter()
             .map(|d| DrainStatus {
                 carrier: d.carrier,

@@ -34,5 +34,11 @@ pub mod benching {
 }
 pub use streams::{ReadError, RecvStream, SendStream, WriteError};
 
+/// Locks `m` even if a panic poisoned it: what the runtime's mutexes guard
+/// stays consistent through a panic (plain values, replaced whole).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Application close code of connections closed at a drain deadline.
 pub const DRAINED: u64 = 0x4d52;

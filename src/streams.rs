@@ -383,17 +383,15 @@ impl RecvStream {
     /// `mxp_message_errors_total`.
     pub async fn read_message(&mut self) -> Result<Option<Message>, ReadError> {
         let result = self.next_message().await;
-        // Once per stream: the decoder repeats its error if asked again.
-        let errors = match &result {
-            Err(_) => self.message_errors.take(),
-            Ok(_) => None,
-        };
-        if let (Err(e), Some(errors)) = (&result, errors) {
-            match e {
-                ReadError::Message(e) => errors.count(e.kind()),
-                // The stream ended inside a message: the codec's truncation.
-                ReadError::Truncated => errors.count("truncated"),
-                _ => {}
+        if let Err(e) = &result {
+            // Once per stream: the decoder repeats its error if asked again.
+            if let Some(errors) = self.message_errors.take() {
+                match e {
+                    ReadError::Message(e) => errors.count(e.kind()),
+                    // The stream ended inside a message: the codec's truncation.
+                    ReadError::Truncated => errors.count("truncated"),
+                    _ => {}
+                }
             }
         }
         result

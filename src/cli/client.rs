@@ -110,9 +110,7 @@ impl ClientArgs {
             server_key,
         })
     }
-}
 
-impl ClientArgs {
     /// How long a connection attempt may take: auto waits for MXP first.
     fn patience(&self) -> Duration {
         match self.carrier {

@@ -108,8 +108,6 @@ impl MxpConn {
         self.0.shared.transmit_now(self.0.handle);
     }
 
-    /// Whether the node asked us to take new work elsewhere (remembered
-    /// after the connection closes, so a session still moves on).
     /// Waits until the node asks this connection to go away (never, once
     /// the connection has ended: its other waits report that).
     pub async fn going_away(&self) {
@@ -126,6 +124,8 @@ impl MxpConn {
         .await
     }
 
+    /// Whether the node asked us to take new work elsewhere (remembered
+    /// after the connection closes, so a session still moves on).
     pub fn peer_going_away(&self) -> bool {
         let state = self.0.shared.lock();
         state
