@@ -65,6 +65,16 @@ fn call(id: u64) -> Message {
     Message::new(MessageType::Call, format!("call {id}")).with_message_id(id)
 }
 
+/// A new auto session to `node`, on the carrier it is expected to land on.
+async fn auto_session(node: &Endpoint, expected: Carrier) -> mxp::Connection {
+    let conn = client(CarrierMode::Auto)
+        .connect(&url(node), node.public_key())
+        .await
+        .unwrap();
+    assert_eq!(conn.carrier(), expected);
+    conn
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quic_carrier_carries_calls_streams_messages_and_datagrams() {
     let (node, stats) = node(Carriers::BOTH);
@@ -239,16 +249,14 @@ fn only(carrier: Carrier) -> Carriers {
 /// `node`, on which new auto sessions land on `from`, is flipped to accept
 /// only `to` while an auto client has a stream open: calls keep succeeding
 /// and move to `to`, the node drains `from`, and the open stream finishes
-/// there. Returns the client endpoint and its session (on `to` by then).
+/// there. Returns the session (on `to` by then).
 async fn flip_while_a_stream_is_open(
     node: &Endpoint,
     stats: &EchoStats,
     from: Carrier,
     to: Carrier,
-) -> (Endpoint, mxp::Connection) {
-    let client = client(CarrierMode::Auto);
-    let conn = client.connect(&url(node), node.public_key()).await.unwrap();
-    assert_eq!(conn.carrier(), from);
+) -> mxp::Connection {
+    let conn = auto_session(node, from).await;
     conn.call(&call(0)).await.unwrap();
     // A stream opened before the flip.
     let (mut send, mut recv) = conn.open_bi(Band::Streaming).await.unwrap();
@@ -276,7 +284,7 @@ async fn flip_while_a_stream_is_open(
     let echoed = recv.read_to_end(1024).await.unwrap();
     assert_eq!(&echoed[..], b"before the flip, after the flip");
     assert_eq!(stats.calls.load(Ordering::Relaxed), calls + 1);
-    (client, conn)
+    conn
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,12 +315,7 @@ async fn datagram_round_trip(conn: &mxp::Connection, n: u64) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_only_exchanges_datagrams_follows_a_flip_to_quic() {
     let (node, stats) = node(Carriers::BOTH);
-    let client = client(CarrierMode::Auto);
-    let conn = client
-        .connect(&url(&node), node.public_key())
-        .await
-        .unwrap();
-    assert_eq!(conn.carrier(), Carrier::Mxp);
+    let conn = auto_session(&node, Carrier::Mxp).await;
     assert!(datagram_round_trip(&conn, 0).await);
 
     node.set_carriers(Carriers::QUIC);
@@ -411,13 +414,8 @@ async fn after_mxp_stays_silent_auto_goes_straight_to_quic_until_the_retry_time_
 async fn a_flip_back_to_mxp_drains_quic_the_same_way() {
     let (node, stats) = node(Carriers::QUIC);
     // A session on QUIC that does nothing more: the deadline closes it.
-    let idle = client(CarrierMode::Auto)
-        .connect(&url(&node), node.public_key())
-        .await
-        .unwrap();
-    assert_eq!(idle.carrier(), Carrier::Quic);
-    let (_client, conn) =
-        flip_while_a_stream_is_open(&node, &stats, Carrier::Quic, Carrier::Mxp).await;
+    let idle = auto_session(&node, Carrier::Quic).await;
+    let conn = flip_while_a_stream_is_open(&node, &stats, Carrier::Quic, Carrier::Mxp).await;
 
     node.drain(Carrier::Quic, Duration::from_millis(200));
     let reason = timeout(PATIENCE, idle.closed())
@@ -437,12 +435,7 @@ async fn a_flip_back_to_mxp_drains_quic_the_same_way() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_waiting_when_the_node_drains_moves_at_once() {
     let (node, _) = node(Carriers::BOTH);
-    let client = client(CarrierMode::Auto);
-    let conn = client
-        .connect(&url(&node), node.public_key())
-        .await
-        .unwrap();
-    assert_eq!(conn.carrier(), Carrier::Mxp);
+    let conn = auto_session(&node, Carrier::Mxp).await;
     let reader = tokio::spawn({
         let conn = conn.clone();
         async move { conn.read_datagram().await }

@@ -58,6 +58,15 @@ fn lost_reason(events: &[Event]) -> Option<ConnectionError> {
 
 /// Diffie-Hellman work the server did: every initiation it decrypted or
 /// tried to.
+/// What the endpoint at `addr` did with the datagrams it was handed.
+fn outcomes_at(net: &mut Network, addr: SocketAddr) -> Vec<Incoming> {
+    net.take_outcomes()
+        .into_iter()
+        .filter(|(to, _)| *to == addr)
+        .map(|(_, o)| o)
+        .collect()
+}
+
 fn dh_operations(s: &EndpointStats) -> u64 {
     s.handshakes_accepted
         + s.handshake_decrypt_failures
@@ -210,13 +219,7 @@ fn wrong_server_key_is_a_typed_error_on_both_sides_without_waiting_for_a_timeout
     assert_eq!(e.handshake_decrypt_failures, 2);
     assert_eq!(e.handshakes_accepted, 0);
     assert_eq!(s.net.endpoint(server).connection_count(), 0);
-    let refusals: Vec<Incoming> = s
-        .net
-        .take_outcomes()
-        .into_iter()
-        .filter(|(to, _)| *to == server_addr)
-        .map(|(_, o)| o)
-        .collect();
+    let refusals = outcomes_at(&mut s.net, server_addr);
     assert_eq!(
         refusals,
         vec![Incoming::Answered(Refusal::HandshakeFailed(HandshakeError::Decrypt)); 2]
@@ -240,13 +243,7 @@ fn allow_list_refuses_unknown_clients_and_admits_listed_ones() {
     assert_eq!(seen.last(), Some(&Event::Drained));
     // The server answered the initiation with the typed refusal (and only
     // that), and its application never heard of the client.
-    let refusals: Vec<Incoming> = s
-        .net
-        .take_outcomes()
-        .into_iter()
-        .filter(|(to, _)| *to == server_addr)
-        .map(|(_, o)| o)
-        .collect();
+    let refusals = outcomes_at(&mut s.net, server_addr);
     assert_eq!(
         refusals,
         vec![Incoming::Answered(Refusal::ClientNotAllowed)]

@@ -23,6 +23,17 @@ fn conn(net: &mut Network, node: NodeId, h: ConnectionHandle) -> &mut Connection
         .expect("connection is alive")
 }
 
+/// Queues `message` whole on a new Critical one-way stream and finishes it.
+fn send_critical(net: &mut Network, node: NodeId, h: ConnectionHandle, message: &[u8]) -> StreamId {
+    let critical = conn(net, node, h).open(Dir::Uni, Band::Critical).unwrap();
+    assert_eq!(
+        conn(net, node, h).write(critical, Bytes::copy_from_slice(message)),
+        Ok(message.len())
+    );
+    conn(net, node, h).finish(critical).unwrap();
+    critical
+}
+
 /// Every event the node has, in order.
 fn events(net: &mut Network, node: NodeId) -> Vec<Event> {
     let mut out = Vec::new();
@@ -384,14 +395,7 @@ fn critical_message_leaves_in_the_very_next_packet_behind_megabytes_of_streaming
     );
 
     let message = content(2, 0, 900);
-    let critical = conn(net, client, ch)
-        .open(Dir::Uni, Band::Critical)
-        .unwrap();
-    assert_eq!(
-        conn(net, client, ch).write(critical, Bytes::from(message.clone())),
-        Ok(900)
-    );
-    conn(net, client, ch).finish(critical).unwrap();
+    let critical = send_critical(net, client, ch, &message);
     carry(net);
 
     let srv = conn(net, server, sh);
@@ -481,14 +485,7 @@ fn critical_message_leaves_in_the_very_next_packet_with_default_pacing_and_windo
     );
 
     let message = content(99, 0, 900);
-    let critical = conn(net, client, ch)
-        .open(Dir::Uni, Band::Critical)
-        .unwrap();
-    assert_eq!(
-        conn(net, client, ch).write(critical, Bytes::from(message.clone())),
-        Ok(900)
-    );
-    conn(net, client, ch).finish(critical).unwrap();
+    let critical = send_critical(net, client, ch, &message);
     armed.set(true);
     let ok = net.run_until(Duration::from_millis(10), |_| !captured.borrow().is_empty());
     assert!(ok, "the client sent again");
