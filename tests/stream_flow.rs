@@ -635,12 +635,9 @@ fn pacing_spreads_a_congestion_window_over_the_round_trip() {
     let stats = conn(net, client, ch).stats();
     let (rtt, window) = (stats.rtt, stats.congestion_window);
     assert_eq!(rtt, RTT, "the handshake measured the link's round trip");
-    // The default initial window, grown by the few bytes of the handshake's
-    // last acknowledged packet (slow start).
-    assert!(
-        (32 * mtu..33 * mtu).contains(&window),
-        "about the default initial window: {window}"
-    );
+    // The default initial window: the handshake's few packets kept far
+    // under half of it in flight, so they did not grow it.
+    assert_eq!(window, 32 * mtu, "the default initial window");
     assert_eq!(stats.bytes_in_flight, 0);
     let capacity = (window / 4).clamp(10 * mtu, 64 * mtu);
     assert_eq!(capacity, 10 * mtu, "a quarter window is below the floor");
@@ -761,6 +758,57 @@ fn pacing_spreads_a_congestion_window_over_the_round_trip() {
             rtt / 8
         );
     }
+}
+
+// ---- congestion window ----------------------------------------------------
+
+/// The congestion window grows only while the sender uses it (RFC 9002
+/// §7.8). A thousand calls, one at a time, keep a packet or two in flight:
+/// they leave the window exactly where it started. Before, every ACK grew
+/// it, and a connection that had served calls for an hour held a window of
+/// gigabytes: its pacer would let the next bulk write out at once. A bulk
+/// transfer that fills the window still grows it.
+#[test]
+fn calls_one_at_a_time_leave_the_congestion_window_alone_and_bulk_grows_it() {
+    let (mut s, ch, _sh) = setup(23, TransportConfig::default());
+    let (client, server) = (s.client, s.server);
+    let net = &mut s.net;
+    let initial = conn(net, client, ch).stats().congestion_window;
+    let mtu = u64::from(TransportConfig::default().max_udp_payload_size);
+    assert_eq!(
+        initial,
+        32 * mtu,
+        "the default initial window, untouched by the handshake"
+    );
+
+    for i in 0..1000 {
+        send_critical(net, client, ch, &content(i, 0, 200));
+        net.run_for(Duration::from_micros(100));
+        events(net, server);
+    }
+    let stats = conn(net, client, ch).stats();
+    assert_eq!(stats.packets_lost, 0);
+    assert!(
+        stats.packets_sent >= 1000,
+        "every call was sent: {}",
+        stats.packets_sent
+    );
+    assert_eq!(stats.congestion_window, initial);
+
+    let mut bulk = Sender::open(net, client, ch, 1, 4 << 20, Band::Streaming);
+    let id = bulk.streams[0].0;
+    let mut rx = Receiver::default();
+    let ok = net.run_until(Duration::from_secs(5), |net| {
+        let done = bulk.pump(net, client, ch);
+        rx.pump(net, server);
+        done && rx.digests.get(&id).map_or(0, |d| d.1) == 4 << 20
+    });
+    assert!(ok, "the bulk transfer arrived");
+    let grown = conn(net, client, ch).stats().congestion_window;
+    assert!(
+        grown > 2 * initial,
+        "a filled window grows: {initial} -> {grown}"
+    );
 }
 
 // ---- many streams ----------------------------------------------------------

@@ -36,6 +36,9 @@ pub(crate) struct SentPacket {
     pub go_away: bool,
     /// Stream and flow-control frames it carried, resent if it is lost.
     pub records: Vec<Record>,
+    /// Sent while the congestion window was under-used; set by
+    /// [`Recovery::on_packet_sent`].
+    pub app_limited: bool,
 }
 
 impl SentPacket {
@@ -52,6 +55,7 @@ impl SentPacket {
             datagrams: 0,
             go_away: false,
             records,
+            app_limited: false,
         }
     }
 }
@@ -137,10 +141,15 @@ impl Recovery {
         self.probes > 0 || self.bytes_in_flight + size <= self.cc.window()
     }
 
-    pub fn on_packet_sent(&mut self, now: Instant, packet: SentPacket) {
+    pub fn on_packet_sent(&mut self, now: Instant, mut packet: SentPacket) {
         debug_assert_eq!(packet.pn, self.base + self.sent.len() as u64);
         if packet.in_flight {
             self.bytes_in_flight += u64::from(packet.size);
+            // Under half the window in flight, the application (or the
+            // CPU), not the network, set the pace: its ACK must not grow
+            // the window (RFC 9002 §7.8). Half, not all, so that slow
+            // start can still double a window it fills.
+            packet.app_limited = self.bytes_in_flight.saturating_mul(2) < self.cc.window();
             self.cc.on_sent(now, u64::from(packet.size));
             self.pacer.on_sent(u64::from(packet.size));
         }
@@ -215,8 +224,13 @@ impl Recovery {
         }
         for p in &acked[first_new..] {
             if p.in_flight {
-                self.cc
-                    .on_ack(now, p.time_sent, u64::from(p.size), false, &self.rtt);
+                self.cc.on_ack(
+                    now,
+                    p.time_sent,
+                    u64::from(p.size),
+                    p.app_limited,
+                    &self.rtt,
+                );
             }
         }
         self.detect_lost(now, config, max_ack_delay, lost);
@@ -532,5 +546,39 @@ mod tests {
         assert_eq!(deadline(&r, &config), None, "nothing in flight");
         send(&mut r, now);
         assert_eq!(deadline(&r, &config), Some(now + us(275)));
+    }
+
+    #[test]
+    fn one_packet_at_a_time_never_grows_the_window() {
+        // Request/response: one packet in flight, acknowledged, the next
+        // sent. The window measures the application here, not the path; a
+        // window grown this way would let a later burst out all at once.
+        let t0 = Instant::now();
+        let (mut r, config) = recovery(t0);
+        let initial = r.cc.window();
+        for i in 0..10_000 {
+            let at = t0 + us(30 * i);
+            let pn = send(&mut r, at);
+            ack(&mut r, &config, at + us(30), &[pn..=pn]);
+        }
+        assert_eq!(r.cc.window(), initial);
+    }
+
+    #[test]
+    fn a_window_filled_to_half_or_more_grows_in_slow_start() {
+        let t0 = Instant::now();
+        let (mut r, config) = recovery(t0);
+        let initial = r.cc.window();
+        let sent = initial / 1200;
+        for _ in 0..sent {
+            send(&mut r, t0);
+        }
+        ack(&mut r, &config, t0 + us(30), &[0..=sent - 1]);
+        // Packets sent before in-flight reached half the window were
+        // app-limited (the 1st to the 19th of 38 here); each byte of the
+        // others grows the window.
+        let growing = (1..=sent).filter(|k| 2 * k * 1200 >= initial).count() as u64;
+        assert_eq!(growing, 19);
+        assert_eq!(r.cc.window(), initial + growing * 1200);
     }
 }

@@ -220,6 +220,7 @@ impl Connection {
                 datagrams,
                 go_away,
                 records,
+                app_limited: false,
             },
         );
         if ack_eliciting {
