@@ -14,6 +14,8 @@
 //! | `GET /capture` | the packet capture's [`CaptureStatus`](crate::capture::CaptureStatus) JSON |
 //! | `POST /capture/start?out=FILE.pcap&max_bytes=N` | starts a packet capture into a new file on the node (a relative path is relative to the node's working directory; `max_bytes` defaults to [`DEFAULT_MAX_BYTES`]), answers the status |
 //! | `POST /capture/stop` | stops it once everything is written, answers the [`CaptureSummary`](crate::capture::CaptureSummary) |
+//! | `GET /log` | `{"filter":"info"}`: the log filter in force (nodes started with [`serve_with_log`]) |
+//! | `POST /log` | body: `tracing` filter directives, e.g. `info,mxp_proto::handshake=debug`; puts them in force at once, answers `{"filter":…,"previous":…}` |
 //!
 //! It listens on loopback unless told otherwise, and refuses to listen
 //! anywhere else without a bearer token: whoever can reach it can stop a
@@ -45,6 +47,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::capture::{CaptureError, DEFAULT_MAX_BYTES};
+pub use crate::log_filter::LogFilter;
 use crate::{Carrier, Carriers, Endpoint, Status};
 
 /// Longest drain deadline a request may ask for, as for every duration in
@@ -70,6 +73,7 @@ struct Shared {
     endpoint: Endpoint,
     token: Option<String>,
     metrics: prometheus_client::registry::Registry,
+    log: Option<LogFilter>,
 }
 
 /// Starts the admin endpoint for `endpoint` on `addr` (port 0 picks one).
@@ -84,6 +88,26 @@ pub async fn serve(
     endpoint: Endpoint,
     token: Option<String>,
 ) -> io::Result<AdminServer> {
+    start(addr, endpoint, token, None).await
+}
+
+/// [`serve`], and `GET|POST /log` read and change the process's log filter
+/// through `log`.
+pub async fn serve_with_log(
+    addr: SocketAddr,
+    endpoint: Endpoint,
+    token: Option<String>,
+    log: LogFilter,
+) -> io::Result<AdminServer> {
+    start(addr, endpoint, token, Some(log)).await
+}
+
+async fn start(
+    addr: SocketAddr,
+    endpoint: Endpoint,
+    token: Option<String>,
+    log: Option<LogFilter>,
+) -> io::Result<AdminServer> {
     check_exposure(addr, token.as_deref())?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
@@ -92,6 +116,7 @@ pub async fn serve(
         endpoint,
         token,
         metrics,
+        log,
     });
     let router = router(shared.clone());
     let (stop, stopped) = oneshot::channel::<()>();
@@ -181,6 +206,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/capture", get(get_capture))
         .route("/capture/start", post(post_capture_start))
         .route("/capture/stop", post(post_capture_stop))
+        .route("/log", get(get_log).post(post_log))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(shared.clone(), authorize))
@@ -334,6 +360,58 @@ async fn post_carrier(
         previous: before.as_str(),
         status: shared.endpoint.status(),
     })
+}
+
+/// The log filter in force, and the one it replaced.
+#[derive(Serialize)]
+struct Filter {
+    filter: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous: Option<String>,
+}
+
+/// The answer of `/log` on an endpoint started without a [`LogFilter`].
+fn fixed_log_filter() -> Response {
+    refuse(
+        StatusCode::NOT_IMPLEMENTED,
+        "this process's log filter cannot be changed at runtime (the admin endpoint was started without one)",
+    )
+}
+
+async fn get_log(State(shared): State<Arc<Shared>>) -> Response {
+    match &shared.log {
+        Some(log) => json(&Filter {
+            filter: log.current(),
+            previous: None,
+        }),
+        None => fixed_log_filter(),
+    }
+}
+
+async fn post_log(
+    State(shared): State<Arc<Shared>>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    if let Err(problem) = query_params(query.as_deref(), &[]) {
+        return refuse(StatusCode::BAD_REQUEST, problem);
+    }
+    let Some(log) = &shared.log else {
+        return fixed_log_filter();
+    };
+    let Ok(filter) = std::str::from_utf8(&body).map(str::trim) else {
+        return refuse(StatusCode::BAD_REQUEST, "log filter: not valid UTF-8");
+    };
+    match log.set(filter) {
+        Ok(previous) => {
+            info!(%previous, %filter, "log filter changed by the admin endpoint");
+            json(&Filter {
+                filter: filter.to_owned(),
+                previous: Some(previous),
+            })
+        }
+        Err(problem) => refuse(StatusCode::BAD_REQUEST, problem),
+    }
 }
 
 /// `mxp`, `quic` or `both`, as plain text or `{"carrier": "..."}`.

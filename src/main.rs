@@ -64,7 +64,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 
 fn client_logging(filter: Option<&str>) -> Result<(), CliError> {
     // Clients print results on stdout; keep stderr quiet unless asked.
-    cli::logging::init(filter.or(Some("warn")))
+    cli::logging::init(filter.or(Some("warn"))).map(drop)
 }
 
 fn run(command: Command) -> Result<(), CliError> {

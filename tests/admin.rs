@@ -465,3 +465,38 @@ async fn a_snapshot_holds_every_metric_and_each_connections_stats() {
         0
     );
 }
+
+/// `/log` reads and changes the log filter through the [`admin::LogFilter`]
+/// the process installed; a refused filter is a 400 with the logger's
+/// reason and changes nothing; without a `LogFilter` the route says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_route_reads_and_changes_the_filter_it_was_given() {
+    let node = node();
+    let applied = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = applied.clone();
+    let log = admin::LogFilter::new("info", move |f| {
+        if f.contains('!') {
+            return Err(format!("bad log filter {f:?}"));
+        }
+        seen.lock().unwrap().push(f.to_owned());
+        Ok(())
+    });
+    let admin = admin::serve_with_log(any_port(), node.clone(), None, log.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        ok_json(&admin, "GET", "/log", None).await,
+        json!({"filter": "info"})
+    );
+    let changed = ok_json(&admin, "POST", "/log", Some(" info,mxp=debug\n")).await;
+    assert_eq!(
+        changed,
+        json!({"filter": "info,mxp=debug", "previous": "info"})
+    );
+    refused(&admin, "POST", "/log", Some("info!"), None, 400, "info!").await;
+    assert_eq!(log.current(), "info,mxp=debug");
+    assert_eq!(*applied.lock().unwrap(), ["info,mxp=debug"]);
+
+    let fixed = admin_for(&node, None).await;
+    refused(&fixed, "GET", "/log", None, None, 501, "cannot be changed").await;
+}

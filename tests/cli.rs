@@ -1254,3 +1254,65 @@ fn sighup_reloads_the_carrier_switch_from_the_config_file() {
     let stopped = node.terminate();
     assert!(stopped.status.success(), "{stopped:#?}");
 }
+
+/// The checklist's "`debug` for the handshake when investigating
+/// anomalies", on a running node: `mxp admin ADDR log FILTER` puts a filter
+/// in force at once, a bad one is refused with its reason and changes
+/// nothing, and a config reload applies a changed `node.log` — no restart,
+/// so no connection is lost to turning logging up.
+#[test]
+fn the_log_filter_changes_on_a_running_node() {
+    let dir = TempDir::new("log-filter");
+    let config = dir.path("node.toml");
+    let log = dir.path("node.log");
+    let node_file =
+        |log: &str| format!("[node]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{log}");
+    fs::write(&config, node_file("")).unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "exec '{}' serve --config '{}' 2>'{}'",
+            env!("CARGO_BIN_EXE_mxp"),
+            path_str(&config),
+            path_str(&log)
+        ))
+        .env_remove("RUST_LOG");
+    let node = Node::start_command(cmd, "mxp serve --config (log filter)".into());
+    let admin_addr = node.admin_addr();
+    let filter_of = |out: Outcome| json_object(&out.success())["filter"].clone();
+    assert_eq!(filter_of(admin(&admin_addr, &["log"])), "info");
+
+    node.ping(&["--count", "1"]).success();
+    wait_for_text(&log, "connected");
+    assert!(
+        !fs::read_to_string(&log)
+            .unwrap()
+            .contains("handshake accepted"),
+        "no handshake debug at info"
+    );
+
+    let set = admin(&admin_addr, &["log", "info,mxp_proto::handshake=debug"]).success();
+    let answer = json_object(&set);
+    assert_eq!(answer["filter"], "info,mxp_proto::handshake=debug");
+    assert_eq!(answer["previous"], "info");
+    node.ping(&["--count", "1"]).success();
+    wait_for_text(&log, "handshake accepted");
+
+    let refused = admin(&admin_addr, &["log", "info,mxp_proto=bogus"]);
+    assert_eq!(refused.code(), Some(2), "{refused:#?}");
+    assert!(refused.one_error_line().contains("bogus"), "{refused:#?}");
+    assert_eq!(
+        filter_of(admin(&admin_addr, &["log"])),
+        "info,mxp_proto::handshake=debug"
+    );
+
+    fs::write(&config, node_file("log = \"info,mxp=debug\"\n")).unwrap();
+    node.signal("HUP");
+    wait_for_text(
+        &log,
+        "node.log info,mxp_proto::handshake=debug -> info,mxp=debug",
+    );
+    assert_eq!(filter_of(admin(&admin_addr, &["log"])), "info,mxp=debug");
+    let stopped = node.terminate();
+    assert!(stopped.status.success(), "{stopped:#?}");
+}

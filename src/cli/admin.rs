@@ -1,4 +1,4 @@
-//! `mxp admin ADDR status|snapshot|metrics|carrier|drain|capture`: the operator's side of a
+//! `mxp admin ADDR status|snapshot|metrics|carrier|drain|capture|log`: the operator's side of a
 //! node's admin endpoint (`mxp serve --admin ADDR`).
 //!
 //! Results are the endpoint's JSON, one line on stdout. A refused request
@@ -73,6 +73,14 @@ pub enum AdminAction {
         #[command(subcommand)]
         action: CaptureAction,
     },
+    /// Prints the node's log filter or, given one, puts it in force at once
+    /// (no restart): e.g. `info,mxp_proto::handshake=debug` while
+    /// investigating, `info` after.
+    Log {
+        /// tracing filter directives (default: print the filter in force).
+        #[arg(value_name = "FILTER")]
+        filter: Option<String>,
+    },
 }
 
 /// What `mxp admin ADDR capture` does.
@@ -143,6 +151,10 @@ pub async fn run(args: AdminArgs) -> Result<(), CliError> {
             CaptureAction::Stop => ("POST", "/capture/stop".to_owned(), Some("")),
             CaptureAction::Status => ("GET", "/capture".to_owned(), None),
         },
+        AdminAction::Log { filter: None } => ("GET", "/log".to_owned(), None),
+        AdminAction::Log {
+            filter: Some(filter),
+        } => ("POST", "/log".to_owned(), Some(filter.as_str())),
     };
     let answer = tokio::time::timeout(
         PATIENCE,

@@ -18,8 +18,11 @@
 use std::env::VarError;
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use mxp::admin::LogFilter;
 use tracing_subscriber::filter::Directive;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, reload};
 
 use super::CliError;
 
@@ -38,22 +41,43 @@ pub const HANDSHAKE_DEBUG: &str = "info,mxp_proto::handshake=debug";
 /// `None` to fall back to `RUST_LOG` and then [`DEFAULT_FILTER`]. A bad
 /// filter is a usage error naming the offending directive and where it came
 /// from; a second call fails, because the logger can only be installed once.
-pub fn init<'a>(filter: impl Into<Option<&'a str>>) -> Result<(), CliError> {
-    let env = match std::env::var("RUST_LOG") {
-        Ok(value) => Some(value),
-        Err(VarError::NotPresent) => None,
-        Err(VarError::NotUnicode(_)) => {
-            return Err(CliError::Usage("RUST_LOG: not valid UTF-8".to_owned()));
-        }
-    };
-    let (source, text) = choose(filter.into(), env);
+/// The returned [`LogFilter`] changes the filter while the process runs
+/// (the admin endpoint's `/log`, a config reload).
+pub fn init<'a>(filter: impl Into<Option<&'a str>>) -> Result<LogFilter, CliError> {
+    let (source, text) = choose(filter.into(), rust_log()?);
     let filter = parse_filter(&text).map_err(|e| CliError::Usage(format!("{source}: {e}")))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    let (filter, handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
         .try_init()
-        .map_err(|e| CliError::Failed(format!("cannot install the logger: {e}")))
+        .map_err(|e| CliError::Failed(format!("cannot install the logger: {e}")))?;
+    Ok(LogFilter::new(text, move |text| {
+        handle
+            .reload(parse_filter(text)?)
+            .map_err(|e| format!("cannot change the log filter: {e}"))
+    }))
+}
+
+/// The filter that applies when none is given explicitly: `RUST_LOG`, else
+/// [`DEFAULT_FILTER`] (what a config reload falls back to when the file
+/// drops `node.log`).
+pub fn fallback() -> Result<String, CliError> {
+    Ok(choose(None, rust_log()?).1)
+}
+
+fn rust_log() -> Result<Option<String>, CliError> {
+    match std::env::var("RUST_LOG") {
+        Ok(value) => Ok(Some(value)),
+        Err(VarError::NotPresent) => Ok(None),
+        Err(VarError::NotUnicode(_)) => {
+            Err(CliError::Usage("RUST_LOG: not valid UTF-8".to_owned()))
+        }
+    }
 }
 
 /// Applies the precedence; returns where the filter came from (for error

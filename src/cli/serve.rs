@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Args;
-use mxp::admin::{self, AdminServer};
+use mxp::admin::{self, AdminServer, LogFilter};
 use mxp::capture::{CaptureState, CaptureSummary};
 use mxp::echo::{self, EchoStats};
 use mxp::proto::{EndpointConfig, Keypair};
@@ -82,7 +82,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         true => Some(logging::HANDSHAKE_DEBUG),
         false => args.log.as_deref().or(file.log.as_deref()),
     };
-    logging::init(filter)?;
+    let log = logging::init(filter)?;
     let mut cfg = file.clone();
     if let Some(listen) = args.listen {
         cfg.listen = listen;
@@ -149,9 +149,10 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     }
     let admin = match cfg.admin {
         Some(addr) => {
-            let server = admin::serve(addr, node.clone(), cfg.admin_token.clone())
-                .await
-                .map_err(|e| CliError::Usage(format!("cannot serve admin on {addr}: {e}")))?;
+            let server =
+                admin::serve_with_log(addr, node.clone(), cfg.admin_token.clone(), log.clone())
+                    .await
+                    .map_err(|e| CliError::Usage(format!("cannot serve admin on {addr}: {e}")))?;
             Some(server)
         }
         None => None,
@@ -164,6 +165,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         path: args.config,
         file,
         drain_timeout: cfg.drain_timeout,
+        log,
     };
     signals.wait_for_stop(|| reload.apply(&node)).await;
     info!("stopping: closing connections");
@@ -319,11 +321,13 @@ struct Reload {
     file: NodeConfig,
     /// The drain timeout in force for switches made from now on.
     drain_timeout: Duration,
+    /// The process's log filter.
+    log: LogFilter,
 }
 
 impl Reload {
     /// Re-reads the file and applies what changed in it since it was last
-    /// read: `carriers` and `drain_timeout`. Only changes are applied, so a
+    /// read: `carriers`, `drain_timeout` and `log`. Only changes are applied, so a
     /// reload does not undo a switch made through the admin endpoint or a
     /// start-up flag unless the file itself now says otherwise. A bad file
     /// is logged and ignored.
@@ -359,6 +363,17 @@ impl Reload {
                 Err(e) => warn!("config reload: node.carriers not applied: {e}"),
             }
         }
+        if new.log != self.file.log {
+            // A file that drops `log` falls back as at start-up.
+            let filter = match &new.log {
+                Some(f) => Ok(f.clone()),
+                None => logging::fallback().map_err(|e| e.to_string()),
+            };
+            match filter.and_then(|f| self.log.set(&f).map(|before| (before, f))) {
+                Ok((before, f)) => applied.push(format!("node.log {before} -> {f}")),
+                Err(e) => warn!("config reload: node.log not applied: {e}"),
+            }
+        }
         let restart = needs_restart(&self.file, &new);
         if !restart.is_empty() {
             warn!(
@@ -387,7 +402,7 @@ fn needs_restart(old: &NodeConfig, new: &NodeConfig) -> Vec<&'static str> {
     let differs =
         |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     let mut keys = Vec::new();
-    let checks: [(&'static str, bool); 10] = [
+    let checks: [(&'static str, bool); 9] = [
         ("node.listen", old.listen != new.listen),
         ("node.capture", old.capture != new.capture),
         (
@@ -396,7 +411,6 @@ fn needs_restart(old: &NodeConfig, new: &NodeConfig) -> Vec<&'static str> {
         ),
         ("node.quic_listen", old.quic_listen != new.quic_listen),
         ("node.key", old.key != new.key),
-        ("node.log", old.log != new.log),
         ("node.admin", old.admin != new.admin),
         ("node.admin_token", old.admin_token != new.admin_token),
         ("[server]", differs(&old.server, &new.server)),
