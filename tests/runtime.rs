@@ -312,9 +312,10 @@ async fn five_percent_loss_through_the_relay_loses_nothing() {
 async fn a_tight_write_loop_lets_the_other_tasks_of_its_worker_run() {
     let (node, _) = node();
     let client = client();
-    let conn = client
-        .connect_to(node.local_addr(), node.public_key())
+    let url = format!("mxp://{}", node.local_addr());
+    let conn = timeout(PATIENCE, client.connect(&url, node.public_key()))
         .await
+        .unwrap()
         .unwrap();
     let mut send = conn.open_uni(Band::Streaming).await.unwrap();
     let other = Arc::new(std::sync::atomic::AtomicBool::new(false));
