@@ -25,7 +25,6 @@ impl MxpSend {
     /// Writes as much of `data` as flow control takes now, or registers the
     /// task to be woken when credit arrives.
     pub fn poll_write(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<Result<usize, WriteError>> {
-        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         let id = self.id;
         let result = self.conn.with(|c, cs| match c.write_slice(id, data) {
             Ok(n) => Poll::Ready(Ok(n)),
@@ -43,7 +42,6 @@ impl MxpSend {
         });
         let poll = result.unwrap_or_else(|e| Poll::Ready(Err(e.into())));
         if matches!(poll, Poll::Ready(Ok(_))) {
-            coop.made_progress();
             self.conn.wake_driver();
         }
         poll
@@ -113,7 +111,6 @@ impl MxpRecv {
         cx: &mut Context<'_>,
         max: usize,
     ) -> Poll<Result<Option<Bytes>, ReadError>> {
-        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         let id = self.id;
         let result = self.conn.with(|c, cs| match c.read(id, max) {
             Ok(chunk) => Poll::Ready(Ok(chunk)),
@@ -129,7 +126,6 @@ impl MxpRecv {
         });
         let poll = result.unwrap_or_else(|e| Poll::Ready(Err(e.into())));
         if let Poll::Ready(Ok(Some(_))) = poll {
-            coop.made_progress();
             // Reading frees flow-control credit the driver may announce.
             self.conn.wake_driver();
         }
