@@ -396,43 +396,55 @@ fn wire_per_payload(before: &ConnectionStats, after: &ConnectionStats, payload: 
     wire as f64 / payload.max(1) as f64
 }
 
-/// 64-byte message throughput while a scraper reads `/metrics` ten times
-/// a second (Prometheus' default is once per 15 s).
-/// The cost of being scraped: 64 B message throughput with `/metrics`
-/// scraped ten times a second and without, in alternating phases of
-/// `d / 2` (without, with, without, with), so a slow or fast stretch of the
-/// machine falls on both. Returns (without, with), means in msg/s.
-async fn scrape_cost(conn: &Connection, admin: SocketAddr, d: Duration) -> (f64, f64) {
-    let phase = d / 2;
-    let (mut without, mut with) = (0.0, 0.0);
-    for _ in 0..2 {
-        let t = check(
-            "msgs",
-            bench::stream_throughput(conn, 64, Band::Streaming, phase).await,
-        );
-        without += t.per_sec() / 2.0;
+/// Alternations of the scrape-cost measure: each arm runs this many
+/// phases of `d / SCRAPE_ROUNDS`.
+const SCRAPE_ROUNDS: u32 = 8;
 
-        let scraping = Arc::new(AtomicBool::new(true));
-        let flag = scraping.clone();
-        let scraper = tokio::spawn(async move {
-            let mut scrapes = 0u64;
-            while flag.load(Ordering::Relaxed) {
-                let _ = mxp::admin::request(admin, "GET", "/metrics", None, None).await;
-                scrapes += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+/// The cost of being scraped: 64 B message throughput with `/metrics`
+/// scraped ten times a second (Prometheus' default is once per 15 s) and
+/// without, in short phases alternated ABBA. The machine's rate drifts
+/// between slow and fast stretches that last seconds (one connection's
+/// 2–4 s phases here range 1.8–4.2 M/s); short, interleaved phases put
+/// both arms in the same stretches, so what differs is the scraping.
+/// Returns (without, with): messages per second over each arm's phases.
+async fn scrape_cost(conn: &Connection, admin: SocketAddr, d: Duration) -> (f64, f64) {
+    let phase = d / SCRAPE_ROUNDS;
+    let mut arms = [(0u64, Duration::ZERO); 2]; // [without, with]: (messages, time)
+    for round in 0..SCRAPE_ROUNDS {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for scraped in order {
+            let scraping = Arc::new(AtomicBool::new(true));
+            let flag = scraping.clone();
+            let scraper = scraped.then(|| {
+                tokio::spawn(async move {
+                    let mut scrapes = 0u64;
+                    while flag.load(Ordering::Relaxed) {
+                        let _ = mxp::admin::request(admin, "GET", "/metrics", None, None).await;
+                        scrapes += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    scrapes
+                })
+            });
+            let t = check(
+                "scrape-cost msgs",
+                bench::stream_throughput(conn, 64, Band::Streaming, phase).await,
+            );
+            scraping.store(false, Ordering::Relaxed);
+            if let Some(scraper) = scraper {
+                assert!(scraper.await.unwrap_or(0) > 0, "the scraper ran");
             }
-            scrapes
-        });
-        let t = check(
-            "scraped msgs",
-            bench::stream_throughput(conn, 64, Band::Streaming, phase).await,
-        );
-        scraping.store(false, Ordering::Relaxed);
-        let scrapes = scraper.await.unwrap_or(0);
-        assert!(scrapes > 0, "the scraper ran");
-        with += t.per_sec() / 2.0;
+            let arm = &mut arms[usize::from(scraped)];
+            arm.0 += t.count;
+            arm.1 += t.elapsed;
+        }
     }
-    (without, with)
+    let rate = |(count, time): (u64, Duration)| count as f64 / time.as_secs_f64();
+    (rate(arms[0]), rate(arms[1]))
 }
 
 async fn measure(p: &Phases, node_runtime: &Handle) -> (Vec<Row>, Value) {
