@@ -400,6 +400,9 @@ fn wire_per_payload(before: &ConnectionStats, after: &ConnectionStats, payload: 
     wire as f64 / payload.max(1) as f64
 }
 
+/// Turns each column takes in the request/response measures.
+const RR_SLICES: u32 = 10;
+
 /// Alternations of the scrape-cost measure: each arm runs this many
 /// phases of `d / SCRAPE_ROUNDS`.
 const SCRAPE_ROUNDS: u32 = 8;
@@ -563,20 +566,25 @@ async fn measure(p: &Phases, node_runtime: &Handle) -> (Vec<Row>, Value) {
             let r99 = r.pop().expect("three rows");
             r.push(r99.target("≤ 300 µs; ≤ 1.5× raw UDP, < QUIC"));
         }
-        for (column, conn, _) in &conns {
-            let mut lat = check(
-                "rr",
-                bench::call_latencies(conn, size, p.rr, PATIENCE).await,
-            );
+        // In slices, the carriers and raw UDP taking turns, so that a slow
+        // stretch of the machine (they last seconds here) falls on every
+        // column alike rather than on whichever was measuring.
+        let slice = p.rr / RR_SLICES;
+        let mut lat: [Latencies; 3] = Default::default();
+        for _ in 0..RR_SLICES {
+            for (column, conn, _) in &conns {
+                lat[*column as usize].append(check(
+                    "rr",
+                    bench::call_latencies(conn, size, slice, PATIENCE).await,
+                ));
+            }
+            lat[Column::Raw as usize].append(raw_rr(size, slice));
+        }
+        for (column, lat) in COLUMNS.into_iter().zip(&mut lat) {
             let s = lat.summary();
             for (row, v) in r.iter_mut().zip([s.p50, s.p95, s.p99]) {
-                row.set(*column, v);
+                row.set(column, v);
             }
-        }
-        let mut lat = raw_rr(size, p.rr);
-        let s = lat.summary();
-        for (row, v) in r.iter_mut().zip([s.p50, s.p95, s.p99]) {
-            row.set(Column::Raw, v);
         }
         rows.extend(r);
     }

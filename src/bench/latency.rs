@@ -35,6 +35,11 @@ impl Latencies {
         self.0.push(d);
     }
 
+    /// Adds all of `other`'s samples (a measure taken in slices).
+    pub fn append(&mut self, mut other: Latencies) {
+        self.0.append(&mut other.0);
+    }
+
     /// Number of samples.
     pub fn len(&self) -> usize {
         self.0.len()
