@@ -274,7 +274,7 @@ async fn not_found(uri: Uri) -> Response {
         StatusCode::NOT_FOUND,
         format!(
             "no such path {}: use /healthz, /status, /metrics, /snapshot, /carrier, /drain, \
-             /capture, /capture/start or /capture/stop",
+             /capture, /capture/start, /capture/stop or /log",
             uri.path()
         ),
     )
@@ -282,7 +282,7 @@ async fn not_found(uri: Uri) -> Response {
 
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     let allowed = match uri.path() {
-        "/carrier" => "GET or POST",
+        "/carrier" | "/log" => "GET or POST",
         "/drain" | "/capture/start" | "/capture/stop" => "POST",
         _ => "GET",
     };
@@ -404,7 +404,9 @@ async fn post_log(
     };
     match log.set(filter) {
         Ok(previous) => {
-            info!(%previous, %filter, "log filter changed by the admin endpoint");
+            // At warn, so the change is on record under any filter but
+            // error or off.
+            warn!(%previous, %filter, "log filter changed by the admin endpoint");
             json(&Filter {
                 filter: filter.to_owned(),
                 previous: Some(previous),

@@ -494,6 +494,16 @@ async fn the_log_route_reads_and_changes_the_filter_it_was_given() {
         json!({"filter": "info,mxp=debug", "previous": "info"})
     );
     refused(&admin, "POST", "/log", Some("info!"), None, 400, "info!").await;
+    refused(
+        &admin,
+        "PUT",
+        "/log",
+        Some("info"),
+        None,
+        405,
+        "GET or POST",
+    )
+    .await;
     assert_eq!(log.current(), "info,mxp=debug");
     assert_eq!(*applied.lock().unwrap(), ["info,mxp=debug"]);
 

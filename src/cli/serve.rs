@@ -78,11 +78,11 @@ const DRAIN_ON_EXIT: Duration = Duration::from_secs(2);
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let file = config::load(args.config.as_deref())?;
     let signals = Signals::install();
-    let filter = match args.debug_handshake {
-        true => Some(logging::HANDSHAKE_DEBUG),
-        false => args.log.as_deref().or(file.log.as_deref()),
+    let flag_filter = match args.debug_handshake {
+        true => Some(logging::HANDSHAKE_DEBUG.to_owned()),
+        false => args.log.clone(),
     };
-    let log = logging::init(filter)?;
+    let log = logging::init(flag_filter.as_deref().or(file.log.as_deref()))?;
     let mut cfg = file.clone();
     if let Some(listen) = args.listen {
         cfg.listen = listen;
@@ -166,6 +166,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         file,
         drain_timeout: cfg.drain_timeout,
         log,
+        flag_filter,
     };
     signals.wait_for_stop(|| reload.apply(&node)).await;
     info!("stopping: closing connections");
@@ -323,6 +324,9 @@ struct Reload {
     drain_timeout: Duration,
     /// The process's log filter.
     log: LogFilter,
+    /// `--log` or `--debug-handshake`: what a file without `log` falls
+    /// back to, as at start-up.
+    flag_filter: Option<String>,
 }
 
 impl Reload {
@@ -364,9 +368,10 @@ impl Reload {
             }
         }
         if new.log != self.file.log {
-            // A file that drops `log` falls back as at start-up.
-            let filter = match &new.log {
-                Some(f) => Ok(f.clone()),
+            // A changed `log` applies even over a start-up flag (as for
+            // `carriers`); a file that drops it falls back as at start-up.
+            let filter = match new.log.clone().or_else(|| self.flag_filter.clone()) {
+                Some(f) => Ok(f),
                 None => logging::fallback().map_err(|e| e.to_string()),
             };
             match filter.and_then(|f| self.log.set(&f).map(|before| (before, f))) {
