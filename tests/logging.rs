@@ -144,6 +144,18 @@ fn a_trace_level_log_of_handshakes_rotations_and_a_switch_holds_no_key_material(
         .unwrap()
         .unwrap();
         calls(&on_quic, 10).await;
+        // A snapshot's `conn` is what the log's lines for that connection
+        // carry, so an operator can go from one to the other.
+        let snapshot = node.snapshot();
+        assert_eq!(snapshot.connections.len(), 2);
+        for c in &snapshot.connections {
+            let carrier = c.carrier.as_str();
+            let span = format!(
+                "conn{{conn={} peer={} carrier=\"{carrier}\" side=\"node\"}}",
+                c.conn, c.peer
+            );
+            assert!(log.text().contains(&span), "no {span:?} in the log");
+        }
         node.set_carriers(Carriers::QUIC);
         node.drain_all(Duration::ZERO);
         timeout(PATIENCE, on_mxp.closed()).await.unwrap();

@@ -52,6 +52,9 @@ pub struct ConnectionInfo {
     pub side: &'static str,
     /// An id unique among this endpoint's open connections of the carrier.
     pub id: u64,
+    /// The `conn=` of this connection's log lines: `grep 'conn=VALUE'`
+    /// finds its whole life in the node's log.
+    pub conn: String,
     /// The peer's address.
     pub peer: String,
     /// The peer's static public key (hex), once authenticated.
@@ -86,7 +89,7 @@ impl ConnectionInfo {
     pub(crate) fn new(
         carrier: Carrier,
         side: Side,
-        id: u64,
+        (id, conn): (u64, String),
         peer: std::net::SocketAddr,
         peer_key: Option<PublicKey>,
         established: bool,
@@ -97,6 +100,7 @@ impl ConnectionInfo {
             carrier,
             side: side.as_str(),
             id,
+            conn,
             peer: peer.to_string(),
             peer_key: peer_key.map(|k| k.to_string()),
             established,

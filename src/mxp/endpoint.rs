@@ -106,7 +106,7 @@ impl MxpEndpoint {
                 Some(ConnectionInfo::new(
                     Carrier::Mxp,
                     c.side(),
-                    h.0 as u64,
+                    (h.0 as u64, c.local_cid().to_string()),
                     c.remote_address(),
                     c.peer_key(),
                     c.is_established(),

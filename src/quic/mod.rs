@@ -538,7 +538,10 @@ impl QuicEndpoint {
                 ConnectionInfo::new(
                     Carrier::Quic,
                     c.side(),
-                    c.inner().stable_id() as u64,
+                    (
+                        c.inner().stable_id() as u64,
+                        c.inner().stable_id().to_string(),
+                    ),
                     c.remote_address(),
                     Some(c.peer_key()),
                     true,
