@@ -911,19 +911,22 @@ fn to_json(rows: &[Row], settings: Value, quick: bool) -> Value {
     })
 }
 
-/// How much worse `now` is than `then` (a fraction; negative is better).
-fn worsening(r: &Row, then: f64, now: f64) -> Option<f64> {
-    let change = if r.points {
-        (now - then) / 100.0
-    } else if then == 0.0 {
-        return None;
+/// The change from `then` to `now` as a fraction: by percentage points for
+/// a row in points, else by ratio (none from zero).
+fn change_of(r: &Row, then: f64, now: f64) -> Option<f64> {
+    if r.points {
+        Some((now - then) / 100.0)
     } else {
-        now / then - 1.0
-    };
-    Some(match r.better {
+        (then != 0.0).then(|| now / then - 1.0)
+    }
+}
+
+/// How much worse a `change` is for this row (negative is better).
+fn worsening(r: &Row, change: f64) -> f64 {
+    match r.better {
         Better::Higher => -change,
         Better::Lower => change,
-    })
+    }
 }
 
 /// Prints each measure's change against an earlier run and returns the MXP
@@ -950,9 +953,10 @@ fn compare(rows: &[Row], old: &Value, quick: bool, tolerance: f64) -> Vec<String
             let (Some(now), Some(then)) = (r.get(column), then_of(r, column)) else {
                 continue;
             };
-            let Some(worse) = worsening(r, then, now) else {
+            let Some(change) = change_of(r, then, now) else {
                 continue;
             };
+            let worse = worsening(r, change);
             let mut relative = None;
             if column == Column::Mxp && !r.points {
                 relative = [Column::Raw, Column::Quic]
@@ -960,8 +964,9 @@ fn compare(rows: &[Row], old: &Value, quick: bool, tolerance: f64) -> Vec<String
                     .find_map(|reference| {
                         let (now_ref, then_ref) = (r.get(reference)?, then_of(r, reference)?);
                         (now_ref > 0.0 && then_ref > 0.0)
-                            .then(|| worsening(r, then / then_ref, now / now_ref))
+                            .then(|| change_of(r, then / then_ref, now / now_ref))
                             .flatten()
+                            .map(|c| worsening(r, c))
                     });
             }
             let regressed = column == Column::Mxp
@@ -973,18 +978,13 @@ fn compare(rows: &[Row], old: &Value, quick: bool, tolerance: f64) -> Vec<String
                 format!("  vs ref {:+6.1}%", rel * 100.0)
             });
             let flag = if regressed { "  REGRESSION" } else { "" };
-            let change = if r.points {
-                now - then
-            } else {
-                (now / then - 1.0) * 100.0
-            };
             println!(
                 "  {:<38} {:<8} {:>10} -> {:>10} {:+6.1}%{versus}{flag}",
                 r.label,
                 column.key(),
                 cell(Some(then)),
                 cell(Some(now)),
-                change
+                change * 100.0
             );
             if regressed {
                 regressions.push(format!("{} ({})", r.label, column.key()));

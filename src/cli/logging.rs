@@ -63,11 +63,10 @@ pub fn init<'a>(filter: impl Into<Option<&'a str>>) -> Result<LogFilter, CliErro
     }))
 }
 
-/// The filter that applies when none is given explicitly: `RUST_LOG`, else
-/// [`DEFAULT_FILTER`] (what a config reload falls back to when the file
-/// drops `node.log`).
-pub fn fallback() -> Result<String, CliError> {
-    Ok(choose(None, rust_log()?).1)
+/// The filter [`init`] would choose for `explicit`: it, else `RUST_LOG`,
+/// else [`DEFAULT_FILTER`] (what a config reload puts in force).
+pub fn resolve(explicit: Option<&str>) -> Result<String, CliError> {
+    Ok(choose(explicit, rust_log()?).1)
 }
 
 fn rust_log() -> Result<Option<String>, CliError> {

@@ -370,10 +370,8 @@ impl Reload {
         if new.log != self.file.log {
             // A changed `log` applies even over a start-up flag (as for
             // `carriers`); a file that drops it falls back as at start-up.
-            let filter = match new.log.clone().or_else(|| self.flag_filter.clone()) {
-                Some(f) => Ok(f),
-                None => logging::fallback().map_err(|e| e.to_string()),
-            };
+            let explicit = new.log.as_deref().or(self.flag_filter.as_deref());
+            let filter = logging::resolve(explicit).map_err(|e| e.to_string());
             match filter.and_then(|f| self.log.set(&f).map(|before| (before, f))) {
                 Ok((before, f)) => applied.push(format!("node.log {before} -> {f}")),
                 Err(e) => warn!("config reload: node.log not applied: {e}"),
