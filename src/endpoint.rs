@@ -17,6 +17,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::capture::{CaptureError, CaptureStatus, CaptureSummary};
 use crate::carrier::{Carrier, CarrierMode, Carriers};
 use crate::connection::{Connection, Link};
+use crate::handshake_workers::HandshakeWorkers;
 use crate::lock;
 use crate::metrics::{CallDurations, CarrierTotals, ConnectionInfo, MessageErrors};
 use crate::mxp::endpoint::MxpEndpoint;
@@ -207,16 +208,24 @@ impl Endpoint {
 
     /// An endpoint on `addr` with explicit options.
     pub fn with_options(addr: SocketAddr, options: Options) -> io::Result<Endpoint> {
-        let mxp = MxpEndpoint::bind(addr, options.config.clone())?;
-        let quic = tokio::sync::OnceCell::new();
         let node_policy = options.config.server.clone();
-        if let (Some(listen), Some(policy)) = (options.quic_listen, node_policy.clone()) {
+        // A node's handshake work runs on its own threads, shared by both
+        // carriers.
+        let workers = node_policy
+            .as_ref()
+            .map(|p| HandshakeWorkers::start(p.handshake_workers));
+        let mxp = MxpEndpoint::bind(addr, options.config.clone(), workers.clone())?;
+        let quic = tokio::sync::OnceCell::new();
+        if let (Some(listen), Some(policy), Some(workers)) =
+            (options.quic_listen, node_policy.clone(), workers)
+        {
             let q = QuicEndpoint::node(
                 listen,
                 options.config.keypair.clone(),
                 &options.config.transport,
                 policy,
                 mxp.capture().clone(),
+                workers,
             )?;
             quic.set(q).expect("fresh cell");
         }

@@ -11,6 +11,7 @@ mod carrier;
 mod connection;
 pub mod echo;
 mod endpoint;
+mod handshake_workers;
 mod log_filter;
 pub mod metrics;
 mod mxp;

@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use mxp::proto::crypto::Secret;
+use mxp::proto::crypto::{Mac1Key, Secret};
 use mxp::proto::crypto::handshake::Initiator;
 use mxp::proto::frame::{Ack, Close, CloseKind, Frame, ResetStream, StopSending, Stream};
 use mxp::proto::message::{Flags, Message, MessageType};
@@ -135,19 +135,22 @@ fn regenerate() {
         &secret.header_key(),
     );
     write("packet", "seed-short", &pkt);
+    // The handshake target's server key: its Initials carry a mac1 that
+    // verifies, so the fuzzer gets past the first check.
+    let server = Keypair::from_secret([7; 32]);
     let mut initial = Vec::new();
     packet::write_initial(
         ConnectionId([1; 8]),
         ConnectionId([2; 8]),
         b"token",
         b"noise",
+        &Mac1Key::for_node(&server.public()),
         &mut initial,
     );
     write("packet", "seed-initial", &initial);
 
     // handshake: a real Noise IK first message to the target's server key,
     // with the prologue of the Initial the target wraps it in.
-    let server = Keypair::from_secret([7; 32]);
     let client = Keypair::from_secret([8; 32]);
     let prologue = packet::handshake_prologue(ConnectionId([1; 8]), ConnectionId([2; 8]));
     let (_, msg1) = Initiator::start(&client, &server.public(), &prologue, &[0; 8]).expect("noise");

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{Setup, events, is_long, is_short, wiretap};
 use mxp::proto::{
-    Band, ConnectionError, ConnectionHandle, Dir, Event, Keypair, ServerConfig, StreamId,
-    TransportConfig, TransportError, TransportErrorCode, WriteError,
-    crypto::SessionSecrets,
+    Band, BusyReason, ConnectionError, ConnectionHandle, Dir, Event, Keypair, ServerConfig,
+    StreamId, TransportConfig, TransportError, TransportErrorCode, WriteError,
+    crypto::{Mac1Key, SessionSecrets},
     crypto::handshake::Initiator,
     frame::{self, Frame},
     packet::{self, ConnectionId, Header},
@@ -361,7 +361,8 @@ impl RawClient {
         let prologue = packet::handshake_prologue(dcid, scid);
         let (initiator, msg1) = Initiator::start(&keys, &s.server_key, &prologue, &hello).unwrap();
         let mut initial = Vec::new();
-        packet::write_initial(dcid, scid, &[], &msg1, &mut initial);
+        let mac1 = Mac1Key::for_node(&s.server_key);
+        packet::write_initial(dcid, scid, &[], &msg1, &mac1, &mut initial);
         s.net.inject(addr, server, initial);
         s.net.run_for(Duration::from_millis(1));
         let answer = tap
@@ -613,6 +614,9 @@ fn every_connection_error_has_a_distinct_kind_and_message() {
             code: 1,
             reason: Bytes::new(),
         },
+        ConnectionError::NodeBusy {
+            reason: BusyReason::Overloaded,
+        },
         ConnectionError::Reset,
         ConnectionError::TimedOut,
         ConnectionError::LocallyClosed,
@@ -626,6 +630,7 @@ fn every_connection_error_has_a_distinct_kind_and_message() {
             | ConnectionError::ClockSkew { .. }
             | ConnectionError::CarrierRefused { .. }
             | ConnectionError::HandshakeTimedOut
+            | ConnectionError::NodeBusy { .. }
             | ConnectionError::TransportError(_)
             | ConnectionError::ApplicationClosed { .. }
             | ConnectionError::Reset

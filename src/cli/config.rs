@@ -332,6 +332,8 @@ fn read_server(s: &mut Section<'_>, c: &mut ServerConfig) -> Result<(), ConfigEr
     }
     s.int(&mut c.handshake_rate, "handshake_rate", 1..=u32::MAX)?;
     s.int(&mut c.handshake_burst, "handshake_burst", 1..=u32::MAX)?;
+    s.int(&mut c.handshake_queue, "handshake_queue", 1..=65_536)?;
+    s.int(&mut c.handshake_workers, "handshake_workers", 1..=256)?;
     s.int(
         &mut c.retry_pending_threshold,
         "retry_pending_threshold",

@@ -97,16 +97,24 @@ pub(crate) struct CarrierTotals {
     pub ended: BTreeMap<&'static str, u64>,
     /// Handshake outcomes, every known one present (zero or not).
     pub handshakes: BTreeMap<&'static str, u64>,
+    /// Initiations set aside without handshake work to protect the node,
+    /// by reason, every known one present.
+    pub limited: BTreeMap<&'static str, u64>,
+    /// Handshake jobs run: the Diffie-Hellman work done for new sessions.
+    pub handshake_jobs: u64,
+    /// Initiations waiting for, or in, handshake work now.
+    pub handshake_queue: u64,
 }
 
 /// The ways a connection ends that are failures (`mxp_connection_errors`):
 /// every [`mxp_proto::ConnectionError::kind`] except closes by either
 /// application.
-pub(crate) const ERROR_KINDS: [&str; 9] = [
+pub(crate) const ERROR_KINDS: [&str; 10] = [
     "timed_out",
     "reset",
     "transport_error",
     "handshake_timed_out",
+    "node_busy",
     "server_key_mismatch",
     "client_not_allowed",
     "version_mismatch",
@@ -212,6 +220,31 @@ pub(crate) fn collect(endpoint: &Endpoint) -> Vec<Family> {
             );
         }
     }
+    let limited = f.family(
+        Counter,
+        "mxp_handshakes_limited",
+        "Initiations set aside without handshake work to protect the node, by reason",
+    );
+    for carrier in Carrier::ALL {
+        for (&reason, &n) in &of(carrier).limited {
+            limited.with(
+                &[("carrier", carrier.as_str()), ("reason", reason)],
+                count(n),
+            );
+        }
+    }
+    f.family(
+        Counter,
+        "mxp_handshake_jobs",
+        "Handshake jobs run: the Diffie-Hellman work done for new sessions",
+    )
+    .per_carrier(|c| count(of(c).handshake_jobs));
+    f.family(
+        Gauge,
+        "mxp_handshake_queue_depth",
+        "Initiations waiting for, or in, handshake work",
+    )
+    .per_carrier(|c| Value::Real(of(c).handshake_queue as f64));
 
     // Flow control and the scheduler (the MXP carrier's own machinery).
     f.family(
@@ -410,17 +443,31 @@ pub(crate) fn mxp_handshakes(s: &EndpointStats) -> BTreeMap<&'static str, u64> {
     [
         ("accepted", s.handshakes_accepted),
         ("completed", s.handshakes_completed),
+        ("mac_failed", s.mac_failures),
         ("key_mismatch", s.handshake_decrypt_failures),
         ("client_not_allowed", s.clients_refused),
         ("replayed", s.replayed_initiations),
+        ("duplicate", s.duplicate_initiations),
         ("stale", s.stale_initiations),
-        ("rate_limited", s.rate_limited),
         ("retry_sent", s.retries_sent),
         ("invalid_token", s.invalid_tokens),
+        ("token_reused", s.tokens_reused),
         ("version_mismatch", s.version_mismatches),
         ("carrier_refused", s.carrier_refusals),
         ("too_small", s.initials_too_small),
+        ("busy_received", s.busy_received),
+    ]
+    .into_iter()
+    .collect()
+}
+
+/// Why the MXP carrier set initiations aside, from its endpoint's counters.
+pub(crate) fn mxp_limited(s: &EndpointStats) -> BTreeMap<&'static str, u64> {
+    [
+        ("queue_full", s.queue_full),
+        ("displaced", s.displaced),
         ("connection_limit", s.connection_limit),
+        ("refusal_suppressed", s.refusals_suppressed),
     ]
     .into_iter()
     .collect()

@@ -21,13 +21,15 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use mxp_proto::{
-    ConnectionError, ConnectionHandle, Dir, Endpoint as ProtoEndpoint, Event, StreamEvent, StreamId,
+    ConnectionError, ConnectionHandle, Dir, Endpoint as ProtoEndpoint, Event, HandshakeJob,
+    StreamEvent, StreamId,
 };
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::udp::{RecvBuffers, Socket, TxQueue};
 use crate::capture::{Capture, CaptureBatch};
+use crate::handshake_workers::HandshakeWorkers;
 use crate::timer::Timer;
 
 /// Bytes gathered for sending before the driver hands them to the kernel
@@ -56,10 +58,18 @@ pub(crate) struct Shared {
     /// The endpoint's packet capture: the driver hands it datagrams only
     /// while it records.
     pub capture: Capture,
+    /// Where handshake jobs run (a node's); never under the lock, never on
+    /// the driver's thread.
+    workers: Option<Arc<HandshakeWorkers>>,
 }
 
 impl Shared {
-    pub fn new(proto: ProtoEndpoint, socket: Socket, local_addr: SocketAddr) -> Shared {
+    pub fn new(
+        proto: ProtoEndpoint,
+        socket: Socket,
+        local_addr: SocketAddr,
+        workers: Option<Arc<HandshakeWorkers>>,
+    ) -> Shared {
         Shared {
             state: Mutex::new(State {
                 proto,
@@ -77,6 +87,7 @@ impl Shared {
             driver_idle: AtomicBool::new(false),
             local_addr,
             capture: Capture::new(),
+            workers,
         }
     }
 
@@ -140,6 +151,39 @@ impl Shared {
         if blocked || earlier || closing || produced == INLINE_BUDGET {
             self.wake_driver();
         }
+    }
+}
+
+/// The handshake jobs the core has ready, taken while the state is locked
+/// (they run once it is released: see [`hand_out`]).
+fn take_jobs(state: &mut State, now: Instant) -> Vec<HandshakeJob> {
+    std::iter::from_fn(|| state.proto.poll_handshake(now)).collect()
+}
+
+/// Runs handshake jobs on the node's workers. Each hands its result back
+/// under the lock (cheap: no cryptography left), passes on the jobs that
+/// became ready, and wakes the driver to send the answer.
+fn hand_out(shared: &Arc<Shared>, jobs: Vec<HandshakeJob>) {
+    if jobs.is_empty() {
+        return;
+    }
+    let Some(workers) = &shared.workers else {
+        // Only a node has jobs, and a node has workers.
+        return warn!("handshake jobs without handshake workers: dropped");
+    };
+    for job in jobs {
+        let shared = shared.clone();
+        workers.run(move || {
+            let done = job.run();
+            let next = {
+                let mut state = shared.lock();
+                let now = Instant::now();
+                state.proto.complete_handshake(now, done);
+                take_jobs(&mut state, now)
+            };
+            shared.wake_driver();
+            hand_out(&shared, next);
+        });
     }
 }
 
@@ -327,7 +371,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     }
 }
 
-async fn drive(shared: &Shared, socket: &Socket) -> io::Result<()> {
+async fn drive(shared: &Arc<Shared>, socket: &Socket) -> io::Result<()> {
     let mut timer = Timer::new()?;
     let mut rx = RecvBuffers::new(socket);
     let mut tx = TxQueue::default();
@@ -352,7 +396,9 @@ async fn drive(shared: &Shared, socket: &Socket) -> io::Result<()> {
                     rx.drain(tap, |from, datagram| {
                         state.proto.handle(now, from, datagram);
                     });
+                    let jobs = take_jobs(&mut state, now);
                     drop(state);
+                    hand_out(shared, jobs);
                     if recording {
                         shared.capture.submit(&mut taps);
                     }
@@ -367,12 +413,14 @@ async fn drive(shared: &Shared, socket: &Socket) -> io::Result<()> {
             }
         }
 
-        let (deadline, more, finished) = {
+        let (deadline, more, finished, jobs) = {
             let mut state = shared.lock();
             let now = Instant::now();
             if state.proto.poll_timeout().is_some_and(|t| t <= now) {
                 state.proto.handle_timeout(now);
             }
+            // Jobs that waited for the handshake budget.
+            let jobs = take_jobs(&mut state, now);
             let woke = state.dispatch();
             // Hold at most ACK_HOLD in a row, so a stream of arrivals that
             // keeps waking tasks cannot hold the ACKs back for longer.
@@ -403,8 +451,9 @@ async fn drive(shared: &Shared, socket: &Socket) -> io::Result<()> {
                 }
                 (next, None) => next,
             };
-            (state.armed, more, state.finished())
+            (state.armed, more, state.finished(), jobs)
         };
+        hand_out(shared, jobs);
 
         let recording = shared.capture.is_recording();
         let tap = recording.then_some((&mut taps, shared.local_addr));

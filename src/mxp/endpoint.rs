@@ -15,6 +15,7 @@ use super::conn::{MxpConn, release};
 use super::driver::{self, ConnState, Shared};
 use super::udp::Socket;
 use crate::capture::Capture;
+use crate::handshake_workers::HandshakeWorkers;
 use crate::metrics::{self, CarrierTotals, ConnectionInfo};
 use crate::{Carrier, ConnectError};
 
@@ -56,11 +57,15 @@ fn unix_time() -> std::time::Duration {
 impl MxpEndpoint {
     /// Binds a UDP socket to `addr` and starts the driver on the current
     /// tokio runtime.
-    pub fn bind(addr: SocketAddr, config: EndpointConfig) -> io::Result<MxpEndpoint> {
+    pub fn bind(
+        addr: SocketAddr,
+        config: EndpointConfig,
+        workers: Option<Arc<HandshakeWorkers>>,
+    ) -> io::Result<MxpEndpoint> {
         let socket = Socket::bind(addr)?;
         let local_addr = socket.local_addr()?;
         let proto = mxp_proto::Endpoint::new(config, Instant::now(), unix_time());
-        let shared = Arc::new(Shared::new(proto, socket, local_addr));
+        let shared = Arc::new(Shared::new(proto, socket, local_addr, workers));
         tokio::spawn(driver::run(shared.clone()));
         Ok(MxpEndpoint { shared })
     }
@@ -91,6 +96,9 @@ impl MxpEndpoint {
             counters,
             ended: state.proto.ended_by_kind().collect(),
             handshakes: metrics::mxp_handshakes(&door),
+            limited: metrics::mxp_limited(&door),
+            handshake_jobs: door.handshake_jobs,
+            handshake_queue: state.proto.handshake_queue_depth() as u64,
         };
         (totals, door)
     }

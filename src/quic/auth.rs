@@ -9,6 +9,10 @@ use mxp_proto::crypto::handshake::{Initiator, Responder};
 use mxp_proto::crypto::{Keypair, PublicKey};
 use mxp_proto::{ConnectionError, HandshakeError, ServerConfig};
 use quinn::{RecvStream, SendStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::handshake_workers::HandshakeWorkers;
 
 /// Control byte: the node is draining this connection.
 pub const GOAWAY: u8 = 1;
@@ -91,22 +95,32 @@ pub struct Authenticated {
 }
 
 /// The node's side: authenticates the client and applies the allow-list.
+/// The Diffie-Hellman work runs on the node's handshake workers.
 pub async fn server(
     conn: &quinn::Connection,
     keypair: &Keypair,
-    policy: &ServerConfig,
+    policy: &Arc<ServerConfig>,
+    (workers, jobs): (&HandshakeWorkers, Arc<AtomicU64>),
 ) -> Result<Authenticated, ConnectionError> {
     let prologue = prologue(conn)?;
     let (mut send, mut recv) = conn.accept_bi().await.map_err(super::connection_error)?;
     let msg1 = read_message(&mut recv).await?;
-    let (responder, client_key, _) =
-        Responder::read(keypair, &prologue, &msg1).map_err(handshake_error)?;
-    let allowed = policy
-        .allowed_clients
-        .as_ref()
-        .is_none_or(|list| list.contains(&client_key));
-    let status = if allowed { ACCEPT } else { CLIENT_NOT_ALLOWED };
-    let (msg2, _) = responder.respond(&[status]).map_err(handshake_error)?;
+    let (keypair, policy) = (keypair.clone(), policy.clone());
+    let answer = workers
+        .compute(move || {
+            jobs.fetch_add(1, Ordering::Relaxed);
+            let (responder, client_key, _) = Responder::read(&keypair, &prologue, &msg1)?;
+            let allowed = policy
+                .allowed_clients
+                .as_ref()
+                .is_none_or(|list| list.contains(&client_key));
+            let status = if allowed { ACCEPT } else { CLIENT_NOT_ALLOWED };
+            let (msg2, _) = responder.respond(&[status])?;
+            Ok::<_, HandshakeError>((msg2, client_key, allowed))
+        })
+        .await
+        .ok_or_else(|| protocol("the handshake worker failed"))?;
+    let (msg2, client_key, allowed) = answer.map_err(handshake_error)?;
     write_message(&mut send, &msg2).await?;
     if !allowed {
         let _ = send.finish();

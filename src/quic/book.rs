@@ -28,8 +28,12 @@ pub(crate) mod handshake {
     pub const FAILED: &str = "failed";
     /// The identity exchange did not finish in time.
     pub const TIMED_OUT: &str = "timed_out";
+    /// The attempt was asked to prove its address (quinn's Retry).
+    pub const RETRY_SENT: &str = "retry_sent";
+    /// A copy of another address's attempt (a captured Initial).
+    pub const REPLAYED: &str = "replayed";
     /// Every outcome, so each is exposed (at zero) from the start.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 9] = [
         ACCEPTED,
         COMPLETED,
         KEY_MISMATCH,
@@ -37,6 +41,8 @@ pub(crate) mod handshake {
         CARRIER_REFUSED,
         FAILED,
         TIMED_OUT,
+        RETRY_SENT,
+        REPLAYED,
     ];
 }
 
@@ -53,6 +59,7 @@ struct State {
     retired: ConnectionStats,
     ended: BTreeMap<&'static str, u64>,
     handshakes: BTreeMap<&'static str, u64>,
+    limited: BTreeMap<&'static str, u64>,
 }
 
 impl Book {
@@ -63,6 +70,11 @@ impl Book {
     /// Counts a handshake outcome.
     pub fn handshake(&self, result: &'static str) {
         *self.lock().handshakes.entry(result).or_default() += 1;
+    }
+
+    /// Counts an attempt set aside (see `guard::reason`).
+    pub fn limited(&self, reason: &'static str) {
+        *self.lock().limited.entry(reason).or_default() += 1;
     }
 
     /// Adds an established connection; it leaves the book when it closes.
@@ -106,6 +118,8 @@ impl Book {
         }
         let mut handshakes: BTreeMap<_, _> = handshake::ALL.iter().map(|&r| (r, 0)).collect();
         handshakes.extend(state.handshakes.iter().map(|(&k, &v)| (k, v)));
+        let mut limited: BTreeMap<_, _> = super::guard::reason::ALL.iter().map(|&r| (r, 0)).collect();
+        limited.extend(state.limited.iter().map(|(&k, &v)| (k, v)));
         CarrierTotals {
             active: state.live.len() as u64,
             established: state.established,
@@ -113,6 +127,8 @@ impl Book {
             counters,
             ended: state.ended.clone(),
             handshakes,
+            limited,
+            ..CarrierTotals::default()
         }
     }
 }

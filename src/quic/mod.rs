@@ -4,6 +4,7 @@
 
 mod auth;
 mod book;
+mod guard;
 mod tap;
 mod tls;
 
@@ -25,6 +26,7 @@ use tracing::{debug, info};
 
 use crate::Carrier;
 use crate::ConnectError;
+use crate::handshake_workers::HandshakeWorkers;
 use crate::metrics::{CarrierTotals, ConnectionInfo};
 use crate::streams::{ReadError, WriteError};
 use crate::{RecvStream, SendStream as MxpSendStream};
@@ -395,6 +397,7 @@ pub(crate) struct QuicEndpoint {
 struct Node {
     accepting: AtomicBool,
     incoming: tokio::sync::Mutex<mpsc::Receiver<QuicConn>>,
+    guard: Arc<guard::Guard>,
 }
 
 fn io_error(e: impl std::fmt::Display) -> io::Error {
@@ -435,16 +438,19 @@ impl QuicEndpoint {
         transport: &TransportConfig,
         policy: Arc<ServerConfig>,
         capture: crate::capture::Capture,
+        workers: Arc<HandshakeWorkers>,
     ) -> io::Result<QuicEndpoint> {
         let crypto = QuicServerConfig::try_from(tls::server_config().map_err(io_error)?)
             .map_err(io_error)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server.transport_config(Arc::new(transport_config(transport)));
+        server.retry_token_lifetime(policy.token_lifetime);
         let endpoint = tap::server(server, addr, capture)?;
         let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
         let node = Arc::new(Node {
             accepting: AtomicBool::new(true),
             incoming: tokio::sync::Mutex::new(rx),
+            guard: guard::Guard::new(policy.clone()),
         });
         let book = Arc::<Book>::default();
         let this = QuicEndpoint {
@@ -454,15 +460,7 @@ impl QuicEndpoint {
             node: Some(node.clone()),
             book: book.clone(),
         };
-        let handshake_timeout = transport.handshake_timeout;
-        tokio::spawn(accept_loop(
-            endpoint,
-            keypair,
-            policy,
-            (node, book),
-            tx,
-            handshake_timeout,
-        ));
+        tokio::spawn(accept_loop(endpoint, keypair, policy, (node, book), tx, workers));
         Ok(this)
     }
 
@@ -526,7 +524,12 @@ impl QuicEndpoint {
 
     /// Counters over every connection so far.
     pub fn totals(&self) -> CarrierTotals {
-        self.book.totals()
+        let mut totals = self.book.totals();
+        if let Some(node) = &self.node {
+            totals.handshake_jobs = node.guard.jobs.load(Ordering::Relaxed);
+            totals.handshake_queue = node.guard.unconfirmed() as u64;
+        }
+        totals
     }
 
     /// Each connection's stats, for a snapshot.
@@ -582,7 +585,7 @@ async fn accept_loop(
     policy: Arc<ServerConfig>,
     (node, book): (Arc<Node>, Arc<Book>),
     tx: mpsc::Sender<QuicConn>,
-    handshake_timeout: Duration,
+    workers: Arc<HandshakeWorkers>,
 ) {
     while let Some(incoming) = endpoint.accept().await {
         if !node.accepting.load(Ordering::Relaxed) {
@@ -591,9 +594,43 @@ async fn accept_loop(
             incoming.refuse();
             continue;
         }
-        let (keypair, policy, book, tx) =
-            (keypair.clone(), policy.clone(), book.clone(), tx.clone());
+        let remote = incoming.remote_address();
+        let verdict = node.guard.admit(
+            remote,
+            &incoming.orig_dst_cid(),
+            incoming.remote_address_validated(),
+        );
+        match verdict {
+            guard::Verdict::Accept => {}
+            guard::Verdict::Retry => {
+                if incoming.retry().is_ok() {
+                    book.handshake(handshake::RETRY_SENT);
+                }
+                continue;
+            }
+            guard::Verdict::Replayed => {
+                book.handshake(handshake::REPLAYED);
+                incoming.ignore();
+                continue;
+            }
+            guard::Verdict::Limited(reason) => {
+                debug!(target: mxp_proto::HANDSHAKE, carrier = "quic", peer = %remote, reason, "QUIC attempt set aside");
+                book.limited(reason);
+                incoming.ignore();
+                continue;
+            }
+        }
+        let claim = node.guard.claim();
+        let (keypair, policy, book, tx, node, workers) = (
+            keypair.clone(),
+            policy.clone(),
+            book.clone(),
+            tx.clone(),
+            node.clone(),
+            workers.clone(),
+        );
         tokio::spawn(async move {
+            let _claim = claim;
             let conn = match incoming.await {
                 Ok(c) => c,
                 Err(e) => {
@@ -601,9 +638,12 @@ async fn accept_loop(
                     return debug!(target: mxp_proto::HANDSHAKE, carrier = "quic", error = %e, "QUIC handshake failed");
                 }
             };
-            let auth =
-                tokio::time::timeout(handshake_timeout, auth::server(&conn, &keypair, &policy))
-                    .await;
+            let jobs = node.guard.jobs.clone();
+            let auth = tokio::time::timeout(
+                guard::IDENTITY_DEADLINE,
+                auth::server(&conn, &keypair, &policy, (&workers, jobs)),
+            )
+            .await;
             let auth = match auth {
                 Ok(Ok(a)) => a,
                 Ok(Err(ConnectionError::ServerKeyMismatch)) => {

@@ -96,8 +96,10 @@ impl Default for TransportConfig {
 pub enum RetryPolicy {
     /// Never: every initiation is processed (subject to the rate limit).
     Never,
-    /// When handshakes arrive faster than `handshake_rate / 2` per second or
-    /// more than `retry_pending_threshold` are waiting for confirmation.
+    /// While handshake work arrives faster than it is done (initiations
+    /// wait in the handshake queue, or for the budget), and for a second
+    /// after; or while more than `retry_pending_threshold` accepted
+    /// handshakes wait for their client's confirmation.
     #[default]
     UnderLoad,
     /// Always: one extra round trip, maximal flood resistance.
@@ -112,17 +114,27 @@ pub struct ServerConfig {
     pub allowed_clients: Option<HashSet<PublicKey>>,
     /// When to demand address validation first.
     pub retry: RetryPolicy,
-    /// Handshakes (Diffie-Hellman operations) per second the server will
-    /// spend; excess initiations are dropped and counted.
+    /// Handshake jobs (the Diffie-Hellman work of answering one
+    /// initiation: about five X25519 operations, a third of a millisecond of
+    /// one core here) the node does per second at most. Excess initiations
+    /// wait in the handshake queue.
     pub handshake_rate: u32,
-    /// Handshakes allowed in a burst above the rate.
+    /// Handshake jobs allowed in a burst above the rate.
     pub handshake_burst: u32,
+    /// Initiations that may wait for a handshake job; beyond it the least
+    /// deserving (by source: see the endpoint's admission) are told the
+    /// node is busy.
+    pub handshake_queue: usize,
+    /// Handshake jobs handed out at once: the number of threads the runtime
+    /// runs them on.
+    pub handshake_workers: usize,
     /// Unconfirmed handshakes beyond which `UnderLoad` demands retry.
     pub retry_pending_threshold: usize,
     /// How long a retry token stays valid.
     pub token_lifetime: Duration,
     /// Initiations stamped further than this from the server's clock are
-    /// refused as replays; it bounds the replay-protection state.
+    /// refused (the client is told the server's time); the node remembers
+    /// initiations for twice this long to refuse exact replays.
     pub max_clock_skew: Duration,
     /// Most connections served at once; further initiations are dropped.
     pub max_connections: usize,
@@ -133,8 +145,10 @@ impl Default for ServerConfig {
         ServerConfig {
             allowed_clients: None,
             retry: RetryPolicy::default(),
-            handshake_rate: 20_000,
-            handshake_burst: 1_000,
+            handshake_rate: 1_000,
+            handshake_burst: 64,
+            handshake_queue: 128,
+            handshake_workers: 1,
             retry_pending_threshold: 256,
             token_lifetime: Duration::from_secs(10),
             max_clock_skew: Duration::from_secs(120),

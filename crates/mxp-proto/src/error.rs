@@ -132,6 +132,13 @@ pub enum ConnectionError {
     /// No answer to the handshake within the handshake timeout.
     #[error("handshake timed out: no answer from the server")]
     HandshakeTimedOut,
+    /// The node kept setting our initiations aside until the handshake
+    /// timeout, and said why.
+    #[error("handshake refused until the timeout: the node said {reason}")]
+    NodeBusy {
+        /// What the node said the last time.
+        reason: crate::packet::BusyReason,
+    },
     /// The peer broke the protocol, or we did and the peer said so.
     #[error("transport error: {0}")]
     TransportError(#[from] TransportError),
@@ -178,6 +185,7 @@ impl ConnectionError {
             ConnectionError::ClockSkew { .. } => "clock_skew",
             ConnectionError::CarrierRefused { .. } => "carrier_refused",
             ConnectionError::HandshakeTimedOut => "handshake_timed_out",
+            ConnectionError::NodeBusy { .. } => "node_busy",
             ConnectionError::TransportError(_) => "transport_error",
             ConnectionError::ApplicationClosed { .. } => "application_closed",
             ConnectionError::Reset => "reset",

@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::config::{EndpointConfig, TransportConfig};
 use crate::connection::{Accepted, Connection};
-use crate::crypto::{Keypair, Secret, SessionSecrets};
+use crate::crypto::{Keypair, Mac1Key, Secret, SessionSecrets};
 use crate::endpoint::Endpoint;
 use crate::message::{Message, MessageDecoder};
 use crate::packet::keys::KeyState;
@@ -111,9 +111,12 @@ pub fn handshake(data: &[u8]) {
         ConnectionId([2; 8]),
         &[],
         data,
+        &Mac1Key::for_node(&server_keys.public()),
         &mut initial,
     );
     let _ = server.handle(now, from, BytesMut::from(&initial[..]));
+    // The Diffie-Hellman work, on this thread.
+    let _ = server.run_handshakes(now);
     let mut buf = Vec::new();
     while server.poll_transmit(now, &mut buf).is_some() {}
 

@@ -17,6 +17,7 @@ mod datagrams;
 mod endpoint;
 pub mod error;
 pub mod frame;
+pub mod guard;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod histogram;
@@ -42,9 +43,13 @@ pub use config::{EndpointConfig, RetryPolicy, ServerConfig, TransportConfig};
 pub use connection::{Connection, ConnectionStats, Event, Transmit};
 pub use crypto::{HandshakeError, Keypair, PublicKey};
 pub use datagrams::{DatagramError, DatagramStats};
-pub use endpoint::{ConnectError, ConnectionHandle, Endpoint, EndpointStats, Incoming, Refusal};
+pub use endpoint::{
+    ConnectError, ConnectionHandle, Endpoint, EndpointStats, HandshakeDone, HandshakeJob, Incoming,
+    Refusal,
+};
 pub use error::{ConnectionError, TransportError, TransportErrorCode};
 pub use histogram::LatencyHistogram;
+pub use packet::BusyReason;
 pub use packet::keys::KeyRotation;
 pub use priority::Band;
 pub use scheduler::BandStats;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use crate::{ConnectionHandle, Endpoint, EndpointConfig, Keypair};
+use crate::{ConnectionHandle, Endpoint, EndpointConfig, Incoming, Keypair};
 
 /// A server and a client endpoint; the client has started connecting.
 pub(crate) struct Pair {
@@ -61,6 +61,18 @@ impl Pair {
         next_datagram(&mut self.server, self.now)
     }
 
+    /// Hands `datagram` to the server as from the client, and runs the
+    /// handshake job it queued if any: what became of it.
+    pub fn to_server(&mut self, datagram: &[u8]) -> Incoming {
+        let outcome = self
+            .server
+            .handle(self.now, self.client_addr, BytesMut::from(datagram));
+        match self.server.run_handshakes(self.now).pop() {
+            Some(done) if outcome == Incoming::Queued => done,
+            _ => outcome,
+        }
+    }
+
     /// Delivers everything the client wants to send; returns how many.
     pub fn client_to_server(&mut self) -> usize {
         carry(
@@ -96,6 +108,7 @@ fn carry(from: &mut Endpoint, from_addr: SocketAddr, to: &mut Endpoint, now: Ins
     let mut buf = Vec::new();
     while let Some(t) = from.poll_transmit(now, &mut buf) {
         to.handle(now, from_addr, BytesMut::from(&buf[buf.len() - t.size..]));
+        to.run_handshakes(now);
         buf.clear();
         n += 1;
     }

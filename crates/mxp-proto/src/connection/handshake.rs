@@ -14,10 +14,10 @@ use crate::Side;
 use crate::coding::Reader;
 use crate::config::TransportConfig;
 use crate::crypto::handshake::Initiator;
-use crate::crypto::{Keypair, PublicKey, RESET_TOKEN_LEN};
+use crate::crypto::{Keypair, Mac1Key, PublicKey, RESET_TOKEN_LEN};
 use crate::error::ConnectionError;
 use crate::packet::keys::KeyState;
-use crate::packet::{self, CID_LEN, ConnectionId, Header, RejectReason};
+use crate::packet::{self, BusyReason, CID_LEN, ConnectionId, Header, RejectReason};
 use crate::transport_params::TransportParams;
 
 /// Identifies an initiation, so a server recognises exact retransmissions.
@@ -27,13 +27,19 @@ pub(crate) fn initiation_digest(noise: &[u8]) -> u64 {
 
 /// Longest wait between two copies of the client's Initial.
 const MAX_INITIAL_INTERVAL: Duration = Duration::from_secs(1);
+/// A busy node's refusals answered with a fresh initiation at once; later
+/// ones wait, doubling from [`BUSY_BACKOFF`] up to [`MAX_BUSY_BACKOFF`], so a
+/// crowd of refused clients does not become a flood of its own.
+const BUSY_AT_ONCE: u32 = 2;
+const BUSY_BACKOFF: Duration = Duration::from_millis(1);
+const MAX_BUSY_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What the client says inside Noise message 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ClientHello {
-    /// Wall-clock time of the initiation (ns since the Unix epoch); the
-    /// server refuses initiations not newer than the last one it accepted
-    /// from the same client key, which defeats replay.
+    /// Wall-clock time of the initiation (ns since the Unix epoch). The
+    /// node refuses initiations outside its clock-skew window, so it only
+    /// has to remember the initiations of that window to refuse replays.
     pub timestamp: u64,
     pub params: TransportParams,
 }
@@ -119,6 +125,8 @@ pub(crate) struct ClientHandshake {
     /// consumes the Noise state, so the client starts over.
     keypair: Keypair,
     server_key: PublicKey,
+    /// Keyed by the server's public key: proves to the server we know it.
+    mac1: Mac1Key,
     /// Wall clock (ns since the Unix epoch) at `started`.
     unix_time_ns: u64,
     started: Instant,
@@ -136,6 +144,10 @@ pub(crate) struct ClientHandshake {
     retried: bool,
     /// Reject packets received (of either reason).
     key_rejects: u32,
+    /// Busy refusals received, and the last one's reason: named in the
+    /// error if the handshake times out.
+    busy: u32,
+    last_busy: Option<BusyReason>,
 }
 
 /// What the endpoint learned from an initiation it accepted, to start the
@@ -180,7 +192,7 @@ pub(crate) enum Handshake {
 fn start_initiation(
     config: &TransportConfig,
     keypair: &Keypair,
-    server_key: &PublicKey,
+    (server_key, mac1): (&PublicKey, &Mac1Key),
     initial_dcid: ConnectionId,
     local_cid: ConnectionId,
     timestamp: u64,
@@ -194,7 +206,7 @@ fn start_initiation(
     let prologue = packet::handshake_prologue(initial_dcid, local_cid);
     let (initiator, noise) = Initiator::start(keypair, server_key, &prologue, &payload)?;
     let mut initial = Vec::new();
-    packet::write_initial(initial_dcid, local_cid, &[], &noise, &mut initial);
+    packet::write_initial(initial_dcid, local_cid, &[], &noise, mac1, &mut initial);
     Ok((initiator, noise, initial))
 }
 
@@ -212,10 +224,11 @@ impl Connection {
         initial_dcid: ConnectionId,
         unix_time_ns: u64,
     ) -> Result<Connection, crate::crypto::HandshakeError> {
+        let mac1 = Mac1Key::for_node(server_key);
         let (initiator, noise, initial) = start_initiation(
             &config,
             keypair,
-            server_key,
+            (server_key, &mac1),
             initial_dcid,
             local_cid,
             unix_time_ns,
@@ -223,6 +236,7 @@ impl Connection {
         let handshake = Handshake::Client(Box::new(ClientHandshake {
             keypair: keypair.clone(),
             server_key: *server_key,
+            mac1,
             unix_time_ns,
             started: now,
             initiator: Some(initiator),
@@ -234,6 +248,8 @@ impl Connection {
             need_send: true,
             retried: false,
             key_rejects: 0,
+            busy: 0,
+            last_busy: None,
         }));
         let mut conn = Connection::new(
             Side::Client,
@@ -361,6 +377,17 @@ impl Connection {
         }
     }
 
+    /// Why the handshake failed when its timeout fired: the node's last
+    /// busy answer if it gave one, else silence.
+    pub(super) fn handshake_timeout_error(&self) -> ConnectionError {
+        match &self.handshake {
+            Handshake::Client(hs) => hs.last_busy.map_or(ConnectionError::HandshakeTimedOut, |reason| {
+                ConnectionError::NodeBusy { reason }
+            }),
+            _ => ConnectionError::HandshakeTimedOut,
+        }
+    }
+
     /// The client's handshake retransmission timer fired.
     pub(super) fn on_handshake_timeout(&mut self) {
         if let Handshake::Client(hs) = &mut self.handshake {
@@ -388,6 +415,9 @@ impl Connection {
             key_rejects,
             unix_time_ns,
             started,
+            mac1,
+            busy,
+            last_busy,
             ..
         } = &mut **hs;
         let local_clock_ns =
@@ -467,7 +497,7 @@ impl Connection {
                 debug!(target: HANDSHAKE, parent: span, "server asked for address validation");
                 *retried = true;
                 packet.clear();
-                packet::write_initial(*initial_dcid, self.local_cid, token, noise, packet);
+                packet::write_initial(*initial_dcid, self.local_cid, token, noise, mac1, packet);
                 *need_send = true;
                 *sends = 0;
             }
@@ -481,6 +511,23 @@ impl Connection {
                     let quic_port = (quic_port != 0).then_some(quic_port);
                     self.lost(ConnectionError::CarrierRefused { quic_port });
                     self.set_drained();
+                    return;
+                }
+                if let RejectReason::Busy(why) = reason {
+                    *busy += 1;
+                    *last_busy = Some(why);
+                    let backoff = match busy.checked_sub(BUSY_AT_ONCE + 1) {
+                        None => Duration::ZERO,
+                        Some(n) => (BUSY_BACKOFF * (1 << n.min(16))).min(MAX_BUSY_BACKOFF),
+                    };
+                    debug!(target: HANDSHAKE, parent: &self.span, reason = why.as_str(), ?backoff, "node set our initiation aside; starting over");
+                    self.restart_handshake(now);
+                    if !backoff.is_zero() {
+                        if let Handshake::Client(hs) = &mut self.handshake {
+                            hs.need_send = false;
+                        }
+                        self.set_timer(Timer::LossDetection, Some(now + backoff));
+                    }
                     return;
                 }
                 // Unauthenticated, and a corrupted Initial (a flipped
@@ -504,7 +551,9 @@ impl Connection {
                         self.lost(ConnectionError::ServerKeyMismatch);
                         self.set_drained();
                     }
-                    RejectReason::CarrierRefused { .. } => unreachable!("handled above"),
+                    RejectReason::CarrierRefused { .. } | RejectReason::Busy(_) => {
+                        unreachable!("handled above")
+                    }
                 }
             }
             _ => self.stats.dropped_packets += 1,
@@ -521,6 +570,7 @@ impl Connection {
         let ClientHandshake {
             keypair,
             server_key,
+            mac1,
             unix_time_ns,
             started,
             initiator,
@@ -537,7 +587,7 @@ impl Connection {
         match start_initiation(
             &self.config,
             keypair,
-            server_key,
+            (server_key, mac1),
             dcid,
             self.local_cid,
             *unix_time_ns + elapsed,
@@ -573,9 +623,7 @@ mod tests {
     fn corrupted_server_id_in_the_handshake_header_does_not_fail_the_handshake() {
         let mut p = Pair::new();
         let initial = p.client_datagram();
-        let accepted = p
-            .server
-            .handle(p.now, p.client_addr, BytesMut::from(&initial[..]));
+        let accepted = p.to_server(&initial);
         assert!(matches!(accepted, Incoming::Accepted(_)));
         let answer = p.server_datagram();
         let Ok(Header::Handshake { scid, .. }) = packet::parse(&answer) else {
@@ -619,9 +667,7 @@ mod tests {
             let at = initial.windows(4).position(|w| w == version).unwrap();
             initial[at + 3] ^= 0x01;
         }
-        let outcome = p
-            .server
-            .handle(p.now, p.client_addr, BytesMut::from(&initial[..]));
+        let outcome = p.to_server(&initial);
         let answer = p.server_datagram();
         for _ in 0..2 {
             p.client
@@ -658,10 +704,7 @@ mod tests {
     fn only_exact_repeats_of_the_initiation_count_as_retransmissions() {
         let mut p = Pair::new();
         let initial = p.client_datagram();
-        let Incoming::Accepted(h) =
-            p.server
-                .handle(p.now, p.client_addr, BytesMut::from(&initial[..]))
-        else {
+        let Incoming::Accepted(h) = p.to_server(&initial) else {
             panic!("initiation not accepted");
         };
         p.server_datagram(); // the answer, lost

@@ -546,6 +546,11 @@ impl Connection {
         self.events.push_back(Event::Connected);
     }
 
+    /// The stateless-reset token the server gave this (client) connection.
+    pub(crate) fn reset_token(&self) -> Option<[u8; RESET_TOKEN_LEN]> {
+        self.reset_token
+    }
+
     /// Whether `datagram` ends with the server's stateless-reset token for
     /// this connection (compared in constant time).
     pub(crate) fn is_stateless_reset(&self, datagram: &[u8]) -> bool {
@@ -658,8 +663,9 @@ impl Connection {
                 Timer::Close => self.set_drained(),
                 Timer::Handshake => {
                     if self.state == State::Handshake {
-                        info!(target: HANDSHAKE, parent: &self.span, "handshake timed out");
-                        self.lost(ConnectionError::HandshakeTimedOut);
+                        let error = self.handshake_timeout_error();
+                        info!(target: HANDSHAKE, parent: &self.span, %error, "handshake timed out");
+                        self.lost(error);
                         self.set_drained();
                     }
                 }

@@ -6,9 +6,11 @@
 //!
 //! This module only composes them: it turns the secrets Noise agrees on into
 //! per-direction packet keys, derives the next generation of keys for key
-//! rotation, and signs address-validation tokens.
+//! rotation, signs address-validation tokens, and computes the mac1 that
+//! lets a node drop junk Initials before any Diffie-Hellman work.
 
 pub mod handshake;
+pub mod mac1;
 pub mod token;
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, quic};
@@ -16,6 +18,7 @@ use ring::hkdf;
 use thiserror::Error;
 
 pub use handshake::{HandshakeError, Keypair, PublicKey};
+pub use mac1::{MAC1_LEN, Mac1Key};
 
 /// Bytes an AEAD tag adds to every protected packet.
 pub const TAG_LEN: usize = 16;

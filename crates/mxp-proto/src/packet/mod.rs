@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! long:  | 1 1 t t 0 0 0 0 | version u32 | dcid 8 | scid 8 | body by type
-//!         Initial:   token (varint len) | Noise msg 1 (varint len) | zero padding
+//!         Initial:   token (varint len) | Noise msg 1 (varint len) | mac1 16 | zero padding
 //!         Handshake: Noise msg 2 (varint len)
 //!         Retry:     token (varint len)
 //!         Reject:    reason u8
@@ -25,7 +25,7 @@ use std::fmt;
 use thiserror::Error;
 
 use crate::coding::{Reader, UnexpectedEnd, put_varint};
-use crate::crypto::{SAMPLE_LEN, TAG_LEN};
+use crate::crypto::{MAC1_LEN, Mac1Key, SAMPLE_LEN, TAG_LEN};
 
 pub use protect::{
     OpenedPacket, min_payload_len, open_payload, open_short, seal_short, short_dcid,
@@ -34,8 +34,9 @@ pub use protect::{
 
 /// Length of every connection id.
 pub const CID_LEN: usize = 8;
-/// Protocol version this implementation speaks.
-pub const VERSION: u32 = 0x4d58_0001;
+/// Protocol version this implementation speaks. Version 2 added mac1 to
+/// the Initial.
+pub const VERSION: u32 = 0x4d58_0002;
 /// Smallest datagram that may carry an Initial. Padding the client's first
 /// flight this far gives the server a 3× anti-amplification budget large
 /// enough for its whole answer.
@@ -132,6 +133,47 @@ pub enum RejectReason {
         /// UDP port of the node's QUIC listener, or 0.
         quic_port: u16,
     },
+    /// The node did not work on this initiation; the client starts over
+    /// with a fresh one (backing off if it keeps hearing this). Believing a
+    /// forged one costs the client a round trip, so it is believed at once.
+    Busy(BusyReason),
+}
+
+/// Why a node set an initiation aside without working on it. The client
+/// says so in its error if the node keeps refusing until its handshake
+/// timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BusyReason {
+    /// Handshakes arrive faster than the node's handshake budget, and this
+    /// one did not win a fair share of it.
+    Overloaded,
+    /// The node serves as many connections as it is configured for.
+    ConnectionLimit,
+    /// The node could not tell whether this initiation is a replay (it
+    /// looks like one it has seen, or it is older than what the node still
+    /// remembers): a fresh initiation is accepted.
+    Unverifiable,
+}
+
+impl BusyReason {
+    /// Short stable name, for metrics labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BusyReason::Overloaded => "overloaded",
+            BusyReason::ConnectionLimit => "connection_limit",
+            BusyReason::Unverifiable => "unverifiable",
+        }
+    }
+}
+
+impl fmt::Display for BusyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BusyReason::Overloaded => "its handshake budget is taken (a flood, or a burst of clients)",
+            BusyReason::ConnectionLimit => "it serves as many connections as it allows",
+            BusyReason::Unverifiable => "it could not check our initiation for replay",
+        })
+    }
 }
 
 impl RejectReason {
@@ -142,6 +184,12 @@ impl RejectReason {
             3 => Self::CarrierRefused {
                 quic_port: r.u16()?,
             },
+            4 => Self::Busy(match r.u8()? {
+                1 => BusyReason::Overloaded,
+                2 => BusyReason::ConnectionLimit,
+                3 => BusyReason::Unverifiable,
+                _ => return Err(PacketError::Malformed),
+            }),
             _ => return Err(PacketError::Malformed),
         })
     }
@@ -154,6 +202,14 @@ impl RejectReason {
                 out.push(3);
                 out.extend_from_slice(&quic_port.to_be_bytes());
             }
+            Self::Busy(why) => out.extend_from_slice(&[
+                4,
+                match why {
+                    BusyReason::Overloaded => 1,
+                    BusyReason::ConnectionLimit => 2,
+                    BusyReason::Unverifiable => 3,
+                },
+            ]),
         }
     }
 }
@@ -174,6 +230,11 @@ pub enum Header<'a> {
         token: &'a [u8],
         /// Noise message 1.
         noise: &'a [u8],
+        /// MAC over `covered`, keyed by the node's public key (empty in a
+        /// foreign version's Initial).
+        mac1: &'a [u8],
+        /// The bytes mac1 covers: the packet from its first byte to mac1.
+        covered: &'a [u8],
     },
     /// Server's answer.
     Handshake {
@@ -293,6 +354,8 @@ pub fn parse(datagram: &[u8]) -> Result<Header<'_>, PacketError> {
                 scid,
                 token: &[],
                 noise: &[],
+                mac1: &[],
+                covered: &[],
             }),
             _ => Err(PacketError::UnsupportedVersion(version)),
         };
@@ -301,12 +364,16 @@ pub fn parse(datagram: &[u8]) -> Result<Header<'_>, PacketError> {
         0 => {
             let token = r.length_prefixed()?;
             let noise = r.length_prefixed()?;
+            let covered = &datagram[..r.position()];
+            let mac1 = r.bytes(MAC1_LEN)?;
             Header::Initial {
                 version,
                 dcid,
                 scid,
                 token,
                 noise,
+                mac1,
+                covered,
             }
         }
         1 => Header::Handshake {
@@ -339,18 +406,22 @@ fn length_prefixed(bytes: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(bytes);
 }
 
-/// Writes an Initial padded to at least [`MIN_INITIAL_SIZE`].
+/// Writes an Initial, with its mac1 under `mac1` (the node's key), padded
+/// to at least [`MIN_INITIAL_SIZE`].
 pub fn write_initial(
     dcid: ConnectionId,
     scid: ConnectionId,
     token: &[u8],
     noise: &[u8],
+    mac1: &Mac1Key,
     out: &mut Vec<u8>,
 ) {
     let start = out.len();
     long_header(LongType::Initial, dcid, scid, out);
     length_prefixed(token, out);
     length_prefixed(noise, out);
+    let mac = mac1.compute(&out[start..]);
+    out.extend_from_slice(&mac);
     let len = out.len() - start;
     if len < MIN_INITIAL_SIZE {
         out.resize(start + MIN_INITIAL_SIZE, 0);
@@ -380,11 +451,14 @@ pub fn write_reject(
     reason.encode(out);
 }
 
+/// Length of [`handshake_prologue`]'s output.
+pub const PROLOGUE_LEN: usize = 5 + 4 + 2 * CID_LEN;
+
 /// The Noise prologue for a handshake: binds the version and both
 /// connection ids of the Initial, so tampering with them breaks the
 /// handshake instead of misrouting it.
-pub fn handshake_prologue(dcid: ConnectionId, scid: ConnectionId) -> [u8; 5 + 4 + 2 * CID_LEN] {
-    let mut p = [0u8; 5 + 4 + 2 * CID_LEN];
+pub fn handshake_prologue(dcid: ConnectionId, scid: ConnectionId) -> [u8; PROLOGUE_LEN] {
+    let mut p = [0u8; PROLOGUE_LEN];
     p[..5].copy_from_slice(b"MXP/1");
     p[5..9].copy_from_slice(&VERSION.to_be_bytes());
     p[9..17].copy_from_slice(&dcid.0);
@@ -400,22 +474,47 @@ mod tests {
     const A: ConnectionId = ConnectionId([1; 8]);
     const B: ConnectionId = ConnectionId([2; 8]);
 
+    fn mac1_key() -> Mac1Key {
+        Mac1Key::for_node(&crate::crypto::PublicKey([5; 32]))
+    }
+
     #[test]
     fn initial_is_padded_and_parses_back() {
         let mut buf = Vec::new();
-        write_initial(A, B, b"tok", b"noise", &mut buf);
+        let key = mac1_key();
+        write_initial(A, B, b"tok", b"noise", &key, &mut buf);
         assert_eq!(buf.len(), MIN_INITIAL_SIZE);
-        assert_eq!(
-            parse(&buf).unwrap(),
-            Header::Initial {
-                version: VERSION,
-                dcid: A,
-                scid: B,
-                token: b"tok",
-                noise: b"noise"
-            }
-        );
+        let Ok(Header::Initial {
+            version,
+            dcid,
+            scid,
+            token,
+            noise,
+            mac1,
+            covered,
+        }) = parse(&buf)
+        else {
+            panic!("an Initial");
+        };
+        assert_eq!((version, dcid, scid), (VERSION, A, B));
+        assert_eq!((token, noise), (&b"tok"[..], &b"noise"[..]));
+        assert_eq!(covered, &buf[..LONG_HEADER_LEN + 4 + 6]);
+        assert!(key.verify(covered, mac1), "mac1 covers the header, token and noise");
         assert_eq!(peek_dcid(&buf), Some(A));
+    }
+
+    #[test]
+    fn a_changed_byte_anywhere_before_mac1_breaks_it() {
+        let key = mac1_key();
+        let mut buf = Vec::new();
+        write_initial(A, B, b"tok", b"noise", &key, &mut buf);
+        for i in 0..LONG_HEADER_LEN + 4 + 6 {
+            let mut spoiled = buf.clone();
+            spoiled[i] ^= 0x01;
+            if let Ok(Header::Initial { mac1, covered, .. }) = parse(&spoiled) {
+                assert!(!key.verify(covered, mac1), "byte {i}");
+            }
+        }
     }
 
     #[test]
@@ -455,6 +554,22 @@ mod tests {
                 reason: RejectReason::CarrierRefused { quic_port: 4434 }
             }
         );
+        for why in [
+            BusyReason::Overloaded,
+            BusyReason::ConnectionLimit,
+            BusyReason::Unverifiable,
+        ] {
+            buf.clear();
+            write_reject(B, A, RejectReason::Busy(why), &mut buf);
+            assert_eq!(
+                parse(&buf).unwrap(),
+                Header::Reject {
+                    dcid: B,
+                    scid: A,
+                    reason: RejectReason::Busy(why)
+                }
+            );
+        }
         buf.clear();
         write_reject(B, A, RejectReason::ServerKeyMismatch, &mut buf);
         assert_eq!(
@@ -470,7 +585,7 @@ mod tests {
     #[test]
     fn foreign_version_initial_is_surfaced_other_types_rejected() {
         let mut buf = Vec::new();
-        write_initial(A, B, b"", b"x", &mut buf);
+        write_initial(A, B, b"", b"x", &mac1_key(), &mut buf);
         buf[1..5].copy_from_slice(&7u32.to_be_bytes());
         assert!(matches!(
             parse(&buf),

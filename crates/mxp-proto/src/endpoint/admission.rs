@@ -1,0 +1,537 @@
+//! The node's door: what an initiation is worth before any connection
+//! exists, decided with cheap checks first and Diffie-Hellman work last.
+//!
+//! In order, for every Initial:
+//!
+//! 1. size and version;
+//! 2. mac1, keyed by the node's public key: a sender that does not know
+//!    the key costs one HMAC;
+//! 3. the recent-initiation logs: an exact copy of an initiation already
+//!    queued, worked on or accepted is dropped (a captured Initial sent
+//!    from a thousand ports costs a thousand lookups, not a thousand DHs);
+//! 4. the connection limit;
+//! 5. address validation: under load (handshake work arriving faster than
+//!    it is done) a client without a retry token gets one and must echo it
+//!    from its address; a token buys one handshake;
+//! 6. the handshake queue, bounded, with each source address and prefix
+//!    held to a fair share;
+//! 7. the handshake budget (a token bucket of DH work per second) and the
+//!    number of jobs running at once, when jobs are handed out.
+//!
+//! Only then does a [`HandshakeJob`] do the DH work, off the packet path.
+//! Its result comes back through [`Endpoint::complete_handshake`], where the
+//! replay log has the last word. Every refusal is counted, and a client
+//! whose initiation is set aside is told so (a `Busy` refusal) and starts
+//! over at once instead of waiting out its timeout.
+//!
+//! Replay protection does not rely on one timestamp per client key, so any
+//! number of replicas sharing a key can connect at the same moment: each
+//! initiation is remembered by digest for the clock-skew window, and one
+//! older than the window is refused by its timestamp.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use foldhash::{HashSet, HashSetExt};
+use tracing::debug;
+
+use super::job::{HandshakeDone, HandshakeJob, JobResult, Refused};
+use super::queue::{Admit, HandshakeQueue, Initiation};
+use super::{ConnectionHandle, Endpoint, Incoming, Refusal};
+use crate::HANDSHAKE;
+use crate::guard::{BoundedLog, RateLimiter, SourceShares};
+use crate::config::{RetryPolicy, ServerConfig};
+use crate::connection::{Accepted, Connection, initiation_digest};
+use crate::crypto::Mac1Key;
+use crate::crypto::token::TokenKey;
+use crate::packet::keys::KeyState;
+use crate::packet::{
+    self, BusyReason, ConnectionId, MIN_INITIAL_SIZE, PacketError, RejectReason, VERSION,
+};
+use crate::transport_params::TransportParams;
+use crate::{HandshakeError, PublicKey};
+
+/// Once handshake work is seen to pile up, address validation is demanded
+/// for this long: long enough that a steady flood does not get a job
+/// through every time the queue empties, short enough that a node back at
+/// rest stops costing newcomers the extra round trip soon after.
+const LOAD_HOLD: Duration = Duration::from_secs(1);
+/// Initiations remembered before any DH work (queued, worked on, or just
+/// refused), to drop exact copies cheaply.
+const RECENT_INITIATIONS: usize = 1 << 16;
+/// Authenticated initiations remembered for replay protection. At the
+/// default budget (1,000 handshakes/s) this covers over four minutes,
+/// more than twice the clock-skew window.
+const ACCEPTED_INITIATIONS: usize = 1 << 18;
+/// Retry tokens remembered as used.
+const USED_TOKENS: usize = 1 << 16;
+/// Refusals (version, key and busy rejects) sent per second at most.
+const REFUSALS_PER_SECOND: u32 = 1000;
+
+/// Where an initiation came from: a digest of (address, connection ids).
+fn source_of(remote: &SocketAddr, scid: ConnectionId, dcid: ConnectionId) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    static SEED: std::sync::OnceLock<foldhash::fast::FixedState> = std::sync::OnceLock::new();
+    let mut h = SEED
+        .get_or_init(|| {
+            let mut seed = [0u8; 8];
+            crate::crypto::fill_random(&mut seed);
+            foldhash::fast::FixedState::with_seed(u64::from_le_bytes(seed))
+        })
+        .build_hasher();
+    (remote, scid.0, dcid.0).hash(&mut h);
+    h.finish()
+}
+
+/// What the node remembers of an initiation before its DH work is done.
+#[derive(Debug, Clone, Copy)]
+struct Recent {
+    source: u64,
+    /// Queued or running: its answer is on the way.
+    pending: bool,
+}
+
+/// Server-only state.
+#[derive(Debug)]
+pub(super) struct Server {
+    pub policy: Arc<ServerConfig>,
+    /// New MXP connections are accepted (the rollout's carrier switch can
+    /// turn this off at runtime).
+    pub accepting: bool,
+    /// Where refused clients are sent instead: the QUIC listener's port.
+    pub quic_port: Option<u16>,
+    mac1: Mac1Key,
+    token_key: TokenKey,
+    used_tokens: BoundedLog<()>,
+    recent: BoundedLog<Recent>,
+    /// Digest → timestamp of every authenticated initiation of the last
+    /// clock-skew windows.
+    accepted: BoundedLog<u64>,
+    /// Timestamps at or below this are refused: the log may have forgotten
+    /// an initiation stamped so (it only grows).
+    replay_floor: u64,
+    sources: SourceShares,
+    pub queue: HandshakeQueue,
+    budget: RateLimiter,
+    refusals: RateLimiter,
+    /// Address validation is demanded until then (see [`LOAD_HOLD`]).
+    load_until: Option<Instant>,
+    /// Server connections whose client has not yet proven its address.
+    pub unconfirmed: HashSet<ConnectionHandle>,
+}
+
+impl Server {
+    pub fn new(policy: Arc<ServerConfig>, node_key: &PublicKey, now: Instant) -> Server {
+        // Initiations are remembered for twice the skew window: one stamped
+        // at the window's far edge is refused by its timestamp afterwards.
+        let window = 2 * policy.max_clock_skew.as_nanos() as u64 + 1_000_000_000;
+        Server {
+            accepting: true,
+            quic_port: None,
+            mac1: Mac1Key::for_node(node_key),
+            token_key: TokenKey::generate(),
+            used_tokens: BoundedLog::new(USED_TOKENS, policy.token_lifetime.as_nanos() as u64),
+            recent: BoundedLog::new(RECENT_INITIATIONS, window),
+            accepted: BoundedLog::new(ACCEPTED_INITIATIONS, window),
+            replay_floor: 0,
+            sources: SourceShares::new(now),
+            queue: HandshakeQueue::new(policy.handshake_queue),
+            budget: RateLimiter::new(
+                policy.handshake_rate,
+                policy.handshake_burst,
+                now,
+            ),
+            refusals: RateLimiter::new(
+                REFUSALS_PER_SECOND,
+                REFUSALS_PER_SECOND,
+                now,
+            ),
+            load_until: None,
+            unconfirmed: HashSet::new(),
+            policy,
+        }
+    }
+
+    /// Whether new initiations must prove their address first.
+    fn demands_retry(&mut self, now: Instant) -> bool {
+        match self.policy.retry {
+            RetryPolicy::Never => false,
+            RetryPolicy::Always => true,
+            RetryPolicy::UnderLoad => {
+                // Work waiting for a worker, or for the budget: handshakes
+                // arrive faster than they are done.
+                if self.queue.waiting() > 0 || !self.budget.has_token(now) {
+                    self.load_until = Some(now + LOAD_HOLD);
+                }
+                self.load_until.is_some_and(|t| now < t)
+                    || self.unconfirmed.len() >= self.policy.retry_pending_threshold
+            }
+        }
+    }
+
+    /// When a waiting job can be handed out, if a worker is free for it
+    /// (it may wait for the budget).
+    pub fn next_job_at(&self) -> Option<Instant> {
+        let can_start = self.queue.waiting() > 0
+            && self.queue.running() < self.policy.handshake_workers.max(1);
+        can_start.then(|| self.budget.next_token_at())
+    }
+}
+
+/// The fields of an Initial, borrowed from the datagram.
+#[derive(Debug)]
+pub(super) struct InitialPacket<'a> {
+    pub version: u32,
+    pub dcid: ConnectionId,
+    pub scid: ConnectionId,
+    pub token: &'a [u8],
+    pub noise: &'a [u8],
+    pub mac1: &'a [u8],
+    pub covered: &'a [u8],
+    pub len: usize,
+}
+
+impl Endpoint {
+    fn monotonic_ns(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// Sends a stateless refusal, within the refusal rate limit.
+    fn reject(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        (scid, dcid): (ConnectionId, ConnectionId),
+        reason: RejectReason,
+        received: usize,
+    ) {
+        let Some(server) = &mut self.server else {
+            return;
+        };
+        if !server.refusals.try_take(now) {
+            self.stats.refusals_suppressed += 1;
+            return;
+        }
+        let mut out = Vec::new();
+        packet::write_reject(scid, dcid, reason, &mut out);
+        self.answer(remote, out, received);
+    }
+
+    fn busy(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        ids: (ConnectionId, ConnectionId),
+        why: BusyReason,
+        received: usize,
+    ) -> Incoming {
+        debug!(target: HANDSHAKE, peer = %remote, reason = why.as_str(), "initiation set aside");
+        self.reject(now, remote, ids, RejectReason::Busy(why), received);
+        Incoming::Answered(Refusal::Busy(why))
+    }
+
+    /// Admission of an Initial no connection claimed (see the module doc).
+    pub(super) fn handle_initiation(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        p: InitialPacket<'_>,
+    ) -> Incoming {
+        let ids = (p.scid, p.dcid);
+        if self.server.is_none() {
+            self.stats.not_a_server += 1;
+            return Incoming::Dropped(Refusal::NotAServer);
+        }
+        if p.len < MIN_INITIAL_SIZE {
+            self.stats.initials_too_small += 1;
+            return Incoming::Dropped(Refusal::InitialTooSmall(p.len));
+        }
+        if p.version != VERSION {
+            self.stats.version_mismatches += 1;
+            self.reject(now, remote, ids, RejectReason::VersionMismatch, p.len);
+            return Incoming::Answered(Refusal::VersionMismatch(p.version));
+        }
+        let now_ns = self.monotonic_ns(now);
+        let server = self.server.as_mut().expect("checked above");
+        if !server.mac1.verify(p.covered, p.mac1) {
+            // A client with the wrong node key computes a wrong mac1: tell
+            // it (unauthenticated, so it believes two of these).
+            self.stats.mac_failures += 1;
+            self.reject(now, remote, ids, RejectReason::ServerKeyMismatch, p.len);
+            return Incoming::Answered(Refusal::BadMac);
+        }
+        if !server.accepting {
+            let quic_port = server.quic_port.unwrap_or(0);
+            self.stats.carrier_refusals += 1;
+            self.reject(now, remote, ids, RejectReason::CarrierRefused { quic_port }, p.len);
+            return Incoming::Answered(Refusal::NotAccepting);
+        }
+        let digest = initiation_digest(p.noise);
+        let source = source_of(&remote, p.scid, p.dcid);
+        let floor = &mut server.replay_floor;
+        server.accepted.expire(now_ns, |&ts| *floor = (*floor).max(ts));
+        server.recent.expire(now_ns, |_| {});
+        let seen = server.recent.get(digest).copied();
+        if server.accepted.get(digest).is_some() || seen.is_some_and(|r| r.source != source) {
+            self.stats.replayed_initiations += 1;
+            debug!(target: HANDSHAKE, peer = %remote, "replayed handshake initiation dropped");
+            return Incoming::Dropped(Refusal::ReplayedInitiation);
+        }
+        if let Some(recent) = seen {
+            self.stats.duplicate_initiations += 1;
+            if recent.pending {
+                // Its answer is on the way.
+                return Incoming::Dropped(Refusal::DuplicateInitiation);
+            }
+            // Worked on and refused (or its connection is gone): the
+            // client should start over.
+            return self.busy(now, remote, ids, BusyReason::Unverifiable, p.len);
+        }
+        let running = self.connections.len() + server.queue.waiting() + server.queue.running();
+        if running >= server.policy.max_connections {
+            self.stats.connection_limit += 1;
+            return self.busy(now, remote, ids, BusyReason::ConnectionLimit, p.len);
+        }
+        let mut binding = [0u8; 16];
+        binding[..8].copy_from_slice(&p.dcid.0);
+        binding[8..].copy_from_slice(&p.scid.0);
+        let now_us = now_ns / 1_000;
+        let validated = if p.token.is_empty() {
+            if server.demands_retry(now) {
+                let token = server.token_key.issue(now_us, &remote, &binding);
+                let mut out = Vec::new();
+                packet::write_retry(p.scid, p.dcid, &token, &mut out);
+                self.stats.retries_sent += 1;
+                self.answer(remote, out, p.len);
+                return Incoming::Answered(Refusal::RetryRequested);
+            }
+            false
+        } else {
+            let lifetime = server.policy.token_lifetime.as_micros() as u64;
+            if server
+                .token_key
+                .validate(p.token, &remote, &binding, now_us, lifetime)
+                .is_err()
+            {
+                self.stats.invalid_tokens += 1;
+                return Incoming::Dropped(Refusal::InvalidToken);
+            }
+            let token = initiation_digest(p.token);
+            if server.used_tokens.get(token).is_some() {
+                self.stats.tokens_reused += 1;
+                return Incoming::Dropped(Refusal::TokenReused);
+            }
+            server.used_tokens.insert(now_ns, token, (), |_| {});
+            true
+        };
+        let share = server.sources.share(now, &remote);
+        let initiation = Initiation {
+            remote,
+            dcid: p.dcid,
+            scid: p.scid,
+            len: p.len,
+            digest,
+            validated,
+        };
+        match server.queue.admit(initiation, p.noise.to_vec(), share) {
+            Admit::Queued => {}
+            Admit::Full => {
+                self.stats.queue_full += 1;
+                return self.busy(now, remote, ids, BusyReason::Overloaded, p.len);
+            }
+            Admit::Displaced(old) => {
+                self.stats.displaced += 1;
+                if let Some(r) = server.recent.get_mut(old.digest) {
+                    r.pending = false;
+                }
+                self.busy(now, old.remote, (old.scid, old.dcid), BusyReason::Overloaded, old.len);
+            }
+        }
+        let server = self.server.as_mut().expect("checked above");
+        server.sources.charge(now, &remote);
+        server.recent.insert(
+            now_ns,
+            digest,
+            Recent {
+                source,
+                pending: true,
+            },
+            |_| {},
+        );
+        Incoming::Queued
+    }
+
+    /// The next handshake job to run, if one waits and the handshake budget
+    /// and the number of running jobs allow it. Call after every
+    /// [`handle`](Self::handle), [`handle_timeout`](Self::handle_timeout)
+    /// and [`complete_handshake`](Self::complete_handshake) until it
+    /// returns `None`; [`poll_timeout`](Self::poll_timeout) says when a job
+    /// waiting for the budget can go.
+    pub fn poll_handshake(&mut self, now: Instant) -> Option<HandshakeJob> {
+        let server = self.server.as_mut()?;
+        if server.queue.waiting() == 0
+            || server.queue.running() >= server.policy.handshake_workers.max(1)
+            || !server.budget.try_take(now)
+        {
+            return None;
+        }
+        let (id, initiation, noise) = server.queue.start()?;
+        let policy = server.policy.clone();
+        let local_cid = self.fresh_cid();
+        self.stats.handshake_jobs += 1;
+        Some(HandshakeJob {
+            id,
+            keypair: self.config.keypair.clone(),
+            policy,
+            prologue: packet::handshake_prologue(initiation.dcid, initiation.scid),
+            noise,
+            unix_now_ns: self.unix_now_ns(now),
+            local_cid,
+            reset_token: self.reset_key.token(&local_cid.0),
+            params: TransportParams::from_config(&self.config.transport),
+        })
+    }
+
+    /// Runs every handshake job that can go now on the calling thread.
+    /// For tests and single-threaded embedders: a runtime that moves
+    /// established connections' packets should run jobs elsewhere.
+    pub fn run_handshakes(&mut self, now: Instant) -> Vec<Incoming> {
+        let mut outcomes = Vec::new();
+        while let Some(job) = self.poll_handshake(now) {
+            outcomes.push(self.complete_handshake(now, job.run()));
+        }
+        outcomes
+    }
+
+    /// Takes back a finished [`HandshakeJob`]: starts the connection, or
+    /// sends the refusal the job wrote.
+    pub fn complete_handshake(&mut self, now: Instant, done: HandshakeDone) -> Incoming {
+        let Some(server) = self.server.as_mut() else {
+            return Incoming::Dropped(Refusal::NotAServer);
+        };
+        let Some(initiation) = server.queue.finish(done.id) else {
+            return Incoming::Dropped(Refusal::UnknownConnection);
+        };
+        if let Some(r) = server.recent.get_mut(initiation.digest) {
+            r.pending = false;
+        }
+        let ids = (initiation.scid, initiation.dcid);
+        let (remote, len) = (initiation.remote, initiation.len);
+        match done.result {
+            JobResult::Failed(e) => {
+                self.stats.handshake_decrypt_failures += 1;
+                debug!(target: HANDSHAKE, peer = %remote, error = %e, "initiation did not decrypt");
+                if e == HandshakeError::Decrypt {
+                    self.reject(now, remote, ids, RejectReason::ServerKeyMismatch, len);
+                    return Incoming::Answered(Refusal::HandshakeFailed(e));
+                }
+                Incoming::Dropped(Refusal::HandshakeFailed(e))
+            }
+            JobResult::Malformed => {
+                self.stats.malformed += 1;
+                Incoming::Dropped(Refusal::Malformed(PacketError::Malformed))
+            }
+            JobResult::Refuse {
+                msg2,
+                client_key,
+                why,
+            } => {
+                let refusal = match why {
+                    Refused::ClientNotAllowed => {
+                        self.stats.clients_refused += 1;
+                        debug!(target: HANDSHAKE, peer = %remote, client = %client_key, "client key not on the allow-list");
+                        Refusal::ClientNotAllowed
+                    }
+                    Refused::ClockSkew { offset_ns } => {
+                        self.stats.stale_initiations += 1;
+                        let offset_ms = offset_ns / 1_000_000;
+                        debug!(target: HANDSHAKE, peer = %remote, client = %client_key, offset_ms, "handshake timestamp outside the allowed clock skew");
+                        Refusal::StaleInitiation
+                    }
+                };
+                let mut out = Vec::new();
+                packet::write_handshake(initiation.scid, ConnectionId::random(), &msg2, &mut out);
+                self.answer(remote, out, len);
+                Incoming::Answered(refusal)
+            }
+            JobResult::Accept {
+                msg2,
+                secrets,
+                client_key,
+                hello,
+                local_cid,
+            } => {
+                let now_ns = self.monotonic_ns(now);
+                let server = self.server.as_mut().expect("checked above");
+                if hello.timestamp <= server.replay_floor {
+                    self.stats.replayed_initiations += 1;
+                    debug!(target: HANDSHAKE, peer = %remote, client = %client_key, "initiation older than the replay log remembers");
+                    return self.busy(now, remote, ids, BusyReason::Unverifiable, len);
+                }
+                let floor = &mut server.replay_floor;
+                server
+                    .accepted
+                    .insert(now_ns, initiation.digest, hello.timestamp, |&ts| {
+                        *floor = (*floor).max(ts)
+                    });
+                if !server.accepting {
+                    let quic_port = server.quic_port.unwrap_or(0);
+                    self.stats.carrier_refusals += 1;
+                    let reason = RejectReason::CarrierRefused { quic_port };
+                    self.reject(now, remote, ids, reason, len);
+                    return Incoming::Answered(Refusal::NotAccepting);
+                }
+                if self.by_cid.contains_key(&local_cid) {
+                    // Another connection took the id meanwhile (2^-64).
+                    return self.busy(now, remote, ids, BusyReason::Overloaded, len);
+                }
+                let mut reply = Vec::new();
+                packet::write_handshake(initiation.scid, local_cid, &msg2, &mut reply);
+                self.start_connection(now, initiation, secrets, client_key, hello, local_cid, reply)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_connection(
+        &mut self,
+        now: Instant,
+        initiation: Initiation,
+        secrets: crate::crypto::SessionSecrets,
+        client_key: PublicKey,
+        hello: crate::connection::ClientHello,
+        local_cid: ConnectionId,
+        reply: Vec<u8>,
+    ) -> Incoming {
+        let conn = Connection::accepted(
+            now,
+            self.config.transport.clone(),
+            Accepted {
+                keys: KeyState::new(secrets, now),
+                client_key,
+                client_params: hello.params,
+                remote: initiation.remote,
+                local_cid,
+                remote_cid: initiation.scid,
+                reply,
+                initial_len: initiation.len,
+                initiation: initiation.digest,
+                address_validated: initiation.validated,
+            },
+        );
+        let h = ConnectionHandle(self.connections.insert(conn));
+        self.active.touch(h.0);
+        let key = (initiation.remote, initiation.scid, initiation.dcid);
+        self.by_cid.insert(local_cid, h);
+        self.by_initial.insert(key, h);
+        self.initial_keys.insert(h, key);
+        if let Some(server) = &mut self.server {
+            server.unconfirmed.insert(h);
+        }
+        self.stats.handshakes_accepted += 1;
+        let span = self.connections[h.0].span();
+        debug!(target: HANDSHAKE, parent: span, client = %client_key, "handshake accepted");
+        Incoming::Accepted(h)
+    }
+}

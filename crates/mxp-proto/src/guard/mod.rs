@@ -1,0 +1,14 @@
+//! Bounded bookkeeping for admitting new sessions, with a fixed memory
+//! bound and amortised O(1) cost whatever arrives: a token bucket, a log
+//! of recent digests, and who asked for handshake work lately.
+//!
+//! The MXP endpoint runs its admission on them before any Diffie-Hellman
+//! work; the runtime's QUIC carrier uses the same ones in front of quinn.
+
+mod limiter;
+mod log;
+mod sources;
+
+pub use limiter::RateLimiter;
+pub use log::BoundedLog;
+pub use sources::{Share, SourceShares};
