@@ -112,7 +112,10 @@ mod tests {
             })
             .await
             .expect("the worker answers");
-        assert_eq!(name.as_deref().map(|n| n.starts_with("mxp-handshake-")), Some(true));
+        assert_eq!(
+            name.as_deref().map(|n| n.starts_with("mxp-handshake-")),
+            Some(true)
+        );
         assert_ne!(id, here);
     }
 }

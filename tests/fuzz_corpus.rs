@@ -10,8 +10,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use mxp::proto::crypto::{Mac1Key, Secret};
 use mxp::proto::crypto::handshake::Initiator;
+use mxp::proto::crypto::{Mac1Key, Secret};
 use mxp::proto::frame::{Ack, Close, CloseKind, Frame, ResetStream, StopSending, Stream};
 use mxp::proto::message::{Flags, Message, MessageType};
 use mxp::proto::packet::{self, ConnectionId};

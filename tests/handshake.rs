@@ -650,7 +650,10 @@ fn corrupt(initial: &[u8], mac1: Option<&Mac1Key>) -> Vec<u8> {
             out
         }
         None => {
-            let at = initial.windows(noise.len()).position(|w| w[..39] == noise[..39]).unwrap();
+            let at = initial
+                .windows(noise.len())
+                .position(|w| w[..39] == noise[..39])
+                .unwrap();
             let mut out = initial.to_vec();
             out[at + 40] ^= 0x01;
             out
@@ -711,7 +714,11 @@ fn flood(attack: Attack, per_second: u64) -> FloodRun {
     });
     let unflooded_calls = caller.answered;
 
-    let newcomer = s.add_client("10.0.0.3:50000", Keypair::generate(), TransportConfig::default());
+    let newcomer = s.add_client(
+        "10.0.0.3:50000",
+        Keypair::generate(),
+        TransportConfig::default(),
+    );
     let mut newcomer_conn = None;
     let mut newcomer_events = Vec::new();
     let before = s.net.endpoint(server).stats();
@@ -721,24 +728,29 @@ fn flood(attack: Attack, per_second: u64) -> FloodRun {
     let mut sent = 0u64;
     let mut next = start_flood;
     let _ = start;
-    s.net.run_until(FLOOD_TIME + Duration::from_millis(50), |net| {
-        let now = net.now();
-        while sent < total && now >= next {
-            let d = datagrams[(sent as usize) % datagrams.len()].clone();
-            net.inject(attacker_port(sent), server_addr, d);
-            sent += 1;
-            next += gap;
-        }
-        if newcomer_conn.is_none() && now >= start_flood + Duration::from_millis(20) {
-            newcomer_conn = Some(net.endpoint(newcomer).connect(now, server_addr, s.server_key).unwrap());
-        }
-        for (_, e) in events_of(net, newcomer) {
-            newcomer_events.push(e);
-        }
-        caller.pump(net, client, now < start_flood + FLOOD_TIME);
-        echo.pump(net, server);
-        false
-    });
+    s.net
+        .run_until(FLOOD_TIME + Duration::from_millis(50), |net| {
+            let now = net.now();
+            while sent < total && now >= next {
+                let d = datagrams[(sent as usize) % datagrams.len()].clone();
+                net.inject(attacker_port(sent), server_addr, d);
+                sent += 1;
+                next += gap;
+            }
+            if newcomer_conn.is_none() && now >= start_flood + Duration::from_millis(20) {
+                newcomer_conn = Some(
+                    net.endpoint(newcomer)
+                        .connect(now, server_addr, s.server_key)
+                        .unwrap(),
+                );
+            }
+            for (_, e) in events_of(net, newcomer) {
+                newcomer_events.push(e);
+            }
+            caller.pump(net, client, now < start_flood + FLOOD_TIME);
+            echo.pump(net, server);
+            false
+        });
     assert_eq!(sent, total);
     let after = s.net.endpoint(server).stats();
     // Nothing the attacker's ports sent was answered with more than three
@@ -771,7 +783,10 @@ fn events_of(net: &mut Network, node: NodeId) -> Vec<(ConnectionHandle, Event)> 
 /// newcomer connected, and the node's handshake work within its budget.
 fn assert_served(run: &FloodRun, what: &str) {
     let c = &run.caller;
-    assert_eq!(c.started, c.answered, "{what}: every established call answered");
+    assert_eq!(
+        c.started, c.answered,
+        "{what}: every established call answered"
+    );
     assert!(
         2 * c.answered >= run.unflooded_calls,
         "{what}: {} calls under the flood, {} without",
@@ -786,8 +801,13 @@ fn assert_served(run: &FloodRun, what: &str) {
     let policy = ServerConfig::default();
     let jobs = run.after.handshake_jobs - run.before.handshake_jobs;
     let budget = u64::from(policy.handshake_burst)
-        + u64::from(policy.handshake_rate) * (FLOOD_TIME + Duration::from_millis(50)).as_millis() as u64 / 1000;
-    assert!(jobs <= budget, "{what}: {jobs} handshake jobs, budget {budget}");
+        + u64::from(policy.handshake_rate)
+            * (FLOOD_TIME + Duration::from_millis(50)).as_millis() as u64
+            / 1000;
+    assert!(
+        jobs <= budget,
+        "{what}: {jobs} handshake jobs, budget {budget}"
+    );
 }
 
 fn delta(run: &FloodRun, field: impl Fn(&EndpointStats) -> u64) -> u64 {
@@ -800,8 +820,16 @@ fn copies_of_an_accepted_initial_cost_no_handshake_work() {
         let run = flood(Attack::Replay, rate);
         let what = format!("replayed Initial at {rate}/s");
         assert_served(&run, &what);
-        assert_eq!(delta(&run, |e| e.replayed_initiations), run.initials, "{what}");
-        assert_eq!(delta(&run, |e| e.handshake_jobs), 1, "{what}: the newcomer's only");
+        assert_eq!(
+            delta(&run, |e| e.replayed_initiations),
+            run.initials,
+            "{what}"
+        );
+        assert_eq!(
+            delta(&run, |e| e.handshake_jobs),
+            1,
+            "{what}: the newcomer's only"
+        );
     }
 }
 
@@ -812,11 +840,16 @@ fn copies_of_a_corrupted_initial_cost_one_mac_each() {
         let what = format!("corrupted Initial at {rate}/s");
         assert_served(&run, &what);
         assert_eq!(delta(&run, |e| e.mac_failures), run.initials, "{what}");
-        assert_eq!(delta(&run, |e| e.handshake_jobs), 1, "{what}: the newcomer's only");
+        assert_eq!(
+            delta(&run, |e| e.handshake_jobs),
+            1,
+            "{what}: the newcomer's only"
+        );
         // The refusal that tells a wrong-key client at once is rate
         // limited, so the node is no reflector.
         let answered = delta(&run, |e| e.mac_failures) - delta(&run, |e| e.refusals_suppressed);
-        let limit = 1000 + 1000 * (FLOOD_TIME + Duration::from_millis(50)).as_millis() as u64 / 1000;
+        let limit =
+            1000 + 1000 * (FLOOD_TIME + Duration::from_millis(50)).as_millis() as u64 / 1000;
         assert!(answered <= limit, "{what}: {answered} refusals sent");
     }
 }
@@ -825,12 +858,20 @@ fn copies_of_a_corrupted_initial_cost_one_mac_each() {
 fn copies_of_a_corrupted_initial_with_a_valid_mac_cost_one_handshake_job() {
     let run = flood(Attack::CorruptNoiseValidMac, 50_000);
     assert_served(&run, "corrupted, valid mac1");
-    assert_eq!(delta(&run, |e| e.handshake_decrypt_failures), 1, "the first copy");
+    assert_eq!(
+        delta(&run, |e| e.handshake_decrypt_failures),
+        1,
+        "the first copy"
+    );
     // The others: replays, or retransmissions when they came from the
     // first copy's port.
     let copies = delta(&run, |e| e.replayed_initiations + e.duplicate_initiations);
     assert_eq!(copies, run.initials - 1, "the others");
-    assert_eq!(delta(&run, |e| e.handshake_jobs), 2, "the first copy and the newcomer");
+    assert_eq!(
+        delta(&run, |e| e.handshake_jobs),
+        2,
+        "the first copy and the newcomer"
+    );
 }
 
 #[test]
@@ -866,12 +907,26 @@ fn a_flood_that_proves_its_address_cannot_crowd_out_a_newcomer() {
     let server = s.server;
     let server_addr = s.net.addr(server);
     let crowd: Vec<NodeId> = (0..48)
-        .map(|i| s.add_client(&format!("10.66.0.{}:4000", i + 1), Keypair::generate(), TransportConfig::default()))
+        .map(|i| {
+            s.add_client(
+                &format!("10.66.0.{}:4000", i + 1),
+                Keypair::generate(),
+                TransportConfig::default(),
+            )
+        })
         .collect();
     let mut conns: Vec<Option<ConnectionHandle>> = vec![None; crowd.len()];
     let newcomers = [
-        s.add_client("10.0.0.3:50000", Keypair::generate(), TransportConfig::default()),
-        s.add_client("10.66.0.200:50000", Keypair::generate(), TransportConfig::default()),
+        s.add_client(
+            "10.0.0.3:50000",
+            Keypair::generate(),
+            TransportConfig::default(),
+        ),
+        s.add_client(
+            "10.66.0.200:50000",
+            Keypair::generate(),
+            TransportConfig::default(),
+        ),
     ];
     let mut newcomer_conns = [None, None];
     let mut connected = [None, None];
@@ -885,7 +940,10 @@ fn a_flood_that_proves_its_address_cannot_crowd_out_a_newcomer() {
                 if Some(h) == conns[i] && matches!(e, Event::Connected | Event::Drained) {
                     if e == Event::Connected {
                         crowd_connects += 1;
-                        net.endpoint(node).connection(h).unwrap().close(now, 0, &b""[..]);
+                        net.endpoint(node)
+                            .connection(h)
+                            .unwrap()
+                            .close(now, 0, &b""[..]);
                     }
                     conns[i] = None;
                 }
@@ -896,7 +954,11 @@ fn a_flood_that_proves_its_address_cannot_crowd_out_a_newcomer() {
         }
         for k in 0..2 {
             if newcomer_conns[k].is_none() && now >= start + Duration::from_millis(100) {
-                newcomer_conns[k] = Some(net.endpoint(newcomers[k]).connect(now, server_addr, key).unwrap());
+                newcomer_conns[k] = Some(
+                    net.endpoint(newcomers[k])
+                        .connect(now, server_addr, key)
+                        .unwrap(),
+                );
             }
             for (_, e) in events(net, newcomers[k]) {
                 if e == Event::Connected && connected[k].is_none() {
@@ -908,10 +970,20 @@ fn a_flood_that_proves_its_address_cannot_crowd_out_a_newcomer() {
         false
     });
     let e = s.net.endpoint(server).stats();
-    assert!(crowd_connects > 100, "the crowd kept the node busy ({crowd_connects} handshakes)");
-    assert!(e.queue_full + e.displaced > 0, "the queue was contended: {e:?}");
+    assert!(
+        crowd_connects > 100,
+        "the crowd kept the node busy ({crowd_connects} handshakes)"
+    );
+    assert!(
+        e.queue_full + e.displaced > 0,
+        "the queue was contended: {e:?}"
+    );
     let budget = 64 + 1000 * 300 / 1000;
-    assert!(e.handshake_jobs <= budget, "{} jobs, budget {budget}", e.handshake_jobs);
+    assert!(
+        e.handshake_jobs <= budget,
+        "{} jobs, budget {budget}",
+        e.handshake_jobs
+    );
     for (k, at) in connected.iter().enumerate() {
         let at = at.unwrap_or_else(|| panic!("newcomer {k} never connected"));
         // Served next: within a few handshake jobs of asking, however busy.
@@ -932,7 +1004,11 @@ fn fifty_clients_sharing_one_key_connect_at_the_same_moment_whatever_the_arrival
     let n = 50;
     let nodes: Vec<NodeId> = (0..n)
         .map(|i| {
-            let node = s.add_client(&format!("10.1.{}.{}:7000", i / 200, i % 200 + 1), shared.clone(), TransportConfig::default());
+            let node = s.add_client(
+                &format!("10.1.{}.{}:7000", i / 200, i % 200 + 1),
+                shared.clone(),
+                TransportConfig::default(),
+            );
             // Later clients are nearer: their (newer) Initials arrive first.
             let addr = s.net.addr(node);
             let link = LinkConfig::ideal(DELAY + Duration::from_micros(10 * (n - i) as u64));
@@ -952,7 +1028,10 @@ fn fifty_clients_sharing_one_key_connect_at_the_same_moment_whatever_the_arrival
     let ok = s.net.run_until(Duration::from_secs(5), |net| {
         for (i, &node) in nodes.iter().enumerate() {
             for (h, e) in events(net, node) {
-                assert!(!matches!(e, Event::ConnectionLost { .. }), "client {i}: {e:?}");
+                assert!(
+                    !matches!(e, Event::ConnectionLost { .. }),
+                    "client {i}: {e:?}"
+                );
                 up[i] |= h == handles[i] && e == Event::Connected;
             }
         }
@@ -978,9 +1057,21 @@ fn a_client_set_aside_starts_over_at_once_and_connects() {
     s.net.set_handshake_cost(Duration::from_millis(2));
     let server = s.server;
     let nodes = [
-        s.add_client("10.2.0.1:1", Keypair::generate(), TransportConfig::default()),
-        s.add_client("10.3.0.1:1", Keypair::generate(), TransportConfig::default()),
-        s.add_client("10.4.0.1:1", Keypair::generate(), TransportConfig::default()),
+        s.add_client(
+            "10.2.0.1:1",
+            Keypair::generate(),
+            TransportConfig::default(),
+        ),
+        s.add_client(
+            "10.3.0.1:1",
+            Keypair::generate(),
+            TransportConfig::default(),
+        ),
+        s.add_client(
+            "10.4.0.1:1",
+            Keypair::generate(),
+            TransportConfig::default(),
+        ),
     ];
     let handles: Vec<_> = nodes.iter().map(|&n| s.start_connect(n)).collect();
     let mut up = [false; 3];
@@ -995,11 +1086,18 @@ fn a_client_set_aside_starts_over_at_once_and_connects() {
         up.iter().all(|&u| u)
     });
     assert!(ok, "{up:?}");
-    let busy: u64 = nodes.iter().map(|&n| s.net.endpoint(n).stats().busy_received).sum();
+    let busy: u64 = nodes
+        .iter()
+        .map(|&n| s.net.endpoint(n).stats().busy_received)
+        .sum();
     assert!(busy >= 1, "someone was set aside");
     assert!(s.net.endpoint(server).stats().queue_full >= 1);
     // Not a timeout: the refused client started over as soon as it heard.
-    assert!(s.net.now() - start < Duration::from_millis(50), "{:?}", s.net.now() - start);
+    assert!(
+        s.net.now() - start < Duration::from_millis(50),
+        "{:?}",
+        s.net.now() - start
+    );
 }
 
 #[test]
@@ -1048,12 +1146,19 @@ fn a_retry_token_buys_one_handshake() {
         .unwrap()
         .data
         .clone();
-    let Ok(Header::Initial { dcid, scid, token, .. }) = packet::parse(&with_token) else {
+    let Ok(Header::Initial {
+        dcid, scid, token, ..
+    }) = packet::parse(&with_token)
+    else {
         panic!("an Initial");
     };
     let token = token.to_vec();
     let now = s.net.now();
-    s.net.endpoint(client).connection(c).unwrap().close(now, 0, &b""[..]);
+    s.net
+        .endpoint(client)
+        .connection(c)
+        .unwrap()
+        .close(now, 0, &b""[..]);
     s.net.run_for(Duration::from_secs(1));
     events(&mut s.net, client);
     events(&mut s.net, server);
@@ -1061,16 +1166,29 @@ fn a_retry_token_buys_one_handshake() {
     // A new initiation (fresh key) for the same ids, with the used token.
     let keys = Keypair::generate();
     let mut hello = (s.net.unix_time().as_nanos() as u64).to_be_bytes().to_vec();
-    mxp::proto::transport_params::TransportParams::from_config(&TransportConfig::default()).encode(&mut hello);
+    mxp::proto::transport_params::TransportParams::from_config(&TransportConfig::default())
+        .encode(&mut hello);
     let prologue = packet::handshake_prologue(dcid, scid);
-    let (_, msg1) = mxp::proto::crypto::handshake::Initiator::start(&keys, &s.server_key, &prologue, &hello).unwrap();
+    let (_, msg1) =
+        mxp::proto::crypto::handshake::Initiator::start(&keys, &s.server_key, &prologue, &hello)
+            .unwrap();
     let mut again = Vec::new();
-    packet::write_initial(dcid, scid, &token, &msg1, &Mac1Key::for_node(&s.server_key), &mut again);
+    packet::write_initial(
+        dcid,
+        scid,
+        &token,
+        &msg1,
+        &Mac1Key::for_node(&s.server_key),
+        &mut again,
+    );
     let jobs = s.net.endpoint(server).stats().handshake_jobs;
     s.net.take_outcomes();
     s.net.inject(client_addr, server_addr, again);
     s.net.run_for(Duration::from_millis(1));
-    assert_eq!(outcomes_at(&mut s.net, server_addr), vec![Incoming::Dropped(Refusal::TokenReused)]);
+    assert_eq!(
+        outcomes_at(&mut s.net, server_addr),
+        vec![Incoming::Dropped(Refusal::TokenReused)]
+    );
     let e = s.net.endpoint(server).stats();
     assert_eq!((e.tokens_reused, e.handshake_jobs), (1, jobs));
 }

@@ -14,8 +14,8 @@ use common::{Setup, events, is_long, is_short, wiretap};
 use mxp::proto::{
     Band, BusyReason, ConnectionError, ConnectionHandle, Dir, Event, Keypair, ServerConfig,
     StreamId, TransportConfig, TransportError, TransportErrorCode, WriteError,
-    crypto::{Mac1Key, SessionSecrets},
     crypto::handshake::Initiator,
+    crypto::{Mac1Key, SessionSecrets},
     frame::{self, Frame},
     packet::{self, ConnectionId, Header},
     transport_params::TransportParams,

@@ -422,9 +422,7 @@ fn corrupted_and_truncated_long_header_packets_are_refused() {
         "no connection for a corrupted Initial"
     );
     let e = s.net.endpoint(server).stats();
-    assert!(
-        e.mac_failures > 0 && e.replayed_initiations > 0 && e.initials_too_small > 0
-    );
+    assert!(e.mac_failures > 0 && e.replayed_initiations > 0 && e.initials_too_small > 0);
     let (asked, answered) = (
         s.net.traffic(spoofed, server_addr),
         s.net.traffic(server_addr, spoofed),

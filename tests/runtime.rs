@@ -127,7 +127,10 @@ async fn a_wrong_server_key_fails_clearly_and_quickly() {
         Err(ConnectError::Handshake(ConnectionError::ServerKeyMismatch)) => {}
         other => panic!("expected a server key mismatch, got {other:?}"),
     }
-    assert!(node.stats().handshake_decrypt_failures >= 1);
+    // Found by mac1, before any Diffie-Hellman work.
+    let stats = node.stats();
+    assert!(stats.mac_failures >= 1);
+    assert_eq!(stats.handshake_jobs, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -118,7 +118,8 @@ impl Book {
         }
         let mut handshakes: BTreeMap<_, _> = handshake::ALL.iter().map(|&r| (r, 0)).collect();
         handshakes.extend(state.handshakes.iter().map(|(&k, &v)| (k, v)));
-        let mut limited: BTreeMap<_, _> = super::guard::reason::ALL.iter().map(|&r| (r, 0)).collect();
+        let mut limited: BTreeMap<_, _> =
+            super::guard::reason::ALL.iter().map(|&r| (r, 0)).collect();
         limited.extend(state.limited.iter().map(|(&k, &v)| (k, v)));
         CarrierTotals {
             active: state.live.len() as u64,

@@ -200,7 +200,11 @@ mod tests {
         let b: SocketAddr = "10.0.0.1:2".parse().unwrap();
         assert_eq!(g.admit(a, b"cid-1", false), Verdict::Accept);
         assert_eq!(g.admit(b, b"cid-1", false), Verdict::Replayed);
-        assert_eq!(g.admit(a, b"cid-1", true), Verdict::Accept, "its own retransmission");
+        assert_eq!(
+            g.admit(a, b"cid-1", true),
+            Verdict::Accept,
+            "its own retransmission"
+        );
     }
 
     #[test]
@@ -211,7 +215,10 @@ mod tests {
             assert_eq!(g.admit(a, &[i], false), Verdict::Accept);
         }
         assert_eq!(g.admit(a, b"next", false), Verdict::Retry);
-        assert_eq!(g.admit(a, b"next", true), Verdict::Limited(reason::SOURCE_SHARE));
+        assert_eq!(
+            g.admit(a, b"next", true),
+            Verdict::Limited(reason::SOURCE_SHARE)
+        );
         let other: SocketAddr = "10.9.0.1:1".parse().unwrap();
         assert_eq!(g.admit(other, b"x", true), Verdict::Limited(reason::BUDGET));
     }
@@ -225,7 +232,10 @@ mod tests {
         }));
         let a: SocketAddr = "10.0.0.1:1".parse().unwrap();
         let held = [g.claim(), g.claim()];
-        assert_eq!(g.admit(a, b"c", false), Verdict::Limited(reason::UNCONFIRMED_LIMIT));
+        assert_eq!(
+            g.admit(a, b"c", false),
+            Verdict::Limited(reason::UNCONFIRMED_LIMIT)
+        );
         drop(held);
         assert_eq!(g.admit(a, b"d", false), Verdict::Accept);
     }

@@ -460,7 +460,14 @@ impl QuicEndpoint {
             node: Some(node.clone()),
             book: book.clone(),
         };
-        tokio::spawn(accept_loop(endpoint, keypair, policy, (node, book), tx, workers));
+        tokio::spawn(accept_loop(
+            endpoint,
+            keypair,
+            policy,
+            (node, book),
+            tx,
+            workers,
+        ));
         Ok(this)
     }
 

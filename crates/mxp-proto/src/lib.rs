@@ -17,9 +17,9 @@ mod datagrams;
 mod endpoint;
 pub mod error;
 pub mod frame;
-pub mod guard;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod guard;
 pub mod histogram;
 pub mod message;
 pub mod packet;

@@ -63,7 +63,7 @@ impl Pair {
 
     /// Hands `datagram` to the server as from the client, and runs the
     /// handshake job it queued if any: what became of it.
-    pub fn to_server(&mut self, datagram: &[u8]) -> Incoming {
+    pub fn deliver_to_server(&mut self, datagram: &[u8]) -> Incoming {
         let outcome = self
             .server
             .handle(self.now, self.client_addr, BytesMut::from(datagram));

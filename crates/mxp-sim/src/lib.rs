@@ -563,7 +563,10 @@ impl Network {
             .iter_mut()
             .filter_map(|n| n.endpoint.poll_timeout())
             .min();
-        [delivery, timer, self.next_job()].into_iter().flatten().min()
+        [delivery, timer, self.next_job()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Steps for `duration` of virtual time.

@@ -381,9 +381,11 @@ impl Connection {
     /// busy answer if it gave one, else silence.
     pub(super) fn handshake_timeout_error(&self) -> ConnectionError {
         match &self.handshake {
-            Handshake::Client(hs) => hs.last_busy.map_or(ConnectionError::HandshakeTimedOut, |reason| {
-                ConnectionError::NodeBusy { reason }
-            }),
+            Handshake::Client(hs) => hs
+                .last_busy
+                .map_or(ConnectionError::HandshakeTimedOut, |reason| {
+                    ConnectionError::NodeBusy { reason }
+                }),
             _ => ConnectionError::HandshakeTimedOut,
         }
     }
@@ -623,7 +625,7 @@ mod tests {
     fn corrupted_server_id_in_the_handshake_header_does_not_fail_the_handshake() {
         let mut p = Pair::new();
         let initial = p.client_datagram();
-        let accepted = p.to_server(&initial);
+        let accepted = p.deliver_to_server(&initial);
         assert!(matches!(accepted, Incoming::Accepted(_)));
         let answer = p.server_datagram();
         let Ok(Header::Handshake { scid, .. }) = packet::parse(&answer) else {
@@ -667,7 +669,7 @@ mod tests {
             let at = initial.windows(4).position(|w| w == version).unwrap();
             initial[at + 3] ^= 0x01;
         }
-        let outcome = p.to_server(&initial);
+        let outcome = p.deliver_to_server(&initial);
         let answer = p.server_datagram();
         for _ in 0..2 {
             p.client
@@ -704,7 +706,7 @@ mod tests {
     fn only_exact_repeats_of_the_initiation_count_as_retransmissions() {
         let mut p = Pair::new();
         let initial = p.client_datagram();
-        let Incoming::Accepted(h) = p.to_server(&initial) else {
+        let Incoming::Accepted(h) = p.deliver_to_server(&initial) else {
             panic!("initiation not accepted");
         };
         p.server_datagram(); // the answer, lost

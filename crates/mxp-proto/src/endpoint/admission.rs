@@ -40,11 +40,11 @@ use super::job::{HandshakeDone, HandshakeJob, JobResult, Refused};
 use super::queue::{Admit, HandshakeQueue, Initiation};
 use super::{ConnectionHandle, Endpoint, Incoming, Refusal};
 use crate::HANDSHAKE;
-use crate::guard::{BoundedLog, RateLimiter, SourceShares};
 use crate::config::{RetryPolicy, ServerConfig};
 use crate::connection::{Accepted, Connection, initiation_digest};
 use crate::crypto::Mac1Key;
 use crate::crypto::token::TokenKey;
+use crate::guard::{BoundedLog, RateLimiter, SourceShares};
 use crate::packet::keys::KeyState;
 use crate::packet::{
     self, BusyReason, ConnectionId, MIN_INITIAL_SIZE, PacketError, RejectReason, VERSION,
@@ -68,21 +68,6 @@ const ACCEPTED_INITIATIONS: usize = 1 << 18;
 const USED_TOKENS: usize = 1 << 16;
 /// Refusals (version, key and busy rejects) sent per second at most.
 const REFUSALS_PER_SECOND: u32 = 1000;
-
-/// Where an initiation came from: a digest of (address, connection ids).
-fn source_of(remote: &SocketAddr, scid: ConnectionId, dcid: ConnectionId) -> u64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
-    static SEED: std::sync::OnceLock<foldhash::fast::FixedState> = std::sync::OnceLock::new();
-    let mut h = SEED
-        .get_or_init(|| {
-            let mut seed = [0u8; 8];
-            crate::crypto::fill_random(&mut seed);
-            foldhash::fast::FixedState::with_seed(u64::from_le_bytes(seed))
-        })
-        .build_hasher();
-    (remote, scid.0, dcid.0).hash(&mut h);
-    h.finish()
-}
 
 /// What the node remembers of an initiation before its DH work is done.
 #[derive(Debug, Clone, Copy)]
@@ -119,6 +104,8 @@ pub(super) struct Server {
     load_until: Option<Instant>,
     /// Server connections whose client has not yet proven its address.
     pub unconfirmed: HashSet<ConnectionHandle>,
+    /// Digests an initiation's source: (address, connection ids).
+    sources_hasher: foldhash::fast::RandomState,
 }
 
 impl Server {
@@ -137,18 +124,11 @@ impl Server {
             replay_floor: 0,
             sources: SourceShares::new(now),
             queue: HandshakeQueue::new(policy.handshake_queue),
-            budget: RateLimiter::new(
-                policy.handshake_rate,
-                policy.handshake_burst,
-                now,
-            ),
-            refusals: RateLimiter::new(
-                REFUSALS_PER_SECOND,
-                REFUSALS_PER_SECOND,
-                now,
-            ),
+            budget: RateLimiter::new(policy.handshake_rate, policy.handshake_burst, now),
+            refusals: RateLimiter::new(REFUSALS_PER_SECOND, REFUSALS_PER_SECOND, now),
             load_until: None,
             unconfirmed: HashSet::new(),
+            sources_hasher: Default::default(),
             policy,
         }
     }
@@ -173,8 +153,8 @@ impl Server {
     /// When a waiting job can be handed out, if a worker is free for it
     /// (it may wait for the budget).
     pub fn next_job_at(&self) -> Option<Instant> {
-        let can_start = self.queue.waiting() > 0
-            && self.queue.running() < self.policy.handshake_workers.max(1);
+        let can_start =
+            self.queue.waiting() > 0 && self.queue.running() < self.policy.handshake_workers.max(1);
         can_start.then(|| self.budget.next_token_at())
     }
 }
@@ -264,13 +244,22 @@ impl Endpoint {
         if !server.accepting {
             let quic_port = server.quic_port.unwrap_or(0);
             self.stats.carrier_refusals += 1;
-            self.reject(now, remote, ids, RejectReason::CarrierRefused { quic_port }, p.len);
+            self.reject(
+                now,
+                remote,
+                ids,
+                RejectReason::CarrierRefused { quic_port },
+                p.len,
+            );
             return Incoming::Answered(Refusal::NotAccepting);
         }
         let digest = initiation_digest(p.noise);
-        let source = source_of(&remote, p.scid, p.dcid);
+        let source =
+            std::hash::BuildHasher::hash_one(&server.sources_hasher, (remote, p.scid, p.dcid));
         let floor = &mut server.replay_floor;
-        server.accepted.expire(now_ns, |&ts| *floor = (*floor).max(ts));
+        server
+            .accepted
+            .expire(now_ns, |&ts| *floor = (*floor).max(ts));
         server.recent.expire(now_ns, |_| {});
         let seen = server.recent.get(digest).copied();
         if server.accepted.get(digest).is_some() || seen.is_some_and(|r| r.source != source) {
@@ -345,7 +334,13 @@ impl Endpoint {
                 if let Some(r) = server.recent.get_mut(old.digest) {
                     r.pending = false;
                 }
-                self.busy(now, old.remote, (old.scid, old.dcid), BusyReason::Overloaded, old.len);
+                self.busy(
+                    now,
+                    old.remote,
+                    (old.scid, old.dcid),
+                    BusyReason::Overloaded,
+                    old.len,
+                );
             }
         }
         let server = self.server.as_mut().expect("checked above");
@@ -488,7 +483,9 @@ impl Endpoint {
                 }
                 let mut reply = Vec::new();
                 packet::write_handshake(initiation.scid, local_cid, &msg2, &mut reply);
-                self.start_connection(now, initiation, secrets, client_key, hello, local_cid, reply)
+                self.start_connection(
+                    now, initiation, secrets, client_key, hello, local_cid, reply,
+                )
             }
         }
     }

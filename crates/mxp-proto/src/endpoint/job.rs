@@ -82,7 +82,9 @@ pub(super) enum JobResult {
 pub(super) enum Refused {
     ClientNotAllowed,
     /// Stamped this far (ns, signed) from the node's clock.
-    ClockSkew { offset_ns: i128 },
+    ClockSkew {
+        offset_ns: i128,
+    },
 }
 
 impl HandshakeJob {

@@ -30,10 +30,10 @@ use crate::crypto::{HandshakeError, PublicKey, RESET_TOKEN_LEN, ResetKey};
 use crate::error::ConnectionError;
 use crate::packet::{self, ConnectionId, Header, MIN_RESET_LEN};
 
+use crate::guard::RateLimiter;
 use active::{Active, EVENTS, RETIMED, TOUCHED, TRANSMIT};
 use admission::{InitialPacket, Server};
 pub use job::{HandshakeDone, HandshakeJob};
-use crate::guard::RateLimiter;
 pub use stats::{EndpointStats, Incoming, Refusal};
 
 /// Refers to a connection owned by an [`Endpoint`].

@@ -130,9 +130,18 @@ mod tests {
     #[test]
     fn the_least_demanding_source_goes_first_and_takes_the_place_of_the_most() {
         let mut q = HandshakeQueue::new(2);
-        assert!(matches!(q.admit(initiation(1), vec![], (5, 5)), Admit::Queued));
-        assert!(matches!(q.admit(initiation(2), vec![], (5, 6)), Admit::Queued));
-        assert!(matches!(q.admit(initiation(3), vec![], (5, 6)), Admit::Full));
+        assert!(matches!(
+            q.admit(initiation(1), vec![], (5, 5)),
+            Admit::Queued
+        ));
+        assert!(matches!(
+            q.admit(initiation(2), vec![], (5, 6)),
+            Admit::Queued
+        ));
+        assert!(matches!(
+            q.admit(initiation(3), vec![], (5, 6)),
+            Admit::Full
+        ));
         match q.admit(initiation(4), vec![], (0, 0)) {
             Admit::Displaced(old) => assert_eq!(old.remote.port(), 2),
             other => panic!("{other:?}"),
@@ -153,7 +162,8 @@ mod tests {
         for port in 1..=5 {
             q.admit(initiation(port), vec![], (1, 1));
         }
-        let order: Vec<u16> = std::iter::from_fn(|| q.start().map(|(_, i, _)| i.remote.port())).collect();
+        let order: Vec<u16> =
+            std::iter::from_fn(|| q.start().map(|(_, i, _)| i.remote.port())).collect();
         assert_eq!(order, vec![1, 2, 3, 4, 5]);
     }
 }

@@ -75,7 +75,10 @@ impl SourceShares {
     /// What `addr` has asked for lately.
     pub fn share(&mut self, now: Instant, addr: &SocketAddr) -> Share {
         self.roll(now);
-        (self.usage(&prefix(addr)), self.usage(&Source::Address(*addr)))
+        (
+            self.usage(&prefix(addr)),
+            self.usage(&Source::Address(*addr)),
+        )
     }
 
     /// Counts one request from `addr`.
@@ -110,7 +113,11 @@ mod tests {
         assert_eq!(s.share(now, &addr("192.0.2.200:5")), (10, 0), "same /24");
         assert_eq!(s.share(now, &addr("192.0.3.7:1000")), (0, 0));
         s.charge(now, &addr("[2001:db8:0:ab00::1]:9"));
-        assert_eq!(s.share(now, &addr("[2001:db8:0:abff::2]:9")), (1, 0), "same /56");
+        assert_eq!(
+            s.share(now, &addr("[2001:db8:0:abff::2]:9")),
+            (1, 0),
+            "same /56"
+        );
         assert_eq!(s.share(now, &addr("[2001:db8:0:ac00::1]:9")), (0, 0));
     }
 
@@ -120,7 +127,11 @@ mod tests {
         let mut s = SourceShares::new(now);
         let a = addr("10.0.0.1:1");
         s.charge(now, &a);
-        assert_eq!(s.share(now + PERIOD, &a), (1, 1), "last period still counts");
+        assert_eq!(
+            s.share(now + PERIOD, &a),
+            (1, 1),
+            "last period still counts"
+        );
         assert_eq!(s.share(now + 2 * PERIOD + PERIOD / 2, &a), (0, 0));
     }
 

@@ -169,7 +169,9 @@ impl BusyReason {
 impl fmt::Display for BusyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            BusyReason::Overloaded => "its handshake budget is taken (a flood, or a burst of clients)",
+            BusyReason::Overloaded => {
+                "its handshake budget is taken (a flood, or a burst of clients)"
+            }
             BusyReason::ConnectionLimit => "it serves as many connections as it allows",
             BusyReason::Unverifiable => "it could not check our initiation for replay",
         })
@@ -499,7 +501,10 @@ mod tests {
         assert_eq!((version, dcid, scid), (VERSION, A, B));
         assert_eq!((token, noise), (&b"tok"[..], &b"noise"[..]));
         assert_eq!(covered, &buf[..LONG_HEADER_LEN + 4 + 6]);
-        assert!(key.verify(covered, mac1), "mac1 covers the header, token and noise");
+        assert!(
+            key.verify(covered, mac1),
+            "mac1 covers the header, token and noise"
+        );
         assert_eq!(peek_dcid(&buf), Some(A));
     }
 
