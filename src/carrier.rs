@@ -34,6 +34,16 @@ impl fmt::Display for Carrier {
     }
 }
 
+impl FromStr for Carrier {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Carrier::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s.trim())
+            .ok_or_else(|| format!("expected mxp or quic, got {s:?}"))
+    }
+}
+
 /// How a client picks the carrier for a new connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CarrierMode {

@@ -5,6 +5,7 @@ pub use mxp_proto as proto;
 pub use mxp_sim as sim;
 
 pub mod admin;
+pub mod attack;
 pub mod bench;
 pub mod capture;
 mod carrier;

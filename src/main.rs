@@ -1,6 +1,7 @@
 //! The `mxp` command: a node (`serve`), clients (`ping`, `call`, `bench`),
 //! keys (`keygen`), the impairment relay (`relay`), a running node's controls
-//! (`admin`), and a one-command tour
+//! (`admin`), resilience checks against one's own node (`attack`), and a
+//! one-command tour
 //! (`demo`, also what a bare `mxp` runs).
 
 mod cli;
@@ -43,6 +44,8 @@ enum Command {
     /// Control a running node through its admin endpoint: status, carrier
     /// switch, drain.
     Admin(cli::admin::AdminArgs),
+    /// Resilience checks against your own node: handshake floods.
+    Attack(cli::attack::AttackArgs),
 }
 
 #[derive(Args)]
@@ -102,6 +105,10 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Admin(args) => {
             client_logging(None)?;
             runtime()?.block_on(cli::admin::run(args))
+        }
+        Command::Attack(args) => {
+            client_logging(None)?;
+            runtime()?.block_on(cli::attack::run(args))
         }
     }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use common::{
     EchoServer, Receiver, Sender, Setup, client_initial, events, is_long, is_short, wiretap,
 };
+use mxp::attack::corrupt_mxp_initial;
 use mxp::proto::{
     Band, BusyReason, ConnectionError, ConnectionHandle, Dir, Endpoint, EndpointConfig,
     EndpointStats, Event, Incoming, Keypair, Refusal, RetryPolicy, ServerConfig, TransportConfig,
@@ -628,39 +629,6 @@ fn attacker_port(i: u64) -> SocketAddr {
     SocketAddr::from(([192, 0, 2, 66], 10_000 + (i % 256) as u16))
 }
 
-/// A copy of `initial` with one byte of its Noise message flipped, its
-/// mac1 recomputed under `mac1` if given.
-fn corrupt(initial: &[u8], mac1: Option<&Mac1Key>) -> Vec<u8> {
-    let Ok(Header::Initial {
-        dcid,
-        scid,
-        token,
-        noise,
-        ..
-    }) = packet::parse(initial)
-    else {
-        panic!("an Initial");
-    };
-    let mut noise = noise.to_vec();
-    noise[40] ^= 0x01;
-    match mac1 {
-        Some(key) => {
-            let mut out = Vec::new();
-            packet::write_initial(dcid, scid, token, &noise, key, &mut out);
-            out
-        }
-        None => {
-            let at = initial
-                .windows(noise.len())
-                .position(|w| w[..39] == noise[..39])
-                .unwrap();
-            let mut out = initial.to_vec();
-            out[at + 40] ^= 0x01;
-            out
-        }
-    }
-}
-
 struct FloodRun {
     initials: u64,
     caller: Caller,
@@ -696,8 +664,8 @@ fn flood(attack: Attack, per_second: u64) -> FloodRun {
     let total = per_second * FLOOD_TIME.as_millis() as u64 / 1000;
     let datagrams: Vec<Vec<u8>> = match attack {
         Attack::Replay => vec![own_initial],
-        Attack::CorruptNoise => vec![corrupt(&captured, None)],
-        Attack::CorruptNoiseValidMac => vec![corrupt(&captured, Some(&mac1))],
+        Attack::CorruptNoise => vec![corrupt_mxp_initial(&captured, None)],
+        Attack::CorruptNoiseValidMac => vec![corrupt_mxp_initial(&captured, Some(&mac1))],
         Attack::FreshKeys => (0..total)
             .map(|_| client_initial(&s.net, server_addr, s.server_key))
             .collect(),

@@ -2,6 +2,7 @@
 //! share (argument parsers, the error type that decides the exit code).
 
 pub mod admin;
+pub mod attack;
 pub mod bench;
 pub mod call;
 pub mod client;

@@ -356,6 +356,11 @@ pub(crate) fn collect(endpoint: &Endpoint) -> Vec<Family> {
         door.amplification_blocked + all.amplification_blocked,
     );
     f.counter(
+        "mxp_refusals_suppressed",
+        "Stateless refusals not sent: more than 1000 a second were due (a flood must not make the node a reflector)",
+        door.refusals_suppressed,
+    );
+    f.counter(
         "mxp_decrypt_failures",
         "Packets that failed authentication",
         all.decrypt_failures,
@@ -467,7 +472,6 @@ pub(crate) fn mxp_limited(s: &EndpointStats) -> BTreeMap<&'static str, u64> {
         ("queue_full", s.queue_full),
         ("displaced", s.displaced),
         ("connection_limit", s.connection_limit),
-        ("refusal_suppressed", s.refusals_suppressed),
     ]
     .into_iter()
     .collect()

@@ -382,6 +382,14 @@ impl QuicConn {
     }
 }
 
+/// A quinn client endpoint set up as the QUIC carrier's clients are, for
+/// capturing the Initials they send ([`crate::attack`]).
+pub(crate) fn capture_client() -> io::Result<quinn::Endpoint> {
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("literal"))?;
+    endpoint.set_default_client_config(QuicEndpoint::client_config(&TransportConfig::default())?);
+    Ok(endpoint)
+}
+
 /// A quinn endpoint speaking MXP: a node listening for QUIC, or a client.
 #[derive(Debug, Clone)]
 pub(crate) struct QuicEndpoint {

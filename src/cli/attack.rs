@@ -1,0 +1,123 @@
+//! `mxp attack`: resilience checks against one's own node.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use mxp::Carrier;
+use mxp::attack::{Flood, FloodKind};
+use mxp::proto::PublicKey;
+use serde::Serialize;
+
+use super::{CliError, parse_duration};
+
+/// `mxp attack` subcommands.
+#[derive(Debug, Args)]
+pub struct AttackArgs {
+    #[command(subcommand)]
+    pub what: AttackCommand,
+}
+
+/// One resilience check.
+#[derive(Debug, Subcommand)]
+pub enum AttackCommand {
+    /// Floods a node with handshake initiations from many source ports,
+    /// never reading the answers (a blind, spoofing sender). Watch the
+    /// node's mxp_handshakes_total, mxp_handshakes_limited_total and
+    /// mxp_handshake_jobs_total meanwhile.
+    Flood(FloodArgs),
+}
+
+/// `mxp attack flood` flags.
+#[derive(Debug, Args)]
+pub struct FloodArgs {
+    /// The node's MXP address (host:port), or its QUIC address with
+    /// `--carrier quic`.
+    pub target: SocketAddr,
+    /// The node's public key (64 hex digits).
+    #[arg(long)]
+    pub server_key: PublicKey,
+    /// replay (copies of one valid Initial), corrupt (the same with a
+    /// flipped byte), corrupt-mac (MXP: corrupted, mac1 recomputed), junk
+    /// (MXP: random handshake messages with a valid mac1), fresh (valid
+    /// initiations from fresh client keys, made before the flood).
+    #[arg(long, default_value = "replay")]
+    pub kind: FloodKind,
+    /// mxp or quic.
+    #[arg(long, default_value = "mxp")]
+    pub carrier: Carrier,
+    /// Initials per second.
+    #[arg(long, default_value_t = 10_000)]
+    pub rate: u64,
+    /// How long to send.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Source ports to send from.
+    #[arg(long, default_value_t = 256)]
+    pub ports: usize,
+    /// With --kind fresh: distinct initiations to make (beyond it they
+    /// repeat, and the node drops the repeats as copies).
+    #[arg(long, default_value_t = 5_000)]
+    pub distinct: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    target: SocketAddr,
+    carrier: Carrier,
+    kind: FloodKind,
+    ports: usize,
+    sent: u64,
+    send_errors: u64,
+    seconds: f64,
+    rate: f64,
+}
+
+/// Runs the check and prints what was sent.
+pub async fn run(args: AttackArgs) -> Result<(), CliError> {
+    let AttackCommand::Flood(f) = args.what;
+    if f.rate == 0 || f.ports == 0 || f.duration.is_zero() {
+        return Err(CliError::Usage(
+            "--rate, --ports and --duration must be more than 0".into(),
+        ));
+    }
+    let flood = Flood::prepare(f.carrier, f.kind, f.target, f.server_key, f.distinct)
+        .await
+        .map_err(|e| CliError::Usage(format!("cannot prepare the flood: {e}")))?
+        .rate(f.rate)
+        .duration(f.duration)
+        .ports(f.ports);
+    let sent = tokio::task::spawn_blocking(move || flood.run())
+        .await
+        .map_err(|e| CliError::Failed(format!("the flood stopped: {e}")))?
+        .map_err(|e| CliError::Failed(format!("cannot send: {e}")))?;
+    let report = Report {
+        target: f.target,
+        carrier: f.carrier,
+        kind: f.kind,
+        ports: f.ports,
+        sent: sent.sent,
+        send_errors: sent.send_errors,
+        seconds: sent.elapsed.as_secs_f64(),
+        rate: sent.rate,
+    };
+    if f.json {
+        println!("{}", serde_json::to_string(&report).expect("serialisable"));
+    } else {
+        println!(
+            "{} flood ({}) to {}: {} Initials in {:.2} s from {} ports ({:.0}/s), {} refused by the kernel",
+            report.kind,
+            report.carrier,
+            report.target,
+            report.sent,
+            report.seconds,
+            report.ports,
+            report.rate,
+            report.send_errors
+        );
+    }
+    Ok(())
+}
