@@ -11,12 +11,11 @@ mod common;
 use std::fs;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,210 +26,13 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
+use common::node::{Keys, Node, mxp, ping, run};
 use common::process::{Guarded, Outcome, PATIENCE, drain, read_lines, run_command};
 use common::tempdir::{TempDir, path_str};
 
 // ---------------------------------------------------------------------------
 // Harness: the `mxp` binary under the guards of `common::process`.
 // ---------------------------------------------------------------------------
-
-fn mxp() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mxp"))
-}
-
-/// Runs `mxp ARGS...` to completion.
-fn run(args: &[&str]) -> Outcome {
-    let mut cmd = mxp();
-    cmd.args(args);
-    run_command(cmd, format!("mxp {}", args.join(" ")))
-}
-
-/// A node keypair written by `mxp keygen`.
-struct Keys {
-    dir: TempDir,
-    public: String,
-}
-
-impl Keys {
-    fn generate(name: &str) -> Keys {
-        let dir = TempDir::new(name);
-        let out = run(&["keygen", "--out", path_str(dir.dir())]).success();
-        Keys {
-            public: out.stdout.trim().to_owned(),
-            dir,
-        }
-    }
-
-    fn secret_file(&self) -> PathBuf {
-        self.dir.path("node.key")
-    }
-}
-
-/// A running `mxp serve`, killed when dropped.
-struct Node {
-    process: Guarded,
-    addr: SocketAddr,
-    key: String,
-    /// Lines of stdout after the two startup lines.
-    stdout: Receiver<String>,
-    /// The startup lines up to and including the public key.
-    banner: Vec<String>,
-    stderr: Option<JoinHandle<String>>,
-}
-
-impl Node {
-    /// Starts `mxp serve ARGS...` and waits for it to print its address and
-    /// public key.
-    fn start(args: &[&str]) -> Node {
-        let mut cmd = mxp();
-        cmd.arg("serve").args(args);
-        Node::start_command(cmd, format!("mxp serve {}", args.join(" ")))
-    }
-
-    fn start_command(cmd: Command, what: String) -> Node {
-        let mut process = Guarded::spawn(cmd, what);
-        let lines = read_lines(process.child.stdout.take().expect("piped stdout"));
-        let stderr = drain(process.child.stderr.take());
-        let deadline = Instant::now() + PATIENCE;
-        let (mut addr, mut key) = (None, None);
-        let mut seen = Vec::new();
-        while addr.is_none() || key.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(a) = line.strip_prefix("mxp node listening on ") {
-                        addr = Some(a.trim().parse::<SocketAddr>().unwrap_or_else(|e| {
-                            panic!("{}: bad address in {line:?}: {e}", process.what)
-                        }));
-                    } else if let Some(k) = line.strip_prefix("public key: ") {
-                        key = Some(k.split_whitespace().next().unwrap_or_default().to_owned());
-                    }
-                    seen.push(line);
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    // Stdout closed: the node exited before it was ready.
-                    let status = process.wait(String::new);
-                    drop(process.child.stdout.take());
-                    panic!(
-                        "{} exited ({status}) before it was ready; stdout: {seen:#?}; stderr:\n{}",
-                        process.what,
-                        stderr.join().unwrap_or_default()
-                    );
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    let _ = process.child.kill();
-                    panic!(
-                        "{} printed no address and key within {PATIENCE:?}; stdout: {seen:#?}",
-                        process.what
-                    );
-                }
-            }
-        }
-        Node {
-            process,
-            addr: addr.expect("address"),
-            key: key.expect("key"),
-            stdout: lines,
-            banner: seen,
-            stderr: Some(stderr),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("mxp://{}", self.addr)
-    }
-
-    /// The address printed after `prefix` in the startup lines.
-    fn printed_addr(&self, prefix: &str) -> SocketAddr {
-        self.banner
-            .iter()
-            .find_map(|l| l.strip_prefix(prefix))
-            .unwrap_or_else(|| panic!("no {prefix:?} line in {:#?}", self.banner))
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("{prefix:?}: {e} in {:#?}", self.banner))
-    }
-
-    /// The admin endpoint's address, as printed.
-    fn admin_addr(&self) -> String {
-        self.printed_addr("admin endpoint on http://").to_string()
-    }
-
-    /// The next stdout lines after the startup lines, until one starting
-    /// with `prefix` (inclusive).
-    fn lines_until(&self, prefix: &str) -> Vec<String> {
-        let deadline = Instant::now() + PATIENCE;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stdout.recv_timeout(left) {
-                Ok(line) => {
-                    let done = line.starts_with(prefix);
-                    seen.push(line);
-                    if done {
-                        return seen;
-                    }
-                }
-                Err(e) => panic!("no line starting {prefix:?} ({e:?}); saw {seen:#?}"),
-            }
-        }
-    }
-
-    /// Sends the node a signal by name (`HUP`, `TERM`...).
-    fn signal(&self, name: &str) {
-        let pid = self.process.pid().to_string();
-        let sent = Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .expect("the kill command");
-        assert!(sent.success(), "kill -{name} {pid} failed");
-    }
-
-    fn public_key(&self) -> PublicKey {
-        self.key.parse().expect("the node prints a valid key")
-    }
-
-    /// `mxp ping URL --server-key KEY ARGS...` against this node.
-    fn ping(&self, args: &[&str]) -> Outcome {
-        ping(&self.url(), &self.key, args)
-    }
-
-    /// Crash: SIGKILL, no chance to close anything.
-    fn kill(mut self) {
-        let _ = self.process.child.kill();
-        let _ = self.process.child.wait();
-    }
-
-    /// Stops the node the way a service manager does (SIGTERM) and returns
-    /// everything it printed after starting.
-    fn terminate(mut self) -> Outcome {
-        let pid = self.process.pid().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("the kill command");
-        assert!(sent.success(), "kill -TERM {pid} failed");
-        let status = self.process.wait(String::new);
-        let stdout: Vec<String> = self.stdout.iter().collect();
-        Outcome {
-            what: self.process.what.clone(),
-            status,
-            stdout: stdout.join("\n"),
-            stderr: self
-                .stderr
-                .take()
-                .map(|h| h.join().unwrap_or_default())
-                .unwrap_or_default(),
-        }
-    }
-}
-
-/// `mxp ping URL --server-key KEY ARGS...`
-fn ping(url: &str, key: &str, args: &[&str]) -> Outcome {
-    let mut all = vec!["ping", url, "--server-key", key];
-    all.extend_from_slice(args);
-    run(&all)
-}
 
 /// Finds `NUMBER WORD` in a text (e.g. the `17` of "refused 17 datagrams").
 fn number_before(text: &str, word: &str) -> Option<u64> {

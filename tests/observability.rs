@@ -7,7 +7,6 @@
 //! Every wait is bounded by [`PATIENCE`], a guard against hangs; no test
 //! measures speed.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +20,9 @@ use mxp::relay::{Relay, RelayConfig};
 use mxp::{Connection, Endpoint};
 use tokio::time::timeout;
 
+mod common;
+use common::scrape::Scrape;
+
 const PATIENCE: Duration = Duration::from_secs(60);
 /// What the relay drops, each way.
 const LOSS: f64 = 0.03;
@@ -30,39 +32,6 @@ const BULK: usize = 2 << 20;
 
 fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
-}
-
-/// One scrape: every sample, keyed by its series as printed
-/// (`name{label="value",...}`).
-struct Scrape(HashMap<String, f64>);
-
-impl Scrape {
-    async fn of(admin: &AdminServer) -> Scrape {
-        let (status, text) = timeout(
-            PATIENCE,
-            admin::request(admin.local_addr(), "GET", "/metrics", None, None),
-        )
-        .await
-        .expect("scraped within the hang guard")
-        .expect("the admin endpoint answers");
-        assert_eq!(status, 200, "{text}");
-        let samples = text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .map(|l| {
-                let (series, value) = l.rsplit_once(' ').expect("series value");
-                (series.to_owned(), value.parse().expect("a number"))
-            })
-            .collect();
-        Scrape(samples)
-    }
-
-    fn get(&self, series: &str) -> f64 {
-        *self
-            .0
-            .get(series)
-            .unwrap_or_else(|| panic!("{series} not served"))
-    }
 }
 
 /// A series of the MXP carrier, or of one band.
@@ -120,7 +89,7 @@ async fn metrics_follow_real_traffic_through_a_lossy_relay() {
     })
     .await
     .unwrap();
-    let before = Scrape::of(&admin).await;
+    let before = Scrape::at(admin.local_addr()).await;
     assert_eq!(before.get(&mxp("mxp_connections_active")), 0.0);
 
     let client = Endpoint::bind(any_port(), EndpointConfig::client(Keypair::generate())).unwrap();
@@ -153,7 +122,7 @@ async fn metrics_follow_real_traffic_through_a_lossy_relay() {
         w.await.unwrap();
     }
 
-    let during = Scrape::of(&admin).await;
+    let during = Scrape::at(admin.local_addr()).await;
     assert_eq!(during.get(&mxp("mxp_connections_active")), 1.0);
     assert!(
         during.get(&mxp("mxp_streams_active")) >= 1.0,
@@ -167,7 +136,7 @@ async fn metrics_follow_real_traffic_through_a_lossy_relay() {
     timeout(PATIENCE, node.wait_idle())
         .await
         .expect("closed within the hang guard");
-    let after = Scrape::of(&admin).await;
+    let after = Scrape::at(admin.local_addr()).await;
     let relayed = relay.close().await;
     let moved = |series: &str| after.get(series) - before.get(series);
 
@@ -238,7 +207,7 @@ async fn metrics_follow_real_traffic_through_a_lossy_relay() {
 async fn until_served(admin: &AdminServer, series: &str, value: f64) -> Scrape {
     timeout(PATIENCE, async {
         loop {
-            let scrape = Scrape::of(admin).await;
+            let scrape = Scrape::at(admin.local_addr()).await;
             if scrape.get(series) == value {
                 return scrape;
             }
@@ -263,7 +232,11 @@ async fn refused_messages_end_their_stream_and_are_counted_by_kind() {
         .unwrap();
     let kind = |k: &str| format!("mxp_message_errors_total{{kind=\"{k}\"}}");
     for k in mxp::proto::message::MessageError::KINDS {
-        assert_eq!(Scrape::of(&admin).await.get(&kind(k)), 0.0, "{k}");
+        assert_eq!(
+            Scrape::at(admin.local_addr()).await.get(&kind(k)),
+            0.0,
+            "{k}"
+        );
     }
 
     // A good call, then a message whose payload was altered in flight

@@ -3,7 +3,9 @@
 //! [`process`], real child processes for the tests that run programs.
 #![allow(dead_code)]
 
+pub mod node;
 pub mod process;
+pub mod scrape;
 pub mod tempdir;
 
 use std::cell::RefCell;
