@@ -17,7 +17,9 @@
 //! counted, and scraped in the metrics-cost measures), logging at `info` into
 //! `target/perf_baseline.log` — what operators run is what is measured.
 //! The 1%-loss measure goes through the impairment relay, the same for
-//! every carrier.
+//! every carrier. The flood rows repeat request/response and connection
+//! setup while a thread floods the node's carrier with copies of one valid
+//! Initial (`mxp attack flood --kind replay`).
 
 use std::alloc::System;
 use std::collections::BTreeMap;
@@ -30,12 +32,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use clap::Parser;
+use mxp::attack::{Flood, FloodKind};
 use mxp::bench::{self, Latencies};
 use mxp::echo::{self, EchoStats};
 use mxp::proto::message::{Message, MessageType};
 use mxp::proto::{Band, ConnectionStats, EndpointConfig, Keypair, PublicKey, TransportConfig};
 use mxp::relay::{Relay, RelayConfig};
-use mxp::{CarrierMode, Connection, Endpoint, Options};
+use mxp::{Carrier, CarrierMode, Connection, Endpoint, Options};
 use serde_json::{Value, json};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tokio::runtime::Handle;
@@ -491,6 +494,82 @@ async fn scrape_cpu_us(admin: SocketAddr, n: u32) -> f64 {
     (cpu() - before).as_secs_f64() * 1e6 / f64::from(n)
 }
 
+/// Initials per second of the flood rows: the rate that took a node down
+/// before mac1, the replay log and the handshake workers.
+const FLOOD_RATE: u64 = 10_000;
+
+/// Request/response P99 and connection setup P50 of each carrier while
+/// copies of one valid Initial arrive at [`FLOOD_RATE`] from 256 ports (a
+/// thread of this process, never reading the answers), beside the same
+/// run's unflooded figures in `earlier`.
+async fn flooded(
+    p: &Phases,
+    conns: &[(Column, Connection, Endpoint)],
+    node: &Endpoint,
+    url: &str,
+    transport: Arc<TransportConfig>,
+    earlier: &[Row],
+) -> Vec<Row> {
+    let mut rr = Row::new(
+        "flood_rr64_p99_us",
+        "req/resp 64 B P99, Initial flood",
+        "µs",
+        Better::Lower,
+    );
+    let mut ratio = Row::new(
+        "flood_rr64_p99_ratio",
+        "req/resp P99 flooded / not",
+        "×",
+        Better::Lower,
+    )
+    .target("≤ 2× unflooded");
+    let mut setup = Row::new(
+        "flood_setup_p50_us",
+        "setup P50, Initial flood",
+        "µs",
+        Better::Lower,
+    );
+    let key = node.public_key();
+    let unflooded = |k: &str, c: Column| earlier.iter().find(|r| r.key == k).and_then(|r| r.get(c));
+    for (column, conn, _) in conns {
+        let (carrier, target) = match column {
+            Column::Mxp => (Carrier::Mxp, node.local_addr()),
+            _ => (Carrier::Quic, node.quic_addr().expect("a QUIC listener")),
+        };
+        let lead = Duration::from_millis(200);
+        let flood = Flood::prepare(carrier, FloodKind::Replay, target, key, 1)
+            .await
+            .expect("a flood")
+            .rate(FLOOD_RATE)
+            .duration(lead + p.rr + p.setup + Duration::from_millis(500));
+        let sender = thread::spawn(move || flood.run());
+        tokio::time::sleep(lead).await;
+        let mut lat = check(
+            "flooded rr",
+            bench::call_latencies(conn, 64, p.rr, PATIENCE).await,
+        );
+        let p99 = lat.summary().p99;
+        rr.set(*column, p99);
+        if let Some(before) = unflooded("rr64_p99_us", *column) {
+            ratio.set(*column, p99 / before);
+        }
+        let endpoint = client(mode(*column), transport.clone());
+        let mut lat = check(
+            "flooded setup",
+            bench::handshake_latencies(&endpoint, url, key, p.setup).await,
+        );
+        setup.set(*column, lat.summary().p50);
+        let sent = sender.join().expect("the flood thread").expect("the flood");
+        eprintln!(
+            "  {}: {} Initials at {:.0}/s",
+            column.key(),
+            sent.sent,
+            sent.rate
+        );
+    }
+    vec![rr, ratio, setup]
+}
+
 async fn measure(p: &Phases, node_runtime: &Handle) -> (Vec<Row>, Value) {
     let transport = Arc::new(TransportConfig::default());
     let node = start_node(node_runtime, transport.clone());
@@ -606,6 +685,9 @@ async fn measure(p: &Phases, node_runtime: &Handle) -> (Vec<Row>, Value) {
         }
         rows.extend(r);
     }
+
+    eprintln!("under a {FLOOD_RATE}/s flood of one replayed Initial...");
+    rows.extend(flooded(p, &conns, &node, &direct, transport.clone(), &rows).await);
 
     eprintln!("request/response at 1% loss...");
     let mut loss = Row::new(

@@ -34,11 +34,7 @@ use common::process::{Guarded, PATIENCE, drain, run_command};
 use common::scrape::Scrape;
 
 /// Floods share two cores with the node and the client: one at a time.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serialised() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// `mxp serve` with the shipped defaults (and an admin endpoint to read
 /// its counters).
@@ -186,7 +182,7 @@ fn assert_within_budget(o: &FloodOutcome, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_of_a_valid_initial_cost_the_node_no_handshake_work() {
-    let _one = serialised();
+    let _one = ONE_AT_A_TIME.lock().await;
     for rate in [10_000, 50_000] {
         let o = flood("mxp", "replay", rate).await;
         let what = format!("MXP replay at {rate}/s");
@@ -204,7 +200,7 @@ async fn copies_of_a_valid_initial_cost_the_node_no_handshake_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_of_a_corrupted_initial_are_dropped_by_mac1() {
-    let _one = serialised();
+    let _one = ONE_AT_A_TIME.lock().await;
     for rate in [10_000, 50_000] {
         let o = flood("mxp", "corrupt", rate).await;
         let what = format!("MXP corrupt at {rate}/s");
@@ -223,7 +219,7 @@ async fn copies_of_a_corrupted_initial_are_dropped_by_mac1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_initiations_from_blind_senders_are_asked_to_prove_their_address() {
-    let _one = serialised();
+    let _one = ONE_AT_A_TIME.lock().await;
     for kind in ["fresh", "junk"] {
         let o = flood("mxp", kind, 10_000).await;
         let what = format!("MXP {kind} at 10000/s");
@@ -235,7 +231,7 @@ async fn fresh_initiations_from_blind_senders_are_asked_to_prove_their_address()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quic_carrier_holds_the_same_floods() {
-    let _one = serialised();
+    let _one = ONE_AT_A_TIME.lock().await;
     for (kind, rate) in [
         ("replay", 10_000),
         ("replay", 50_000),
@@ -261,7 +257,7 @@ async fn the_quic_carrier_holds_the_same_floods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_initial_from_a_fresh_address_gets_at_most_three_times_its_bytes() {
-    let _one = serialised();
+    let _one = ONE_AT_A_TIME.lock().await;
     let (node, _, admin) = node();
     let initial = mxp_initial(node.addr, node.public_key());
     // Its sender: answered (the handshake answer), and a job spent.
@@ -302,7 +298,7 @@ fn received(socket: &UdpSocket) -> usize {
 
 #[test]
 fn fifty_pings_sharing_one_client_key_started_together_all_connect() {
-    let _one = serialised();
+    let _one = ONE_AT_A_TIME.blocking_lock();
     let (node, _, _) = node();
     let shared = Keys::generate("shared-key");
     let key_file = shared.secret_file();

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use common::{
-    Digest, EchoServer, Receiver, Sender, Setup, client_initial, events, is_long, is_short, wiretap,
+    Digest, EchoServer, Receiver, Sender, Setup, client_initial, events, first_long, is_long,
+    is_short, wiretap,
 };
 use mxp::proto::{
     Band, ConnectionHandle, ConnectionStats, Dir, EndpointStats, Event, Incoming, KeyRotation,
@@ -366,20 +367,8 @@ fn corrupted_and_truncated_long_header_packets_are_refused() {
     let (client, server) = (s.client, s.server);
     let (client_addr, server_addr, spoofed) =
         (s.net.addr(client), s.net.addr(server), addr(SPOOFED));
-    let initial = tap
-        .borrow()
-        .iter()
-        .find(|d| is_long(&d.data, 0))
-        .unwrap()
-        .data
-        .clone();
-    let answer = tap
-        .borrow()
-        .iter()
-        .find(|d| is_long(&d.data, 1))
-        .unwrap()
-        .data
-        .clone();
+    let initial = first_long(&tap, 0);
+    let answer = first_long(&tap, 1);
     assert!(initial.len() >= MIN_INITIAL_SIZE);
 
     // The client's Initial, corrupted bit by bit (every bit of the header

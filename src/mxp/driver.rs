@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use mxp_proto::{
     ConnectionError, ConnectionHandle, Dir, Endpoint as ProtoEndpoint, Event, HandshakeJob,
-    StreamEvent, StreamId,
+    Incoming, StreamEvent, StreamId,
 };
 use tokio::sync::Notify;
 use tracing::{debug, warn};
@@ -161,8 +161,9 @@ fn take_jobs(state: &mut State, now: Instant) -> Vec<HandshakeJob> {
 }
 
 /// Runs handshake jobs on the node's workers. Each hands its result back
-/// under the lock (cheap: no cryptography left), passes on the jobs that
-/// became ready, and wakes the driver to send the answer.
+/// under the lock (cheap: no cryptography left), sends the answer (itself
+/// when the driver is idle, as [`Shared::transmit_now`] does for tasks),
+/// and passes on the jobs that became ready.
 fn hand_out(shared: &Arc<Shared>, jobs: Vec<HandshakeJob>) {
     if jobs.is_empty() {
         return;
@@ -175,13 +176,18 @@ fn hand_out(shared: &Arc<Shared>, jobs: Vec<HandshakeJob>) {
         let shared = shared.clone();
         workers.run(move || {
             let done = job.run();
-            let next = {
+            let (outcome, next) = {
                 let mut state = shared.lock();
                 let now = Instant::now();
-                state.proto.complete_handshake(now, done);
-                take_jobs(&mut state, now)
+                let outcome = state.proto.complete_handshake(now, done);
+                (outcome, take_jobs(&mut state, now))
             };
-            shared.wake_driver();
+            match outcome {
+                // The answer goes out from here when the driver is idle (a
+                // wake-up of the driver's thread is the slowest step left).
+                Incoming::Accepted(h) => shared.transmit_now(h),
+                _ => shared.wake_driver(),
+            }
             hand_out(&shared, next);
         });
     }

@@ -405,6 +405,34 @@ pub fn wiretap(net: &mut Network) -> Rc<RefCell<Vec<Datagram>>> {
     seen
 }
 
+/// The first datagram the tap saw with a long header of type `ty` (see
+/// [`is_long`]).
+pub fn first_long(tap: &Rc<RefCell<Vec<Datagram>>>, ty: u8) -> Vec<u8> {
+    tap.borrow()
+        .iter()
+        .find(|d| is_long(&d.data, ty))
+        .unwrap_or_else(|| panic!("no long-header packet of type {ty} on the wire"))
+        .data
+        .clone()
+}
+
+impl Setup {
+    /// Closes the client's connection `c` and runs until both ends have
+    /// forgotten it.
+    pub fn close_and_forget(&mut self, c: ConnectionHandle) {
+        let now = self.net.now();
+        self.net
+            .endpoint(self.client)
+            .connection(c)
+            .expect("the connection")
+            .close(now, 0, &b"done"[..]);
+        self.net.run_for(Duration::from_secs(1));
+        events(&mut self.net, self.client);
+        events(&mut self.net, self.server);
+        assert_eq!(self.net.endpoint(self.server).connection_count(), 0);
+    }
+}
+
 /// Whether a datagram has a short (protected, post-handshake) header.
 pub fn is_short(datagram: &[u8]) -> bool {
     datagram.first().is_some_and(|b| b & 0x80 == 0)

@@ -285,7 +285,7 @@ impl Network {
 
     /// How long one handshake job (about five X25519 operations) takes on a
     /// node's worker, in virtual time. Zero (the default) completes jobs at
-    /// once; flood tests set what the machine really spends (about 330 µs
+    /// once; flood tests set what the machine really spends (about 320 µs
     /// on the machines these tests run on).
     pub fn set_handshake_cost(&mut self, cost: Duration) {
         self.handshake_cost = cost;

@@ -534,6 +534,8 @@ mod tests {
         p.server_to_client();
         p.client_to_server();
         assert!(p.client.connection(p.conn).unwrap().is_established());
+        // Found by its token in one lookup, not by a scan of connections.
+        assert_eq!(p.client.by_reset_token.len(), 1);
         // The node restarts with the same key and no connections.
         p.restart_server();
         let c = p.client.connection(p.conn).unwrap();
@@ -573,6 +575,10 @@ mod tests {
         assert!(after.packets_sent > live.packets_sent, "{after:?}");
         let ended: Vec<_> = p.client.ended_by_kind().collect();
         assert_eq!(ended, vec![(ConnectionError::Reset.kind(), 1)]);
+        assert!(
+            p.client.by_reset_token.is_empty(),
+            "a forgotten connection leaves the reset index"
+        );
     }
 
     #[test]
