@@ -119,10 +119,22 @@ enum Source {
 /// A valid MXP Initial for the node at `target` with key `node`, from a
 /// fresh client key (a throwaway sans-IO client: nothing is sent).
 pub fn mxp_initial(target: SocketAddr, node: PublicKey) -> Vec<u8> {
-    let now = Instant::now();
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    mxp_initial_at(
+        target,
+        node,
+        Instant::now(),
+        crate::mxp::endpoint::unix_time(),
+    )
+}
+
+/// [`mxp_initial`] stamped by a given clock: `unix` is the wall-clock time
+/// at `now` (a simulated network's, say).
+pub fn mxp_initial_at(
+    target: SocketAddr,
+    node: PublicKey,
+    now: Instant,
+    unix: Duration,
+) -> Vec<u8> {
     let mut client = ProtoEndpoint::new(EndpointConfig::client(Keypair::generate()), now, unix);
     client
         .connect(now, target, node)

@@ -48,7 +48,8 @@ impl Drop for MxpEndpoint {
     }
 }
 
-fn unix_time() -> std::time::Duration {
+/// The wall clock, as the core wants it: time since the Unix epoch.
+pub(crate) fn unix_time() -> std::time::Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()

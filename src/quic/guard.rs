@@ -5,9 +5,10 @@
 //!
 //! - a copy of a captured Initial (same original destination connection
 //!   id, another address) is ignored;
-//! - under load (attempts waiting for handshake work, or the handshake
-//!   budget spent) an attempt must prove its address with quinn's
-//!   stateless Retry first;
+//! - under load (more attempts in their handshake than the workers take
+//!   at once, or the handshake budget spent; held for
+//!   [`LOAD_HOLD`](mxp_proto::guard::LOAD_HOLD)) an attempt must prove its
+//!   address with quinn's stateless Retry first;
 //! - a source (address prefix: /24, /56) that asked for more than its share
 //!   of handshakes lately is ignored;
 //! - attempts that have not finished the identity exchange are capped,
@@ -22,9 +23,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use foldhash::fast::FixedState;
-use mxp_proto::guard::{BoundedLog, RateLimiter, SourceShares};
-use mxp_proto::{RetryPolicy, ServerConfig};
+use foldhash::fast::RandomState;
+use mxp_proto::ServerConfig;
+use mxp_proto::guard::{BoundedLog, LoadDetector, RateLimiter, SourceShares};
 
 use crate::lock;
 
@@ -32,9 +33,6 @@ use crate::lock;
 /// identity (one round trip and a DH on each side: milliseconds). Short,
 /// so a peer that completes TLS and then stalls holds a slot briefly.
 pub(super) const IDENTITY_DEADLINE: Duration = Duration::from_secs(2);
-/// Demand address validation for this long once load is seen (as the MXP
-/// carrier does).
-const LOAD_HOLD: Duration = Duration::from_secs(1);
 /// Original destination connection ids remembered, to ignore copies.
 const RECENT_ATTEMPTS: usize = 1 << 16;
 const RECENT_RETENTION: Duration = Duration::from_secs(10);
@@ -66,7 +64,7 @@ struct State {
     /// Digest of the original destination connection id → digest of the
     /// address it came from.
     recent: BoundedLog<u64>,
-    load_until: Option<Instant>,
+    load: LoadDetector,
     epoch: Instant,
 }
 
@@ -75,7 +73,7 @@ struct State {
 pub(super) struct Guard {
     policy: Arc<ServerConfig>,
     state: std::sync::Mutex<State>,
-    hasher: FixedState,
+    hasher: RandomState,
     /// Attempts accepted that have not finished (or failed) the identity
     /// exchange.
     unconfirmed: AtomicUsize,
@@ -96,17 +94,15 @@ impl Drop for Unconfirmed {
 impl Guard {
     pub fn new(policy: Arc<ServerConfig>) -> Arc<Guard> {
         let now = Instant::now();
-        let mut seed = [0u8; 8];
-        mxp_proto::crypto::fill_random(&mut seed);
         Arc::new(Guard {
             state: std::sync::Mutex::new(State {
                 budget: RateLimiter::new(policy.handshake_rate, policy.handshake_burst, now),
                 sources: SourceShares::new(now),
                 recent: BoundedLog::new(RECENT_ATTEMPTS, RECENT_RETENTION.as_nanos() as u64),
-                load_until: None,
+                load: LoadDetector::default(),
                 epoch: now,
             }),
-            hasher: FixedState::with_seed(u64::from_le_bytes(seed)),
+            hasher: RandomState::default(),
             unconfirmed: AtomicUsize::new(0),
             jobs: Arc::default(),
             policy,
@@ -144,16 +140,9 @@ impl Guard {
             None => st.recent.insert(now_ns, key, from, |_| {}),
         }
         let unconfirmed = self.unconfirmed();
-        if unconfirmed >= self.load_threshold() || !st.budget.has_token(now) {
-            st.load_until = Some(now + LOAD_HOLD);
-        }
-        let loaded = st.load_until.is_some_and(|t| now < t);
-        let retry = match self.policy.retry {
-            RetryPolicy::Never => false,
-            RetryPolicy::Always => true,
-            RetryPolicy::UnderLoad => loaded,
-        };
-        if retry && !validated {
+        let piling_up = unconfirmed >= self.load_threshold() || !st.budget.has_token(now);
+        let loaded = st.load.observe(now, piling_up);
+        if self.policy.retry.demands_retry(loaded) && !validated {
             return Verdict::Retry;
         }
         if unconfirmed >= self.unconfirmed_cap() {
@@ -227,7 +216,7 @@ mod tests {
     fn unconfirmed_attempts_are_capped() {
         let g = Guard::new(Arc::new(ServerConfig {
             handshake_queue: 2,
-            retry: RetryPolicy::Never,
+            retry: mxp_proto::RetryPolicy::Never,
             ..ServerConfig::default()
         }));
         let a: SocketAddr = "10.0.0.1:1".parse().unwrap();

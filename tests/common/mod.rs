@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mxp::proto::{
-    Band, ConnectionHandle, Dir, Endpoint, EndpointConfig, Event, Keypair, PublicKey, ServerConfig,
+    Band, ConnectionHandle, Dir, EndpointConfig, Event, Keypair, PublicKey, ServerConfig,
     StreamEvent, StreamId, TransportConfig, WriteError,
 };
 use mxp::sim::{Datagram, LinkConfig, Network, NodeId, TapAction};
@@ -450,16 +450,5 @@ pub fn is_long(datagram: &[u8], ty: u8) -> bool {
 /// made by a throwaway client endpoint with a fresh key that is not on the
 /// network: what an attacker replays or sprays from spoofed addresses.
 pub fn client_initial(net: &Network, server: SocketAddr, server_key: PublicKey) -> Vec<u8> {
-    let mut ep = Endpoint::new(
-        EndpointConfig::client(Keypair::generate()),
-        net.now(),
-        net.unix_time(),
-    );
-    ep.connect(net.now(), server, server_key).expect("connect");
-    let mut buf = Vec::new();
-    let t = ep
-        .poll_transmit(net.now(), &mut buf)
-        .expect("an Initial to send");
-    buf.truncate(t.size);
-    buf
+    mxp::attack::mxp_initial_at(server, server_key, net.now(), net.unix_time())
 }

@@ -106,6 +106,18 @@ pub enum RetryPolicy {
     Always,
 }
 
+impl RetryPolicy {
+    /// Whether an initiation must prove its address first, given whether
+    /// the node counts as loaded.
+    pub fn demands_retry(self, loaded: bool) -> bool {
+        match self {
+            RetryPolicy::Never => false,
+            RetryPolicy::UnderLoad => loaded,
+            RetryPolicy::Always => true,
+        }
+    }
+}
+
 /// Policy for accepting connections.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

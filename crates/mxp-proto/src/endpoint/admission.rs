@@ -31,7 +31,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use foldhash::{HashSet, HashSetExt};
 use tracing::debug;
@@ -40,23 +40,18 @@ use super::job::{HandshakeDone, HandshakeJob, JobResult, Refused};
 use super::queue::{Admit, HandshakeQueue, Initiation};
 use super::{ConnectionHandle, Endpoint, Incoming, Refusal};
 use crate::HANDSHAKE;
-use crate::config::{RetryPolicy, ServerConfig};
+use crate::config::ServerConfig;
 use crate::connection::{Accepted, Connection, initiation_digest};
 use crate::crypto::Mac1Key;
 use crate::crypto::token::TokenKey;
-use crate::guard::{BoundedLog, RateLimiter, SourceShares};
+use crate::guard::{BoundedLog, LoadDetector, RateLimiter, SourceShares};
 use crate::packet::keys::KeyState;
 use crate::packet::{
-    self, BusyReason, ConnectionId, MIN_INITIAL_SIZE, PacketError, RejectReason, VERSION,
+    self, BusyReason, ConnectionId, Header, MIN_INITIAL_SIZE, PacketError, RejectReason, VERSION,
 };
 use crate::transport_params::TransportParams;
 use crate::{HandshakeError, PublicKey};
 
-/// Once handshake work is seen to pile up, address validation is demanded
-/// for this long: long enough that a steady flood does not get a job
-/// through every time the queue empties, short enough that a node back at
-/// rest stops costing newcomers the extra round trip soon after.
-const LOAD_HOLD: Duration = Duration::from_secs(1);
 /// Initiations remembered before any DH work (queued, worked on, or just
 /// refused), to drop exact copies cheaply.
 const RECENT_INITIATIONS: usize = 1 << 16;
@@ -77,6 +72,44 @@ struct Recent {
     pending: bool,
 }
 
+/// Every authenticated initiation of the last clock-skew windows (digest
+/// to timestamp), and the timestamp at or below which the log may have
+/// forgotten one: the floor only grows, as the oldest entries leave.
+#[derive(Debug)]
+struct ReplayLog {
+    accepted: BoundedLog<u64>,
+    floor: u64,
+}
+
+impl ReplayLog {
+    fn new(retention_ns: u64) -> Self {
+        ReplayLog {
+            accepted: BoundedLog::new(ACCEPTED_INITIATIONS, retention_ns),
+            floor: 0,
+        }
+    }
+
+    /// Whether an initiation with this digest was accepted.
+    fn contains(&mut self, now_ns: u64, digest: u64) -> bool {
+        let floor = &mut self.floor;
+        self.accepted
+            .expire(now_ns, |&ts| *floor = (*floor).max(ts));
+        self.accepted.get(digest).is_some()
+    }
+
+    /// Records an authenticated initiation; false if it is stamped at or
+    /// below the floor (the log could not tell it from a replay).
+    fn record(&mut self, now_ns: u64, digest: u64, timestamp: u64) -> bool {
+        if timestamp <= self.floor {
+            return false;
+        }
+        let floor = &mut self.floor;
+        self.accepted
+            .insert(now_ns, digest, timestamp, |&ts| *floor = (*floor).max(ts));
+        true
+    }
+}
+
 /// Server-only state.
 #[derive(Debug)]
 pub(super) struct Server {
@@ -90,18 +123,12 @@ pub(super) struct Server {
     token_key: TokenKey,
     used_tokens: BoundedLog<()>,
     recent: BoundedLog<Recent>,
-    /// Digest → timestamp of every authenticated initiation of the last
-    /// clock-skew windows.
-    accepted: BoundedLog<u64>,
-    /// Timestamps at or below this are refused: the log may have forgotten
-    /// an initiation stamped so (it only grows).
-    replay_floor: u64,
+    accepted: ReplayLog,
     sources: SourceShares,
     pub queue: HandshakeQueue,
     budget: RateLimiter,
     refusals: RateLimiter,
-    /// Address validation is demanded until then (see [`LOAD_HOLD`]).
-    load_until: Option<Instant>,
+    load: LoadDetector,
     /// Server connections whose client has not yet proven its address.
     pub unconfirmed: HashSet<ConnectionHandle>,
     /// Digests an initiation's source: (address, connection ids).
@@ -120,63 +147,49 @@ impl Server {
             token_key: TokenKey::generate(),
             used_tokens: BoundedLog::new(USED_TOKENS, policy.token_lifetime.as_nanos() as u64),
             recent: BoundedLog::new(RECENT_INITIATIONS, window),
-            accepted: BoundedLog::new(ACCEPTED_INITIATIONS, window),
-            replay_floor: 0,
+            accepted: ReplayLog::new(window),
             sources: SourceShares::new(now),
             queue: HandshakeQueue::new(policy.handshake_queue),
             budget: RateLimiter::new(policy.handshake_rate, policy.handshake_burst, now),
             refusals: RateLimiter::new(REFUSALS_PER_SECOND, REFUSALS_PER_SECOND, now),
-            load_until: None,
+            load: LoadDetector::default(),
             unconfirmed: HashSet::new(),
             sources_hasher: Default::default(),
             policy,
         }
     }
 
-    /// Whether new initiations must prove their address first.
+    /// Whether new initiations must prove their address first: while work
+    /// waits for a worker or for the budget (handshakes arrive faster than
+    /// they are done), or too many accepted clients have not confirmed.
     fn demands_retry(&mut self, now: Instant) -> bool {
-        match self.policy.retry {
-            RetryPolicy::Never => false,
-            RetryPolicy::Always => true,
-            RetryPolicy::UnderLoad => {
-                // Work waiting for a worker, or for the budget: handshakes
-                // arrive faster than they are done.
-                if self.queue.waiting() > 0 || !self.budget.has_token(now) {
-                    self.load_until = Some(now + LOAD_HOLD);
-                }
-                self.load_until.is_some_and(|t| now < t)
-                    || self.unconfirmed.len() >= self.policy.retry_pending_threshold
-            }
+        let piling_up = self.queue.waiting() > 0 || !self.budget.has_token(now);
+        let loaded = self.load.observe(now, piling_up)
+            || self.unconfirmed.len() >= self.policy.retry_pending_threshold;
+        self.policy.retry.demands_retry(loaded)
+    }
+
+    /// An initiation's work is over (done, or given up): a copy of it from
+    /// its sender no longer means its answer is on the way.
+    fn settle(&mut self, digest: u64) {
+        if let Some(r) = self.recent.get_mut(digest) {
+            r.pending = false;
         }
+    }
+
+    /// Whether a waiting initiation could start now but for the budget.
+    fn worker_free(&self) -> bool {
+        self.queue.waiting() > 0 && self.queue.running() < self.policy.handshake_workers.max(1)
     }
 
     /// When a waiting job can be handed out, if a worker is free for it
     /// (it may wait for the budget).
     pub fn next_job_at(&self) -> Option<Instant> {
-        let can_start =
-            self.queue.waiting() > 0 && self.queue.running() < self.policy.handshake_workers.max(1);
-        can_start.then(|| self.budget.next_token_at())
+        self.worker_free().then(|| self.budget.next_token_at())
     }
-}
-
-/// The fields of an Initial, borrowed from the datagram.
-#[derive(Debug)]
-pub(super) struct InitialPacket<'a> {
-    pub version: u32,
-    pub dcid: ConnectionId,
-    pub scid: ConnectionId,
-    pub token: &'a [u8],
-    pub noise: &'a [u8],
-    pub mac1: &'a [u8],
-    pub covered: &'a [u8],
-    pub len: usize,
 }
 
 impl Endpoint {
-    fn monotonic_ns(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.epoch).as_nanos() as u64
-    }
-
     /// Sends a stateless refusal, within the refusal rate limit.
     fn reject(
         &mut self,
@@ -198,6 +211,22 @@ impl Endpoint {
         self.answer(remote, out, received);
     }
 
+    /// Refuses an initiation because the node does not accept MXP now,
+    /// naming the QUIC port (the client falls back at once).
+    fn refuse_carrier(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        ids: (ConnectionId, ConnectionId),
+        received: usize,
+    ) -> Incoming {
+        let quic_port = self.server.as_ref().and_then(|s| s.quic_port).unwrap_or(0);
+        self.stats.carrier_refusals += 1;
+        let reason = RejectReason::CarrierRefused { quic_port };
+        self.reject(now, remote, ids, reason, received);
+        Incoming::Answered(Refusal::NotAccepting)
+    }
+
     fn busy(
         &mut self,
         now: Instant,
@@ -211,58 +240,58 @@ impl Endpoint {
         Incoming::Answered(Refusal::Busy(why))
     }
 
-    /// Admission of an Initial no connection claimed (see the module doc).
+    /// Admission of an Initial of `len` bytes that no connection claimed
+    /// (see the module doc).
     pub(super) fn handle_initiation(
         &mut self,
         now: Instant,
         remote: SocketAddr,
-        p: InitialPacket<'_>,
+        initial: &Header<'_>,
+        len: usize,
     ) -> Incoming {
-        let ids = (p.scid, p.dcid);
+        let &Header::Initial {
+            version,
+            dcid,
+            scid,
+            token,
+            noise,
+            mac1,
+            covered,
+        } = initial
+        else {
+            return Incoming::Dropped(Refusal::Malformed(PacketError::Malformed));
+        };
+        let ids = (scid, dcid);
         if self.server.is_none() {
             self.stats.not_a_server += 1;
             return Incoming::Dropped(Refusal::NotAServer);
         }
-        if p.len < MIN_INITIAL_SIZE {
+        if len < MIN_INITIAL_SIZE {
             self.stats.initials_too_small += 1;
-            return Incoming::Dropped(Refusal::InitialTooSmall(p.len));
+            return Incoming::Dropped(Refusal::InitialTooSmall(len));
         }
-        if p.version != VERSION {
+        if version != VERSION {
             self.stats.version_mismatches += 1;
-            self.reject(now, remote, ids, RejectReason::VersionMismatch, p.len);
-            return Incoming::Answered(Refusal::VersionMismatch(p.version));
+            self.reject(now, remote, ids, RejectReason::VersionMismatch, len);
+            return Incoming::Answered(Refusal::VersionMismatch(version));
         }
         let now_ns = self.monotonic_ns(now);
         let server = self.server.as_mut().expect("checked above");
-        if !server.mac1.verify(p.covered, p.mac1) {
+        if !server.mac1.verify(covered, mac1) {
             // A client with the wrong node key computes a wrong mac1: tell
             // it (unauthenticated, so it believes two of these).
             self.stats.mac_failures += 1;
-            self.reject(now, remote, ids, RejectReason::ServerKeyMismatch, p.len);
+            self.reject(now, remote, ids, RejectReason::ServerKeyMismatch, len);
             return Incoming::Answered(Refusal::BadMac);
         }
         if !server.accepting {
-            let quic_port = server.quic_port.unwrap_or(0);
-            self.stats.carrier_refusals += 1;
-            self.reject(
-                now,
-                remote,
-                ids,
-                RejectReason::CarrierRefused { quic_port },
-                p.len,
-            );
-            return Incoming::Answered(Refusal::NotAccepting);
+            return self.refuse_carrier(now, remote, ids, len);
         }
-        let digest = initiation_digest(p.noise);
-        let source =
-            std::hash::BuildHasher::hash_one(&server.sources_hasher, (remote, p.scid, p.dcid));
-        let floor = &mut server.replay_floor;
-        server
-            .accepted
-            .expire(now_ns, |&ts| *floor = (*floor).max(ts));
+        let digest = initiation_digest(noise);
+        let source = std::hash::BuildHasher::hash_one(&server.sources_hasher, (remote, scid, dcid));
         server.recent.expire(now_ns, |_| {});
         let seen = server.recent.get(digest).copied();
-        if server.accepted.get(digest).is_some() || seen.is_some_and(|r| r.source != source) {
+        if server.accepted.contains(now_ns, digest) || seen.is_some_and(|r| r.source != source) {
             self.stats.replayed_initiations += 1;
             debug!(target: HANDSHAKE, peer = %remote, "replayed handshake initiation dropped");
             return Incoming::Dropped(Refusal::ReplayedInitiation);
@@ -275,24 +304,23 @@ impl Endpoint {
             }
             // Worked on and refused (or its connection is gone): the
             // client should start over.
-            return self.busy(now, remote, ids, BusyReason::Unverifiable, p.len);
+            return self.busy(now, remote, ids, BusyReason::Unverifiable, len);
         }
-        let running = self.connections.len() + server.queue.waiting() + server.queue.running();
-        if running >= server.policy.max_connections {
+        if self.connections.len() + server.queue.len() >= server.policy.max_connections {
             self.stats.connection_limit += 1;
-            return self.busy(now, remote, ids, BusyReason::ConnectionLimit, p.len);
+            return self.busy(now, remote, ids, BusyReason::ConnectionLimit, len);
         }
         let mut binding = [0u8; 16];
-        binding[..8].copy_from_slice(&p.dcid.0);
-        binding[8..].copy_from_slice(&p.scid.0);
+        binding[..8].copy_from_slice(&dcid.0);
+        binding[8..].copy_from_slice(&scid.0);
         let now_us = now_ns / 1_000;
-        let validated = if p.token.is_empty() {
+        let validated = if token.is_empty() {
             if server.demands_retry(now) {
                 let token = server.token_key.issue(now_us, &remote, &binding);
                 let mut out = Vec::new();
-                packet::write_retry(p.scid, p.dcid, &token, &mut out);
+                packet::write_retry(scid, dcid, &token, &mut out);
                 self.stats.retries_sent += 1;
-                self.answer(remote, out, p.len);
+                self.answer(remote, out, len);
                 return Incoming::Answered(Refusal::RetryRequested);
             }
             false
@@ -300,13 +328,13 @@ impl Endpoint {
             let lifetime = server.policy.token_lifetime.as_micros() as u64;
             if server
                 .token_key
-                .validate(p.token, &remote, &binding, now_us, lifetime)
+                .validate(token, &remote, &binding, now_us, lifetime)
                 .is_err()
             {
                 self.stats.invalid_tokens += 1;
                 return Incoming::Dropped(Refusal::InvalidToken);
             }
-            let token = initiation_digest(p.token);
+            let token = initiation_digest(token);
             if server.used_tokens.get(token).is_some() {
                 self.stats.tokens_reused += 1;
                 return Incoming::Dropped(Refusal::TokenReused);
@@ -317,23 +345,21 @@ impl Endpoint {
         let share = server.sources.share(now, &remote);
         let initiation = Initiation {
             remote,
-            dcid: p.dcid,
-            scid: p.scid,
-            len: p.len,
+            dcid,
+            scid,
+            len,
             digest,
             validated,
         };
-        match server.queue.admit(initiation, p.noise.to_vec(), share) {
+        match server.queue.admit(initiation, noise.to_vec(), share) {
             Admit::Queued => {}
             Admit::Full => {
                 self.stats.queue_full += 1;
-                return self.busy(now, remote, ids, BusyReason::Overloaded, p.len);
+                return self.busy(now, remote, ids, BusyReason::Overloaded, len);
             }
             Admit::Displaced(old) => {
                 self.stats.displaced += 1;
-                if let Some(r) = server.recent.get_mut(old.digest) {
-                    r.pending = false;
-                }
+                server.settle(old.digest);
                 self.busy(
                     now,
                     old.remote,
@@ -365,10 +391,7 @@ impl Endpoint {
     /// waiting for the budget can go.
     pub fn poll_handshake(&mut self, now: Instant) -> Option<HandshakeJob> {
         let server = self.server.as_mut()?;
-        if server.queue.waiting() == 0
-            || server.queue.running() >= server.policy.handshake_workers.max(1)
-            || !server.budget.try_take(now)
-        {
+        if !server.worker_free() || !server.budget.try_take(now) {
             return None;
         }
         let (id, initiation, noise) = server.queue.start()?;
@@ -408,9 +431,7 @@ impl Endpoint {
         let Some(initiation) = server.queue.finish(done.id) else {
             return Incoming::Dropped(Refusal::UnknownConnection);
         };
-        if let Some(r) = server.recent.get_mut(initiation.digest) {
-            r.pending = false;
-        }
+        server.settle(initiation.digest);
         let ids = (initiation.scid, initiation.dcid);
         let (remote, len) = (initiation.remote, initiation.len);
         match done.result {
@@ -459,23 +480,16 @@ impl Endpoint {
             } => {
                 let now_ns = self.monotonic_ns(now);
                 let server = self.server.as_mut().expect("checked above");
-                if hello.timestamp <= server.replay_floor {
+                if !server
+                    .accepted
+                    .record(now_ns, initiation.digest, hello.timestamp)
+                {
                     self.stats.replayed_initiations += 1;
                     debug!(target: HANDSHAKE, peer = %remote, client = %client_key, "initiation older than the replay log remembers");
                     return self.busy(now, remote, ids, BusyReason::Unverifiable, len);
                 }
-                let floor = &mut server.replay_floor;
-                server
-                    .accepted
-                    .insert(now_ns, initiation.digest, hello.timestamp, |&ts| {
-                        *floor = (*floor).max(ts)
-                    });
                 if !server.accepting {
-                    let quic_port = server.quic_port.unwrap_or(0);
-                    self.stats.carrier_refusals += 1;
-                    let reason = RejectReason::CarrierRefused { quic_port };
-                    self.reject(now, remote, ids, reason, len);
-                    return Incoming::Answered(Refusal::NotAccepting);
+                    return self.refuse_carrier(now, remote, ids, len);
                 }
                 if self.by_cid.contains_key(&local_cid) {
                     // Another connection took the id meanwhile (2^-64).

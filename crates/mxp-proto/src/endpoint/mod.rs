@@ -32,7 +32,7 @@ use crate::packet::{self, ConnectionId, Header, MIN_RESET_LEN};
 
 use crate::guard::RateLimiter;
 use active::{Active, EVENTS, RETIMED, TOUCHED, TRANSMIT};
-use admission::{InitialPacket, Server};
+use admission::Server;
 pub use job::{HandshakeDone, HandshakeJob};
 pub use stats::{EndpointStats, Incoming, Refusal};
 
@@ -144,9 +144,7 @@ impl Endpoint {
 
     /// Initiations waiting for a handshake job, or in one now.
     pub fn handshake_queue_depth(&self) -> usize {
-        self.server
-            .as_ref()
-            .map_or(0, |s| s.queue.waiting() + s.queue.running())
+        self.server.as_ref().map_or(0, |s| s.queue.len())
     }
 
     /// Number of connections (in any state).
@@ -173,8 +171,13 @@ impl Endpoint {
         self.connections.get(handle.0)
     }
 
+    /// Nanoseconds since this endpoint was created.
+    fn monotonic_ns(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
     fn unix_now_ns(&self, now: Instant) -> u64 {
-        self.unix_epoch_ns + now.saturating_duration_since(self.epoch).as_nanos() as u64
+        self.unix_epoch_ns + self.monotonic_ns(now)
     }
 
     fn fresh_cid(&self) -> ConnectionId {
@@ -225,34 +228,15 @@ impl Endpoint {
                 return Incoming::Dropped(Refusal::Malformed(e));
             }
         };
+        if let Header::Initial { dcid, scid, .. } = header {
+            if let Some(&h) = self.by_initial.get(&(remote, scid, dcid)) {
+                self.deliver(now, h, remote, datagram);
+                return Incoming::Routed(h);
+            }
+            return self.handle_initiation(now, remote, &header, datagram.len());
+        }
         let short = matches!(header, Header::Short { .. });
         let dcid = match &header {
-            Header::Initial {
-                version,
-                dcid,
-                scid,
-                token,
-                noise,
-                mac1,
-                covered,
-            } => {
-                let key = (remote, *scid, *dcid);
-                if let Some(&h) = self.by_initial.get(&key) {
-                    self.deliver(now, h, remote, datagram);
-                    return Incoming::Routed(h);
-                }
-                let initial = InitialPacket {
-                    version: *version,
-                    dcid: *dcid,
-                    scid: *scid,
-                    token,
-                    noise,
-                    mac1,
-                    covered,
-                    len: datagram.len(),
-                };
-                return self.handle_initiation(now, remote, initial);
-            }
             Header::Reject {
                 dcid,
                 reason: packet::RejectReason::Busy(_),
@@ -261,7 +245,9 @@ impl Endpoint {
                 self.stats.busy_received += 1;
                 *dcid
             }
-            Header::Handshake { dcid, .. }
+            // Initials were taken above.
+            Header::Initial { dcid, .. }
+            | Header::Handshake { dcid, .. }
             | Header::Retry { dcid, .. }
             | Header::Reject { dcid, .. }
             | Header::Short { dcid } => *dcid,

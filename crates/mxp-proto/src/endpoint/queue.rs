@@ -73,6 +73,11 @@ impl HandshakeQueue {
         self.running.len()
     }
 
+    /// Initiations waiting or running.
+    pub fn len(&self) -> usize {
+        self.waiting() + self.running()
+    }
+
     pub fn admit(&mut self, initiation: Initiation, noise: Vec<u8>, share: Share) -> Admit {
         self.next_seq += 1;
         let entry = Waiting {
