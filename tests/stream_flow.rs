@@ -12,8 +12,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use common::{Digest, EchoServer, Receiver, Sender, Setup, content};
 use mxp::proto::{
-    Band, Connection, ConnectionHandle, DatagramError, Dir, Event, OpenError, ReadError,
-    ServerConfig, StreamEvent, StreamId, TransportConfig, WriteError,
+    Band, Connection, ConnectionHandle, DATAGRAM_ENTRY_COST, DatagramError, Dir, Event, OpenError,
+    ReadError, ServerConfig, StreamEvent, StreamId, TransportConfig, WriteError,
 };
 use mxp::sim::{Datagram, LinkConfig, Network, NodeId, TapAction};
 
@@ -1152,8 +1152,9 @@ fn datagram_larger_than_the_limit_is_refused_and_the_largest_allowed_arrives() {
 
 #[test]
 fn datagram_burst_beyond_the_send_buffer_drops_the_oldest_and_counts_them() {
+    // Room for eight: each queued datagram is charged for its slot too.
     let transport = TransportConfig {
-        datagram_send_buffer: 8 * 1000,
+        datagram_send_buffer: 8 * (1000 + DATAGRAM_ENTRY_COST),
         ..TransportConfig::default()
     };
     let (mut s, ch, sh) = setup(20, transport);

@@ -472,6 +472,8 @@ pub(crate) fn mxp_limited(s: &EndpointStats) -> BTreeMap<&'static str, u64> {
         ("queue_full", s.queue_full),
         ("displaced", s.displaced),
         ("connection_limit", s.connection_limit),
+        ("address_limit", s.address_limit),
+        ("key_limit", s.key_limit),
     ]
     .into_iter()
     .collect()

@@ -61,6 +61,20 @@ pub struct TransportConfig {
     pub key_rotation: KeyRotation,
     /// Weighted-fair-queuing weight of each band, indexed by [`Band::index`].
     pub band_weights: [u32; Band::COUNT],
+    /// Key updates the peer may start per second (in bursts of up to 16);
+    /// one more closes the connection with KEY_UPDATE_ERROR. Each costs a
+    /// key derivation here (a few microseconds). The default rotation
+    /// policy, every 10,000 packets, needs 100 a second at a million
+    /// packets a second.
+    pub peer_key_update_rate: u32,
+    /// Packets that may fail authentication over a connection's life before
+    /// it closes with AEAD_LIMIT_REACHED (RFC 9001 §6.6). The default is the
+    /// integrity limit of AES-256-GCM, 2^52.
+    pub max_decrypt_failures: u64,
+    /// ACK frames applied per packet; further ones are ignored (and
+    /// counted), so a packet costs one walk of the in-flight window, not
+    /// hundreds. A well-behaved peer sends one.
+    pub max_acks_per_packet: u32,
 }
 
 impl Default for TransportConfig {
@@ -86,6 +100,9 @@ impl Default for TransportConfig {
             datagram_send_buffer: 1 << 20,
             key_rotation: KeyRotation::default(),
             band_weights: [8, 4, 2, 1],
+            peer_key_update_rate: 1000,
+            max_decrypt_failures: 1 << 52,
+            max_acks_per_packet: 2,
         }
     }
 }
@@ -150,6 +167,13 @@ pub struct ServerConfig {
     pub max_clock_skew: Duration,
     /// Most connections served at once; further initiations are dropped.
     pub max_connections: usize,
+    /// Most connections open at once from one IP address; further
+    /// initiations from it are told the node is busy. High enough for a
+    /// NAT gateway or a load generator on one host.
+    pub max_connections_per_address: usize,
+    /// Most connections open at once with one client key (replicas of a
+    /// deployment may share one); further ones are told the node is busy.
+    pub max_connections_per_key: usize,
 }
 
 impl Default for ServerConfig {
@@ -165,6 +189,8 @@ impl Default for ServerConfig {
             token_lifetime: Duration::from_secs(10),
             max_clock_skew: Duration::from_secs(120),
             max_connections: 100_000,
+            max_connections_per_address: 4096,
+            max_connections_per_key: 1024,
         }
     }
 }

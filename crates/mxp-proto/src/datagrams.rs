@@ -1,9 +1,16 @@
 //! Unreliable datagrams: sent at most once, never retransmitted, bounded
 //! queues both ways with the oldest dropped (and counted) when full.
+//!
+//! Each queue is bounded by bytes and by count, and an entry costs
+//! [`DATAGRAM_ENTRY_COST`] bytes on top of its payload, so a flood of empty
+//! datagrams fills a queue as surely as large ones. Received datagrams are
+//! copied out of their packets into blocks of this connection's own: the
+//! queue is first in, first out, so the blocks it keeps alive span only
+//! what it holds.
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
 use crate::Band;
@@ -51,6 +58,20 @@ impl DatagramStats {
     }
 }
 
+/// What a queued datagram is charged beyond its payload: its slot.
+pub const DATAGRAM_ENTRY_COST: usize = 32;
+
+/// Most datagrams one queue holds, whatever their size.
+pub(crate) const MAX_QUEUED: usize = 4096;
+
+/// Size of the blocks received datagrams are copied into.
+const RECV_BLOCK: usize = 64 * 1024;
+
+/// Whether a queue of `count` entries charged `bytes` is over its limits.
+fn over(count: usize, bytes: usize, limit: usize) -> bool {
+    count > MAX_QUEUED || bytes > limit
+}
+
 #[derive(Debug)]
 pub(crate) struct Datagrams {
     outgoing: [VecDeque<Bytes>; Band::COUNT],
@@ -59,6 +80,8 @@ pub(crate) struct Datagrams {
     incoming: VecDeque<Bytes>,
     incoming_bytes: usize,
     recv_limit: usize,
+    /// Where received datagrams are copied to.
+    recv_block: BytesMut,
     scheduled: [bool; Band::COUNT],
     pub stats: DatagramStats,
 }
@@ -72,6 +95,7 @@ impl Datagrams {
             incoming: VecDeque::new(),
             incoming_bytes: 0,
             recv_limit,
+            recv_block: BytesMut::new(),
             scheduled: [false; Band::COUNT],
             stats: DatagramStats::default(),
         }
@@ -88,15 +112,16 @@ impl Datagrams {
                 max,
             });
         }
-        self.outgoing_bytes += data.len();
+        self.outgoing_bytes += data.len() + DATAGRAM_ENTRY_COST;
         self.outgoing[band.index()].push_back(data);
         // Over the limit: drop the oldest of the least important band.
-        while self.outgoing_bytes > self.send_limit {
+        let queued = |o: &[VecDeque<Bytes>; Band::COUNT]| o.iter().map(VecDeque::len).sum();
+        while over(queued(&self.outgoing), self.outgoing_bytes, self.send_limit) {
             let Some(q) = self.outgoing.iter_mut().rev().find(|q| !q.is_empty()) else {
                 break;
             };
             if let Some(old) = q.pop_front() {
-                self.outgoing_bytes -= old.len();
+                self.outgoing_bytes -= old.len() + DATAGRAM_ENTRY_COST;
                 self.stats.dropped_send += 1;
             }
         }
@@ -122,7 +147,7 @@ impl Datagrams {
         let d = q.pop_front().expect("front exists");
         frame::encode_datagram_header(d.len(), true, out);
         out.extend_from_slice(&d);
-        self.outgoing_bytes -= d.len();
+        self.outgoing_bytes -= d.len() + DATAGRAM_ENTRY_COST;
         self.stats.sent += 1;
         let more = !q.is_empty();
         self.scheduled[i] = more;
@@ -130,14 +155,18 @@ impl Datagrams {
     }
 
     /// A datagram arrived.
-    pub fn receive(&mut self, data: Bytes) {
-        self.incoming_bytes += data.len();
-        self.incoming.push_back(data);
+    pub fn receive(&mut self, data: &[u8]) {
+        if self.recv_block.capacity() < data.len() {
+            self.recv_block.reserve(RECV_BLOCK.max(data.len()));
+        }
+        self.recv_block.extend_from_slice(data);
+        self.incoming.push_back(self.recv_block.split().freeze());
+        self.incoming_bytes += data.len() + DATAGRAM_ENTRY_COST;
         self.stats.received += 1;
-        while self.incoming_bytes > self.recv_limit {
+        while over(self.incoming.len(), self.incoming_bytes, self.recv_limit) {
             match self.incoming.pop_front() {
                 Some(old) => {
-                    self.incoming_bytes -= old.len();
+                    self.incoming_bytes -= old.len() + DATAGRAM_ENTRY_COST;
                     self.stats.dropped_recv += 1;
                 }
                 None => break,
@@ -148,7 +177,7 @@ impl Datagrams {
     /// Next received datagram.
     pub fn recv(&mut self) -> Option<Bytes> {
         let d = self.incoming.pop_front()?;
-        self.incoming_bytes -= d.len();
+        self.incoming_bytes -= d.len() + DATAGRAM_ENTRY_COST;
         Some(d)
     }
 }
@@ -159,7 +188,7 @@ mod tests {
 
     #[test]
     fn size_is_checked_and_overflow_drops_the_oldest() {
-        let mut d = Datagrams::new(250, 250);
+        let mut d = Datagrams::new(300, 300);
         assert_eq!(
             d.send(Bytes::from(vec![0; 101]), Band::Critical, 100),
             Err(DatagramError::TooLarge {
@@ -193,10 +222,39 @@ mod tests {
     #[test]
     fn receive_queue_is_bounded() {
         let mut d = Datagrams::new(1000, 150);
-        d.receive(Bytes::from(vec![1; 100]));
-        d.receive(Bytes::from(vec![2; 100]));
+        d.receive(&[1; 100]);
+        d.receive(&[2; 100]);
         assert_eq!(d.stats.dropped_recv, 1);
         assert_eq!(d.recv().unwrap()[0], 2);
         assert_eq!(d.recv(), None);
+    }
+
+    #[test]
+    fn empty_datagrams_fill_the_queue_too() {
+        let mut d = Datagrams::new(1 << 20, 1 << 20);
+        for _ in 0..3 * MAX_QUEUED {
+            d.receive(&[]);
+        }
+        assert_eq!(d.incoming.len(), MAX_QUEUED);
+        assert_eq!(d.stats.dropped_recv, 2 * MAX_QUEUED as u64);
+        let mut d = Datagrams::new(1000, 1000);
+        for _ in 0..100 {
+            d.receive(&[]);
+        }
+        assert_eq!(d.incoming.len(), 1000 / DATAGRAM_ENTRY_COST);
+        for _ in 0..100 {
+            let _ = d.send(Bytes::new(), Band::Critical, 100);
+        }
+        assert_eq!(d.outgoing[0].len(), 1000 / DATAGRAM_ENTRY_COST);
+    }
+
+    #[test]
+    fn received_datagrams_do_not_keep_their_packets() {
+        let packet = Bytes::from(vec![7u8; 1400]);
+        let mut d = Datagrams::new(1000, 1 << 20);
+        d.receive(&packet[100..110]);
+        // A copy: the packet's buffer is ours alone again.
+        assert!(packet.is_unique());
+        assert_eq!(&d.recv().unwrap()[..], &[7u8; 10][..]);
     }
 }

@@ -31,6 +31,10 @@ impl TransportErrorCode {
     pub const TRANSPORT_PARAMETER_ERROR: Self = Self(0x8);
     /// Any other protocol rule was broken.
     pub const PROTOCOL_VIOLATION: Self = Self(0xa);
+    /// The peer updated its packet keys faster than allowed.
+    pub const KEY_UPDATE_ERROR: Self = Self(0xe);
+    /// Too many packets failed authentication to keep using the keys.
+    pub const AEAD_LIMIT_REACHED: Self = Self(0xf);
 
     /// Name of a known code.
     pub fn name(self) -> Option<&'static str> {
@@ -45,6 +49,8 @@ impl TransportErrorCode {
             0x7 => "FRAME_ENCODING_ERROR",
             0x8 => "TRANSPORT_PARAMETER_ERROR",
             0xa => "PROTOCOL_VIOLATION",
+            0xe => "KEY_UPDATE_ERROR",
+            0xf => "AEAD_LIMIT_REACHED",
             _ => return None,
         })
     }

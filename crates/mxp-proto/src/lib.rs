@@ -42,7 +42,7 @@ pub const HANDSHAKE: &str = "mxp_proto::handshake";
 pub use config::{EndpointConfig, RetryPolicy, ServerConfig, TransportConfig};
 pub use connection::{Connection, ConnectionStats, Event, Transmit};
 pub use crypto::{HandshakeError, Keypair, PublicKey};
-pub use datagrams::{DatagramError, DatagramStats};
+pub use datagrams::{DATAGRAM_ENTRY_COST, DatagramError, DatagramStats};
 pub use endpoint::{
     ConnectError, ConnectionHandle, Endpoint, EndpointStats, HandshakeDone, HandshakeJob, Incoming,
     Refusal,

@@ -30,6 +30,7 @@ use crate::crypto::{PublicKey, RESET_TOKEN_LEN};
 use crate::datagrams::{DatagramError, Datagrams};
 use crate::error::{ConnectionError, TransportError};
 use crate::frame::{Close, CloseKind};
+use crate::guard::RateLimiter;
 use crate::packet::keys::KeyState;
 use crate::packet::{ConnectionId, MIN_RESET_LEN, SHORT_OVERHEAD};
 use crate::replay::ReplayWindow;
@@ -100,6 +101,14 @@ enum Timer {
 
 const TIMER_COUNT: usize = 7;
 
+/// PATH_CHALLENGE answers kept waiting; beyond it the oldest go. Only the
+/// newest matter to a peer probing a path, and each is sent at once.
+const MAX_PATH_RESPONSES: usize = 4;
+
+/// Burst of peer-initiated key updates allowed above
+/// [`TransportConfig::peer_key_update_rate`].
+const KEY_UPDATE_BURST: u32 = 16;
+
 /// Longest a closing connection waits for its close frame to be sent at
 /// all (it normally goes out on the next transmit).
 const CLOSE_FALLBACK: Duration = Duration::from_secs(1);
@@ -169,6 +178,9 @@ pub struct Connection {
     settled: Vec<recovery::SentPacket>,
     lost: Vec<recovery::SentPacket>,
     replay: ReplayWindow,
+    /// Key updates the peer may still start (see
+    /// [`TransportConfig::peer_key_update_rate`]).
+    peer_key_updates: RateLimiter,
     acks: AckState,
     streams: Streams,
     datagrams: Datagrams,
@@ -232,6 +244,7 @@ impl Connection {
             settled: Vec::new(),
             lost: Vec::new(),
             replay: ReplayWindow::new(),
+            peer_key_updates: RateLimiter::new(config.peer_key_update_rate, KEY_UPDATE_BURST, now),
             acks: AckState::default(),
             streams: Streams::new(side, limits),
             datagrams: Datagrams::new(config.datagram_send_buffer, config.datagram_receive_buffer),
@@ -409,6 +422,27 @@ impl Connection {
     /// Reads up to `max` in-order bytes; `Ok(None)` at the end of the stream.
     pub fn read(&mut self, id: StreamId, max: usize) -> Result<Option<Bytes>, ReadError> {
         self.streams.read(id, max)
+    }
+
+    /// Like [`read`](Self::read), but the bytes returned keep counting
+    /// against the connection's receive window until the caller gives
+    /// them back with `release` (here, on its next read) or
+    /// [`release_held`](Self::release_held). For a reader that buffers
+    /// what it read (a message decoder, an echo waiting to write): what
+    /// it holds stays within what this end advertised.
+    pub fn read_held(
+        &mut self,
+        id: StreamId,
+        max: usize,
+        release: u64,
+    ) -> Result<Option<Bytes>, ReadError> {
+        self.streams.release(release);
+        self.streams.read_held(id, max)
+    }
+
+    /// Gives back credit for `n` bytes taken with [`read_held`](Self::read_held).
+    pub fn release_held(&mut self, n: u64) {
+        self.streams.release(n);
     }
 
     /// Whether [`read`](Self::read) has something (data, end or reset).

@@ -161,6 +161,12 @@ impl Recovery {
         self.sent.push_back(Some(packet));
     }
 
+    /// Packets sent and not yet settled (acknowledged or lost), from the
+    /// oldest unsettled one on.
+    pub fn tracked_packets(&self) -> usize {
+        self.sent.len()
+    }
+
     fn take(&mut self, pn: u64) -> Option<SentPacket> {
         let index = usize::try_from(pn.checked_sub(self.base)?).ok()?;
         let p = self.sent.get_mut(index)?.take()?;

@@ -7,13 +7,18 @@ use std::time::Instant;
 use bytes::BytesMut;
 use tracing::{debug, info, trace};
 
-use super::{Connection, Event, Handshake, State, Timer};
+use super::{Connection, Event, Handshake, MAX_PATH_RESPONSES, State, Timer};
 use crate::error::{ConnectionError, TransportError, TransportErrorCode};
 use crate::frame::{self, CloseKind, Frame};
 use crate::packet::keys::Opened;
 use crate::packet::{self, Header, PacketError};
 use crate::replay::Rejection;
 use crate::scheduler::Flow;
+
+/// Our packets a peer may leave unsettled while it keeps sending: each is
+/// remembered until acknowledged. Far above what the windows let a peer
+/// have in flight honestly (16 MiB is about 11,600 full packets).
+const MAX_UNACKNOWLEDGED: usize = 1 << 16;
 
 impl Connection {
     /// Takes in a datagram the endpoint routed to this connection.
@@ -40,9 +45,21 @@ impl Connection {
         if let Err(e) = self.handle_short(now, remote, &mut datagram) {
             trace!(parent: &self.span, error = %e, "packet dropped");
             match e {
-                PacketError::Decrypt => self.stats.decrypt_failures += 1,
+                PacketError::Decrypt => self.on_decrypt_failure(now),
                 _ => self.stats.malformed_packets += 1,
             }
+        }
+    }
+
+    fn on_decrypt_failure(&mut self, now: Instant) {
+        self.stats.decrypt_failures += 1;
+        if self.stats.decrypt_failures > self.config.max_decrypt_failures {
+            self.stats.peer_limits.decrypt_budget += 1;
+            let err = TransportError::new(
+                TransportErrorCode::AEAD_LIMIT_REACHED,
+                "too many packets failed authentication",
+            );
+            self.close_with_error(now, err);
         }
     }
 
@@ -86,6 +103,15 @@ impl Connection {
         if how == Opened::Rotated {
             let span = &self.span;
             debug!(parent: span, generation = keys.generation(), "peer rotated keys");
+            if !self.peer_key_updates.try_take(now) {
+                self.stats.peer_limits.key_updates += 1;
+                let err = TransportError::new(
+                    TransportErrorCode::KEY_UPDATE_ERROR,
+                    "key updates faster than allowed",
+                );
+                self.close_with_error(now, err);
+                return Ok(());
+            }
         }
         self.replay.mark(opened.pn);
         self.stats.packets_received += 1;
@@ -110,6 +136,7 @@ impl Connection {
     pub(crate) fn process_payload(&mut self, now: Instant, pn: u64, payload: bytes::Bytes) {
         let mut ack_eliciting = false;
         let mut immediate = false;
+        let mut acks = 0;
         for frame in frame::Iter::new(payload) {
             let frame = match frame {
                 Ok(f) => f,
@@ -125,6 +152,13 @@ impl Connection {
             };
             ack_eliciting |= frame.is_ack_eliciting();
             immediate |= frame == Frame::ImmediateAck;
+            if let Frame::Ack(_) = frame {
+                acks += 1;
+                if acks > self.config.max_acks_per_packet {
+                    self.stats.peer_limits.acks_ignored += 1;
+                    continue;
+                }
+            }
             if let Err(err) = self.on_frame(now, frame) {
                 self.close_with_error(now, err);
                 return;
@@ -132,6 +166,15 @@ impl Connection {
             if self.is_closed() {
                 return;
             }
+        }
+        if self.recovery.tracked_packets() > MAX_UNACKNOWLEDGED {
+            self.stats.peer_limits.unacknowledged += 1;
+            let err = TransportError::new(
+                TransportErrorCode::PROTOCOL_VIOLATION,
+                "peer leaves our packets unacknowledged",
+            );
+            self.close_with_error(now, err);
+            return;
         }
         self.acks.on_packet(
             now,
@@ -203,7 +246,11 @@ impl Connection {
                 }
             }
             Frame::Ack(ack) => self.on_ack_frame(now, &ack)?,
-            Frame::Stream(f) => self.streams.on_stream_frame(f)?,
+            Frame::Stream(f) => self.streams.on_stream_frame(f).inspect_err(|_| {
+                if self.streams.is_too_fragmented() {
+                    self.stats.peer_limits.fragmented += 1;
+                }
+            })?,
             Frame::ResetStream(f) => self.streams.on_reset(f)?,
             Frame::StopSending(f) => self.streams.on_stop_sending(f)?,
             Frame::MaxData(max) => self.streams.on_max_data(max),
@@ -214,7 +261,14 @@ impl Connection {
             | Frame::StreamsBlocked { .. } => {
                 self.stats.peer_blocked_frames += 1;
             }
-            Frame::PathChallenge(data) => self.pending.path_responses.push_back(data),
+            Frame::PathChallenge(data) => {
+                let responses = &mut self.pending.path_responses;
+                if responses.len() == MAX_PATH_RESPONSES {
+                    responses.pop_front();
+                    self.stats.peer_limits.path_responses_dropped += 1;
+                }
+                responses.push_back(data);
+            }
             Frame::PathResponse(data) => {
                 if self.path.challenge == Some(data) {
                     self.path.challenge = None;
@@ -240,6 +294,14 @@ impl Connection {
             }
             Frame::Datagram(data) => {
                 let max = usize::from(self.config.max_datagram_size);
+                if max == 0 {
+                    self.stats.peer_limits.datagrams_disabled += 1;
+                    return Err(TransportError::new(
+                        TransportErrorCode::PROTOCOL_VIOLATION,
+                        "datagram received where datagrams are disabled",
+                    )
+                    .in_frame(frame::types::DATAGRAM));
+                }
                 if data.len() > max {
                     return Err(TransportError::new(
                         TransportErrorCode::PROTOCOL_VIOLATION,
@@ -247,7 +309,7 @@ impl Connection {
                     )
                     .in_frame(frame::types::DATAGRAM));
                 }
-                self.datagrams.receive(data);
+                self.datagrams.receive(&data);
                 self.events.push_back(Event::DatagramReceived);
             }
         }

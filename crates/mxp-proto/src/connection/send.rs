@@ -104,8 +104,11 @@ impl Connection {
     fn build_short(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<usize> {
         self.keys.as_ref()?;
         let ack_due = self.acks.is_due(now);
+        // Path answers are tiny and capped: like ACKs, they do not wait for
+        // congestion control or pacing.
+        let respond = !self.pending.path_responses.is_empty();
         let mut send_data = self.has_data_to_send();
-        if !ack_due && !send_data {
+        if !ack_due && !send_data && !respond {
             return None;
         }
         let max = self.packet_size_limit()?;
@@ -121,7 +124,7 @@ impl Connection {
                 send_data = false;
             }
         }
-        if !ack_due && !send_data {
+        if !ack_due && !send_data && !respond {
             return None;
         }
 
@@ -149,6 +152,7 @@ impl Connection {
             self.stats.acks_sent += 1;
         }
         let after_ack = buf.len();
+        self.write_path_responses(buf, limit);
         let mut records = self.recovery.take_records();
         let mut datagrams = 0u16;
         let mut go_away = false;
@@ -235,14 +239,17 @@ impl Connection {
         Some(size)
     }
 
-    /// PING and path-validation frames.
-    fn write_pending_frames(&mut self, buf: &mut Vec<u8>, limit: usize) {
+    fn write_path_responses(&mut self, buf: &mut Vec<u8>, limit: usize) {
         while buf.len() + 9 <= limit {
             let Some(data) = self.pending.path_responses.pop_front() else {
                 break;
             };
             frame::Frame::PathResponse(data).encode(buf);
         }
+    }
+
+    /// PING and our own path challenge.
+    fn write_pending_frames(&mut self, buf: &mut Vec<u8>, limit: usize) {
         if self.pending.path_challenge && buf.len() + 9 <= limit {
             if let Some(data) = self.path.challenge {
                 frame::Frame::PathChallenge(data).encode(buf);

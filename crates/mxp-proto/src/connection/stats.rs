@@ -69,6 +69,68 @@ pub struct ConnectionStats {
     pub datagrams: DatagramStats,
     /// Every RTT sample taken.
     pub rtt_samples: LatencyHistogram,
+    /// Limits the peer ran into.
+    pub peer_limits: PeerLimitStats,
+}
+
+/// Times a peer ran into one of the limits that bound what it can make a
+/// node hold or do (see docs/transport/security.md). The ones that close
+/// the connection count once each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerLimitStats {
+    /// Closed: the peer's stream data arrived in more separate pieces than
+    /// the connection keeps.
+    pub fragmented: u64,
+    /// Closed: a DATAGRAM frame where datagrams are disabled.
+    pub datagrams_disabled: u64,
+    /// PATH_CHALLENGE answers dropped beyond the few kept (the oldest go).
+    pub path_responses_dropped: u64,
+    /// ACK frames beyond the per-packet bound, ignored.
+    pub acks_ignored: u64,
+    /// Closed: the peer updated its keys faster than the rate limit.
+    pub key_updates: u64,
+    /// Closed: the failed-decryption budget ran out.
+    pub decrypt_budget: u64,
+    /// Closed: the peer left too many of our packets unacknowledged.
+    pub unacknowledged: u64,
+}
+
+impl PeerLimitStats {
+    /// Label values of the runtime's `mxp_peer_limits_total`, in the order
+    /// [`counts`](Self::counts) gives them.
+    pub const KINDS: [&'static str; 7] = [
+        "fragmented",
+        "datagrams_disabled",
+        "path_responses_dropped",
+        "acks_ignored",
+        "key_updates",
+        "decrypt_budget",
+        "unacknowledged",
+    ];
+
+    /// The counters, in [`KINDS`](Self::KINDS) order.
+    pub fn counts(&self) -> [u64; 7] {
+        [
+            self.fragmented,
+            self.datagrams_disabled,
+            self.path_responses_dropped,
+            self.acks_ignored,
+            self.key_updates,
+            self.decrypt_budget,
+            self.unacknowledged,
+        ]
+    }
+
+    /// Adds `other`'s counters.
+    pub fn accumulate(&mut self, other: &PeerLimitStats) {
+        self.fragmented += other.fragmented;
+        self.datagrams_disabled += other.datagrams_disabled;
+        self.path_responses_dropped += other.path_responses_dropped;
+        self.acks_ignored += other.acks_ignored;
+        self.key_updates += other.key_updates;
+        self.decrypt_budget += other.decrypt_budget;
+        self.unacknowledged += other.unacknowledged;
+    }
 }
 
 impl ConnectionStats {
@@ -101,5 +163,6 @@ impl ConnectionStats {
         }
         self.datagrams.accumulate(&other.datagrams);
         self.rtt_samples.merge(&other.rtt_samples);
+        self.peer_limits.accumulate(&other.peer_limits);
     }
 }

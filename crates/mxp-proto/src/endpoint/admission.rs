@@ -37,6 +37,7 @@ use foldhash::{HashSet, HashSetExt};
 use tracing::debug;
 
 use super::job::{HandshakeDone, HandshakeJob, JobResult, Refused};
+use super::peers::PeerCounts;
 use super::queue::{Admit, HandshakeQueue, Initiation};
 use super::{ConnectionHandle, Endpoint, Incoming, Refusal};
 use crate::HANDSHAKE;
@@ -131,6 +132,8 @@ pub(super) struct Server {
     load: LoadDetector,
     /// Server connections whose client has not yet proven its address.
     pub unconfirmed: HashSet<ConnectionHandle>,
+    /// Open connections per address and per client key.
+    pub peers: PeerCounts,
     /// Digests an initiation's source: (address, connection ids).
     sources_hasher: foldhash::fast::RandomState,
 }
@@ -154,6 +157,7 @@ impl Server {
             refusals: RateLimiter::new(REFUSALS_PER_SECOND, REFUSALS_PER_SECOND, now),
             load: LoadDetector::default(),
             unconfirmed: HashSet::new(),
+            peers: PeerCounts::new(),
             sources_hasher: Default::default(),
             policy,
         }
@@ -308,6 +312,11 @@ impl Endpoint {
         }
         if self.connections.len() + server.queue.len() >= server.policy.max_connections {
             self.stats.connection_limit += 1;
+            return self.busy(now, remote, ids, BusyReason::ConnectionLimit, len);
+        }
+        if server.peers.at_address(remote.ip()) >= server.policy.max_connections_per_address {
+            self.stats.address_limit += 1;
+            debug!(target: HANDSHAKE, peer = %remote, "at the limit of connections from this address");
             return self.busy(now, remote, ids, BusyReason::ConnectionLimit, len);
         }
         let mut binding = [0u8; 16];
@@ -491,6 +500,11 @@ impl Endpoint {
                 if !server.accepting {
                     return self.refuse_carrier(now, remote, ids, len);
                 }
+                if server.peers.with_key(&client_key) >= server.policy.max_connections_per_key {
+                    self.stats.key_limit += 1;
+                    debug!(target: HANDSHAKE, peer = %remote, client = %client_key, "at the limit of connections with this client key");
+                    return self.busy(now, remote, ids, BusyReason::ConnectionLimit, len);
+                }
                 if self.by_cid.contains_key(&local_cid) {
                     // Another connection took the id meanwhile (2^-64).
                     return self.busy(now, remote, ids, BusyReason::Overloaded, len);
@@ -539,6 +553,7 @@ impl Endpoint {
         self.initial_keys.insert(h, key);
         if let Some(server) = &mut self.server {
             server.unconfirmed.insert(h);
+            server.peers.add(h, initiation.remote.ip(), client_key);
         }
         self.stats.handshakes_accepted += 1;
         let span = self.connections[h.0].span();

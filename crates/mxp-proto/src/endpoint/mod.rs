@@ -9,6 +9,7 @@
 mod active;
 mod admission;
 mod job;
+mod peers;
 mod queue;
 mod stats;
 
@@ -481,6 +482,7 @@ impl Endpoint {
         }
         if let Some(server) = &mut self.server {
             server.unconfirmed.remove(&h);
+            server.peers.remove(h);
         }
     }
 }

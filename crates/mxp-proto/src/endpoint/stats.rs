@@ -124,6 +124,10 @@ pub struct EndpointStats {
     pub displaced: u64,
     /// Initiations set aside at the connection limit.
     pub connection_limit: u64,
+    /// Initiations set aside at the limit of connections from one address.
+    pub address_limit: u64,
+    /// Handshakes set aside at the limit of connections with one client key.
+    pub key_limit: u64,
     /// Handshake jobs handed out: the Diffie-Hellman work this node did
     /// (about five X25519 operations each).
     pub handshake_jobs: u64,
@@ -176,6 +180,8 @@ impl EndpointStats {
             + self.queue_full
             + self.displaced
             + self.connection_limit
+            + self.address_limit
+            + self.key_limit
             + self.handshake_decrypt_failures
             + self.replayed_initiations
             + self.stale_initiations

@@ -1,17 +1,36 @@
 //! The receiving half of a stream: reassembles frames that arrive out of
 //! order or more than once into the exact byte sequence that was sent.
-//! Payloads stay the `Bytes` slices of the packets they arrived in.
+//!
+//! Received bytes are copied into one buffer per stream, at their offset.
+//! Keeping the packets' own slices instead would let a peer pin a whole
+//! receive buffer (a packet, and the socket's block it was carved from)
+//! with every byte it sends out of order: one byte at a time, within flow
+//! control, that is gigabytes per connection. A copy makes what a stream
+//! holds its unread span, which flow control bounds. Holes are tracked as
+//! ranges, and the connection caps how many (see
+//! [`Streams`](super::Streams)).
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::error::{TransportError, TransportErrorCode};
 
+/// Spare room a drained buffer keeps for the next bytes; beyond it the
+/// buffer is let go (a stream that once held a window's worth must not keep
+/// it while idle).
+const KEEP_CAPACITY: usize = 4096;
+
 #[derive(Debug, Default)]
 pub(crate) struct RecvBuffer {
-    /// Received data not yet read, keyed by offset; never overlapping.
-    segments: BTreeMap<u64, Bytes>,
+    /// The bytes from `read` on, up to the highest offset received; holes
+    /// (not yet received) are zeros.
+    data: BytesMut,
+    /// Everything in `read..contiguous` has arrived.
+    contiguous: u64,
+    /// Ranges received beyond `contiguous`: start to end, disjoint and
+    /// never touching.
+    ahead: BTreeMap<u64, u64>,
     /// Bytes delivered to the application.
     read: u64,
     /// One past the highest offset received: what flow control counts.
@@ -22,7 +41,7 @@ pub(crate) struct RecvBuffer {
 impl RecvBuffer {
     /// Takes in a frame's data. Returns by how much the highest received
     /// offset grew (the flow-control credit it consumed).
-    pub fn insert(&mut self, offset: u64, data: Bytes, fin: bool) -> Result<u64, TransportError> {
+    pub fn insert(&mut self, offset: u64, data: &[u8], fin: bool) -> Result<u64, TransportError> {
         let end = offset + data.len() as u64;
         let final_size_error =
             |msg: &str| TransportError::new(TransportErrorCode::FINAL_SIZE_ERROR, msg);
@@ -42,76 +61,81 @@ impl RecvBuffer {
         let grew = end.saturating_sub(self.high);
         self.high = self.high.max(end);
 
-        // Keep only bytes not yet read and not already buffered.
-        let mut cursor = offset.max(self.read);
-        if cursor >= end {
+        // Keep only bytes not yet read.
+        let start = offset.max(self.read);
+        if start >= end {
             return Ok(grew);
         }
-        // In-order data (the common case) lies past everything buffered:
-        // nothing to trim.
-        let buffered_end = self
-            .segments
-            .last_key_value()
-            .map_or(0, |(&o, b)| o + b.len() as u64);
-        if cursor >= buffered_end {
-            let fresh = (cursor - offset) as usize..data.len();
-            self.segments.insert(cursor, data.slice(fresh));
-            return Ok(grew);
+        let fresh = &data[(start - offset) as usize..];
+        let at = (start - self.read) as usize;
+        if at == self.data.len() {
+            // In order (the common case), or the first bytes past a hole.
+            self.data.extend_from_slice(fresh);
+        } else {
+            let need = (end - self.read) as usize;
+            if need > self.data.len() {
+                self.data.resize(need, 0);
+            }
+            self.data[at..at + fresh.len()].copy_from_slice(fresh);
         }
-        let first = self
-            .segments
-            .range(..=cursor)
-            .next_back()
-            .map(|(&o, _)| o)
-            .unwrap_or(cursor);
-        let overlapping: Vec<(u64, u64)> = self
-            .segments
-            .range(first..end)
-            .map(|(&o, b)| (o, o + b.len() as u64))
-            .collect();
-        for (seg_start, seg_end) in overlapping {
-            if seg_end <= cursor {
-                continue;
-            }
-            if seg_start > cursor {
-                let gap = (cursor - offset) as usize..(seg_start - offset) as usize;
-                self.segments.insert(cursor, data.slice(gap));
-            }
-            cursor = cursor.max(seg_end);
-            if cursor >= end {
-                return Ok(grew);
-            }
-        }
-        let rest = (cursor - offset) as usize..data.len();
-        self.segments.insert(cursor, data.slice(rest));
+        self.mark_received(start, end);
         Ok(grew)
+    }
+
+    /// Records that `start..end` (all past `read`) has arrived.
+    fn mark_received(&mut self, mut start: u64, mut end: u64) {
+        if start <= self.contiguous {
+            self.contiguous = self.contiguous.max(end);
+            while let Some(entry) = self.ahead.first_entry() {
+                if *entry.key() > self.contiguous {
+                    break;
+                }
+                self.contiguous = self.contiguous.max(entry.remove());
+            }
+            return;
+        }
+        // Merge with every range it overlaps or touches.
+        if let Some((&s, &e)) = self.ahead.range(..=start).next_back() {
+            if e >= start {
+                start = s;
+                end = end.max(e);
+                self.ahead.remove(&s);
+            }
+        }
+        while let Some((&s, &e)) = self.ahead.range(start..=end).next() {
+            end = end.max(e);
+            self.ahead.remove(&s);
+        }
+        self.ahead.insert(start, end);
+    }
+
+    /// Separate ranges received past a hole: what reassembly costs beyond
+    /// the bytes themselves.
+    pub fn fragments(&self) -> usize {
+        self.ahead.len()
     }
 
     /// The next in-order bytes, at most `max`. `None` if the next byte has
     /// not arrived.
     pub fn read(&mut self, max: usize) -> Option<Bytes> {
-        let mut entry = self.segments.first_entry()?;
-        if *entry.key() != self.read {
+        let ready = (self.contiguous - self.read) as usize;
+        if ready == 0 {
             return None;
         }
-        let chunk = if entry.get().len() > max {
-            let head = entry.get_mut().split_to(max);
-            let rest = entry.remove();
-            self.segments.insert(self.read + max as u64, rest);
-            head
-        } else {
-            entry.remove()
-        };
-        self.read += chunk.len() as u64;
+        let n = ready.min(max);
+        let chunk = self.data.split_to(n).freeze();
+        self.read += n as u64;
+        if self.data.is_empty() && self.data.capacity() > KEEP_CAPACITY {
+            // The room left belongs to a large block the application may
+            // still hold: let it go with the application's last chunk.
+            self.data = BytesMut::new();
+        }
         Some(chunk)
     }
 
     /// Whether the next byte can be read now.
     pub fn is_readable(&self) -> bool {
-        self.segments
-            .first_key_value()
-            .is_some_and(|(&o, _)| o == self.read)
-            || self.is_finished()
+        self.contiguous > self.read || self.is_finished()
     }
 
     /// Every byte up to the final size has been read.
@@ -134,6 +158,15 @@ impl RecvBuffer {
         self.final_size
     }
 
+    /// The application stopped reading: forget what is buffered. Later data
+    /// is still checked against the final size, then dropped the same way.
+    pub fn discard(&mut self) {
+        self.read = self.high;
+        self.contiguous = self.high;
+        self.data = BytesMut::new();
+        self.ahead.clear();
+    }
+
     /// The peer reset the stream at `final_size`. Returns the credit the
     /// reset consumed beyond what was received.
     pub fn reset(&mut self, final_size: u64) -> Result<u64, TransportError> {
@@ -146,7 +179,8 @@ impl RecvBuffer {
         let grew = final_size - self.high;
         self.high = final_size;
         self.final_size = Some(final_size);
-        self.segments.clear();
+        self.data = BytesMut::new();
+        self.ahead.clear();
         Ok(grew)
     }
 }
@@ -167,11 +201,10 @@ mod tests {
     #[test]
     fn out_of_order_and_duplicate_data_reassembles_exactly() {
         let mut buf = RecvBuffer::default();
-        buf.insert(5, Bytes::from_static(b"fghij"), true).unwrap();
+        buf.insert(5, b"fghij", true).unwrap();
         assert_eq!(buf.read(10), None);
-        buf.insert(0, Bytes::from_static(b"abcdefg"), false)
-            .unwrap();
-        buf.insert(3, Bytes::from_static(b"de"), false).unwrap();
+        buf.insert(0, b"abcdefg", false).unwrap();
+        buf.insert(3, b"de", false).unwrap();
         assert_eq!(read_all(&mut buf), b"abcdefghij");
         assert!(buf.is_finished());
     }
@@ -179,35 +212,66 @@ mod tests {
     #[test]
     fn final_size_violations_are_errors() {
         let mut buf = RecvBuffer::default();
-        buf.insert(0, Bytes::from_static(b"abc"), true).unwrap();
-        assert!(buf.insert(2, Bytes::from_static(b"cd"), false).is_err());
-        assert!(buf.insert(0, Bytes::from_static(b"ab"), true).is_err());
+        buf.insert(0, b"abc", true).unwrap();
+        assert!(buf.insert(2, b"cd", false).is_err());
+        assert!(buf.insert(0, b"ab", true).is_err());
         let mut buf = RecvBuffer::default();
-        buf.insert(10, Bytes::from_static(b"x"), false).unwrap();
-        assert!(buf.insert(0, Bytes::from_static(b"ab"), true).is_err());
+        buf.insert(10, b"x", false).unwrap();
+        assert!(buf.insert(0, b"ab", true).is_err());
     }
 
     #[test]
     fn credit_counts_the_highest_offset_once() {
         let mut buf = RecvBuffer::default();
-        assert_eq!(
-            buf.insert(10, Bytes::from_static(b"abc"), false).unwrap(),
-            13
-        );
-        assert_eq!(buf.insert(0, Bytes::from_static(b"abc"), false).unwrap(), 0);
-        assert_eq!(
-            buf.insert(12, Bytes::from_static(b"abc"), false).unwrap(),
-            2
-        );
+        assert_eq!(buf.insert(10, b"abc", false).unwrap(), 13);
+        assert_eq!(buf.insert(0, b"abc", false).unwrap(), 0);
+        assert_eq!(buf.insert(12, b"abc", false).unwrap(), 2);
     }
 
     #[test]
     fn partial_reads_split_segments() {
         let mut buf = RecvBuffer::default();
-        buf.insert(0, Bytes::from_static(b"abcdef"), false).unwrap();
+        buf.insert(0, b"abcdef", false).unwrap();
         assert_eq!(&buf.read(2).unwrap()[..], b"ab");
         assert_eq!(&buf.read(10).unwrap()[..], b"cdef");
         assert_eq!(buf.bytes_read(), 6);
+    }
+
+    #[test]
+    fn scattered_bytes_cost_their_span_and_merge_when_the_holes_fill() {
+        let mut buf = RecvBuffer::default();
+        for i in 0..1000u64 {
+            buf.insert(1 + 2 * i, b"x", false).unwrap();
+        }
+        assert_eq!(buf.fragments(), 1000);
+        assert_eq!(buf.data.len(), 2000);
+        assert!(buf.read(10).is_none());
+        for i in 0..1000u64 {
+            buf.insert(2 * i, b"y", false).unwrap();
+        }
+        assert_eq!(buf.fragments(), 0);
+        assert_eq!(read_all(&mut buf).len(), 2000);
+    }
+
+    #[test]
+    fn a_drained_buffer_lets_a_large_block_go() {
+        let mut buf = RecvBuffer::default();
+        buf.insert(0, &[1; 100_000], false).unwrap();
+        let chunk = buf.read(usize::MAX).unwrap();
+        assert_eq!(chunk.len(), 100_000);
+        assert!(buf.data.capacity() <= KEEP_CAPACITY);
+    }
+
+    #[test]
+    fn a_stopped_stream_keeps_nothing() {
+        let mut buf = RecvBuffer::default();
+        buf.insert(5, b"abc", false).unwrap();
+        buf.discard();
+        // As the stream does for every later frame.
+        buf.insert(20, b"abc", false).unwrap();
+        buf.discard();
+        assert_eq!((buf.fragments(), buf.high()), (0, 23));
+        assert!(buf.data.capacity() == 0);
     }
 
     proptest! {
@@ -218,7 +282,6 @@ mod tests {
             seed in any::<u64>(),
         ) {
             let data: Vec<u8> = (0..len).map(|i| (i as u64 * 7 + seed) as u8).collect();
-            let all = Bytes::from(data.clone());
             // Random (possibly overlapping) frames, then the whole thing in
             // pieces so coverage is complete.
             let mut frames: Vec<(usize, usize)> = cuts
@@ -238,7 +301,7 @@ mod tests {
             let mut buf = RecvBuffer::default();
             let mut out = Vec::new();
             for (s, e) in frames {
-                buf.insert(s as u64, all.slice(s..e), e == len).unwrap();
+                buf.insert(s as u64, &data[s..e], e == len).unwrap();
                 out.extend(read_all(&mut buf));
             }
             prop_assert_eq!(out, data);
