@@ -12,7 +12,7 @@
 //! | `POST /carrier` | body `mxp`, `quic` or `both` (or `{"carrier":"quic"}`): flips the switch, answers the new status |
 //! | `POST /drain?timeout=30s` | drains every carrier that is not accepting, with that deadline, answers the new status |
 //! | `GET /capture` | the packet capture's [`CaptureStatus`](crate::capture::CaptureStatus) JSON |
-//! | `POST /capture/start?out=FILE.pcap&max_bytes=N` | starts a packet capture into a new file on the node (a relative path is relative to the node's working directory; `max_bytes` defaults to [`DEFAULT_MAX_BYTES`]), answers the status |
+//! | `POST /capture/start?out=FILE.pcap&max_bytes=N` | starts a packet capture into a new file in the capture directory ([`AdminOptions::capture_dir`]; a relative name is relative to it, and a path outside it or through `..` is refused with 400; `max_bytes` defaults to [`DEFAULT_MAX_BYTES`]), answers the status |
 //! | `POST /capture/stop` | stops it once everything is written, answers the [`CaptureSummary`](crate::capture::CaptureSummary) |
 //! | `GET /log` | `{"filter":"info"}`: the log filter in force (nodes started with [`serve_with_log`]) |
 //! | `POST /log` | body: `tracing` filter directives, e.g. `info,mxp_proto::handshake=debug`; puts them in force at once, answers `{"filter":…,"previous":…}` |
@@ -28,6 +28,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +75,22 @@ struct Shared {
     token: Option<String>,
     metrics: prometheus_client::registry::Registry,
     log: Option<LogFilter>,
+    /// Where captures may be written (absolute, symlinks resolved).
+    capture_dir: PathBuf,
+}
+
+/// How an admin endpoint is set up beyond its address and node.
+#[derive(Debug, Clone, Default)]
+pub struct AdminOptions {
+    /// Bearer token every request but `/healthz` must carry (see [`serve`]).
+    pub token: Option<String>,
+    /// Lets `GET|POST /log` read and change the process's log filter.
+    pub log: Option<LogFilter>,
+    /// The directory `POST /capture/start` writes into; a file anywhere
+    /// else is refused, so a caller of the admin endpoint cannot make a
+    /// node (perhaps running as root) create files where it likes.
+    /// `None`: the working directory at start.
+    pub capture_dir: Option<PathBuf>,
 }
 
 /// Starts the admin endpoint for `endpoint` on `addr` (port 0 picks one).
@@ -88,7 +105,11 @@ pub async fn serve(
     endpoint: Endpoint,
     token: Option<String>,
 ) -> io::Result<AdminServer> {
-    start(addr, endpoint, token, None).await
+    let options = AdminOptions {
+        token,
+        ..AdminOptions::default()
+    };
+    serve_with(addr, endpoint, options).await
 }
 
 /// [`serve`], and `GET|POST /log` read and change the process's log filter
@@ -99,16 +120,37 @@ pub async fn serve_with_log(
     token: Option<String>,
     log: LogFilter,
 ) -> io::Result<AdminServer> {
-    start(addr, endpoint, token, Some(log)).await
+    let options = AdminOptions {
+        token,
+        log: Some(log),
+        ..AdminOptions::default()
+    };
+    serve_with(addr, endpoint, options).await
 }
 
-async fn start(
+/// [`serve`] with every option. A capture directory that does not exist
+/// is refused with [`io::ErrorKind::NotFound`] before anything is bound.
+pub async fn serve_with(
     addr: SocketAddr,
     endpoint: Endpoint,
-    token: Option<String>,
-    log: Option<LogFilter>,
+    options: AdminOptions,
 ) -> io::Result<AdminServer> {
+    let AdminOptions {
+        token,
+        log,
+        capture_dir,
+    } = options;
     check_exposure(addr, token.as_deref())?;
+    let capture_dir = match capture_dir {
+        Some(dir) => dir,
+        None => std::env::current_dir()?,
+    };
+    let capture_dir = capture_dir.canonicalize().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("capture directory {}: {e}", capture_dir.display()),
+        )
+    })?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
     let metrics = crate::metrics::registry(&endpoint);
@@ -117,6 +159,7 @@ async fn start(
         token,
         metrics,
         log,
+        capture_dir,
     });
     let router = router(shared.clone());
     let (stop, stopped) = oneshot::channel::<()>();
@@ -537,8 +580,10 @@ async fn post_capture_start(
             }
         },
     };
-    // Say where the file went, whatever the node's working directory.
-    let path = std::path::absolute(out).unwrap_or_else(|_| out.into());
+    let path = match within(&shared.capture_dir, Path::new(out)) {
+        Ok(path) => path,
+        Err(problem) => return refuse(StatusCode::BAD_REQUEST, format!("out: {problem}")),
+    };
     match shared.endpoint.start_capture(&path, max_bytes) {
         Ok(()) => {
             info!(path = %path.display(), max_bytes, "packet capture started by the admin endpoint");
@@ -555,6 +600,36 @@ async fn post_capture_start(
             refuse(status, format!("{what}: {e}"))
         }
     }
+}
+
+/// Where `out` names a file inside `dir` (absolute, symlinks resolved):
+/// relative to `dir`, or absolute within it, never through `..`, and its
+/// directory must exist.
+fn within(dir: &Path, out: &Path) -> Result<PathBuf, String> {
+    let outside = || {
+        format!(
+            "{} is outside the capture directory {} (captures stay in node.capture_dir)",
+            out.display(),
+            dir.display()
+        )
+    };
+    if out
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!("{} contains \"..\"; {}", out.display(), outside()));
+    }
+    let path = dir.join(out);
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(format!("{}: not a file name", out.display()));
+    };
+    let parent = parent
+        .canonicalize()
+        .map_err(|e| format!("{}: its directory: {e}", path.display()))?;
+    if !parent.starts_with(dir) {
+        return Err(outside());
+    }
+    Ok(parent.join(name))
 }
 
 /// A byte count: digits, with `_` allowed between them as in the config

@@ -232,10 +232,18 @@ struct Session {
     /// while before trying again.
     switch_failed_at: Mutex<Option<Instant>>,
     closed_by_app: AtomicBool,
+    endpoint: FromEndpoint,
+}
+
+/// What every connection of an endpoint takes from it.
+#[derive(Debug, Clone)]
+pub(crate) struct FromEndpoint {
     /// The endpoint's call-latency histograms.
-    calls: Arc<CallDurations>,
+    pub calls: Arc<CallDurations>,
     /// The endpoint's count of messages its streams refused.
-    message_errors: Arc<MessageErrors>,
+    pub message_errors: Arc<MessageErrors>,
+    /// Largest message payload a stream accepts.
+    pub max_message_size: usize,
 }
 
 /// A connection to an MXP node (or, on a node, from a client). Cheap to
@@ -264,31 +272,16 @@ struct Session {
 pub struct Connection(Arc<Session>);
 
 impl Connection {
-    pub(crate) fn node_side(
-        link: Link,
-        calls: Arc<CallDurations>,
-        message_errors: Arc<MessageErrors>,
-    ) -> Connection {
-        Self::with(link, None, calls, message_errors)
+    pub(crate) fn node_side(link: Link, endpoint: FromEndpoint) -> Connection {
+        Self::with(link, None, endpoint)
     }
 
     pub(crate) fn client_side(link: Link, endpoint: Endpoint, target: Target) -> Connection {
-        let calls = endpoint.call_durations();
-        let message_errors = endpoint.message_errors();
-        Self::with(
-            link,
-            Some(Reconnect { endpoint, target }),
-            calls,
-            message_errors,
-        )
+        let from = endpoint.for_connections();
+        Self::with(link, Some(Reconnect { endpoint, target }), from)
     }
 
-    fn with(
-        link: Link,
-        reconnect: Option<Reconnect>,
-        calls: Arc<CallDurations>,
-        message_errors: Arc<MessageErrors>,
-    ) -> Connection {
+    fn with(link: Link, reconnect: Option<Reconnect>, endpoint: FromEndpoint) -> Connection {
         Connection(Arc::new(Session {
             current: Mutex::new(Current::new(link)),
             reconnect,
@@ -298,8 +291,7 @@ impl Connection {
             switch_spawned: AtomicBool::new(false),
             switch_failed_at: Mutex::new(None),
             closed_by_app: AtomicBool::new(false),
-            calls,
-            message_errors,
+            endpoint,
         }))
     }
 
@@ -443,9 +435,11 @@ impl Connection {
         }
     }
 
-    /// A receiving half that counts the messages it refuses.
+    /// A receiving half that keeps to the endpoint's message size limit
+    /// and counts the messages it refuses.
     fn counted(&self, recv: RecvStream) -> RecvStream {
-        recv.counting_errors_into(self.0.message_errors.clone())
+        let from = &self.0.endpoint;
+        recv.with_message_rules(from.message_errors.clone(), from.max_message_size)
     }
 
     /// The carrier new work goes over now.
@@ -496,7 +490,7 @@ impl Connection {
             other => other,
         })?;
         let carrier = current.link.carrier();
-        (self.0.calls).record(carrier, CallSide::Client, started.elapsed());
+        (self.0.endpoint.calls).record(carrier, CallSide::Client, started.elapsed());
         Ok(answer)
     }
 
@@ -505,7 +499,7 @@ impl Connection {
     /// `mxp_call_duration_seconds{side="node"}`. Call handlers report it;
     /// [`crate::echo`] shows how.
     pub fn record_served_call(&self, took: Duration) {
-        (self.0.calls).record(self.carrier(), CallSide::Node, took);
+        (self.0.endpoint.calls).record(self.carrier(), CallSide::Node, took);
     }
 
     /// Opens a bidirectional stream whose data is sent in `band`, waiting

@@ -16,7 +16,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::capture::{CaptureError, CaptureStatus, CaptureSummary};
 use crate::carrier::{Carrier, CarrierMode, Carriers};
-use crate::connection::{Connection, Link};
+use crate::connection::{Connection, FromEndpoint, Link};
 use crate::handshake_workers::HandshakeWorkers;
 use crate::lock;
 use crate::metrics::{CallDurations, CarrierTotals, ConnectionInfo, MessageErrors};
@@ -301,11 +301,7 @@ impl Endpoint {
     /// `None` once the endpoint is closed.
     pub async fn accept(&self) -> Option<Connection> {
         let link = self.0.incoming.lock().await.recv().await?;
-        Some(Connection::node_side(
-            link,
-            self.call_durations(),
-            self.message_errors(),
-        ))
+        Some(Connection::node_side(link, self.for_connections()))
     }
 
     /// Connects to `address` — `mxp://host:port`, optionally with
@@ -613,6 +609,15 @@ impl Endpoint {
 
     pub(crate) fn message_errors(&self) -> Arc<MessageErrors> {
         self.0.message_errors.clone()
+    }
+
+    /// What each of this endpoint's connections takes from it.
+    pub(crate) fn for_connections(&self) -> FromEndpoint {
+        FromEndpoint {
+            calls: self.call_durations(),
+            message_errors: self.message_errors(),
+            max_message_size: self.0.options.config.transport.max_message_size,
+        }
     }
 
     /// Every open connection's stats, both carriers.

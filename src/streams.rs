@@ -304,6 +304,11 @@ pub struct RecvStream {
     inner: Recv,
     done: bool,
     decoder: MessageDecoder,
+    /// Bytes taken from an MXP stream that still count against the
+    /// connection's receive window: the decoder's, or the last chunk this
+    /// stream handed out. So what a reader holds stays within what the
+    /// node advertised (the QUIC carrier credits bytes as they are read).
+    held: u64,
     /// Counts a QUIC stream as open while held.
     _open: Option<Arc<quic::OpenStream>>,
     /// Where a message the codec refuses is counted.
@@ -324,13 +329,21 @@ impl RecvStream {
             inner,
             done: false,
             decoder: MessageDecoder::default(),
+            held: 0,
             _open: open,
             message_errors: None,
         }
     }
 
-    pub(crate) fn counting_errors_into(mut self, errors: Arc<MessageErrors>) -> RecvStream {
+    /// Refuses messages with a payload over `max_payload` and counts
+    /// every message refused in `errors`.
+    pub(crate) fn with_message_rules(
+        mut self,
+        errors: Arc<MessageErrors>,
+        max_payload: usize,
+    ) -> RecvStream {
         self.message_errors = Some(errors);
+        self.decoder = MessageDecoder::with_limit(max_payload);
         self
     }
 
@@ -343,7 +356,16 @@ impl RecvStream {
             return Poll::Ready(Ok(None));
         }
         let poll = match &mut self.inner {
-            Recv::Mxp(r) => r.poll_chunk(cx, max),
+            Recv::Mxp(r) => {
+                // Whatever the decoder no longer buffers was let go of.
+                let keep = self.decoder.buffered() as u64;
+                let poll = r.poll_chunk(cx, max, self.held - keep.min(self.held));
+                self.held = keep.min(self.held);
+                if let Poll::Ready(Ok(Some(chunk))) = &poll {
+                    self.held += chunk.len() as u64;
+                }
+                poll
+            }
             Recv::Quic(r) => {
                 let chunk = std::pin::pin!(r.read_chunk(max, true));
                 chunk.poll(cx).map(|r| match r {
@@ -432,6 +454,9 @@ impl RecvStream {
 
 impl Drop for RecvStream {
     fn drop(&mut self) {
+        if let Recv::Mxp(r) = &self.inner {
+            r.release(std::mem::take(&mut self.held));
+        }
         if !self.done {
             let _ = self.stop(0);
         }

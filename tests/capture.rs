@@ -359,7 +359,13 @@ async fn ok_json(admin: &admin::AdminServer, method: &str, path: &str) -> Value 
 async fn admin_routes_start_stop_and_refuse_bad_requests_in_one_line() {
     let dir = TempDir::new("admin");
     let node = node();
-    let server = admin::serve(any_port(), node.clone(), None).await.unwrap();
+    let options = admin::AdminOptions {
+        capture_dir: Some(dir.dir().to_path_buf()),
+        ..Default::default()
+    };
+    let server = admin::serve_with(any_port(), node.clone(), options)
+        .await
+        .unwrap();
     let file = dir.path("admin capture.pcap");
     let encoded = admin::percent_encode(path_str(&file));
 
@@ -404,6 +410,15 @@ async fn admin_routes_start_stop_and_refuse_bad_requests_in_one_line() {
         path_str(&unwritable),
     )
     .await;
+    // Files stay in the capture directory, whatever the caller names.
+    for escape in ["../escape.pcap", "sub/../../escape.pcap"] {
+        let path = format!("/capture/start?out={}", admin::percent_encode(escape));
+        refused(&server, "POST", &path, 400, "contains \"..\"").await;
+    }
+    for elsewhere in ["/etc/cron.d/mxp", "/tmp/mxp-outside.pcap"] {
+        let path = format!("/capture/start?out={}", admin::percent_encode(elsewhere));
+        refused(&server, "POST", &path, 400, "outside the capture directory").await;
+    }
     refused(
         &server,
         "POST",

@@ -64,6 +64,10 @@ pub struct NodeConfig {
     pub capture: Option<PathBuf>,
     /// Size limit of that capture file, header included.
     pub capture_max_bytes: u64,
+    /// Where the admin endpoint's `POST /capture/start` may write; `None`:
+    /// the node's working directory. Relative to the config file's
+    /// directory.
+    pub capture_dir: Option<PathBuf>,
     /// Settings for every connection of the node.
     pub transport: TransportConfig,
     /// Admission policy: allow-list, retry, handshake rate limit.
@@ -130,6 +134,7 @@ impl Default for NodeConfig {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             capture: None,
             capture_max_bytes: mxp::capture::DEFAULT_MAX_BYTES,
+            capture_dir: None,
             transport: TransportConfig::default(),
             server: ServerConfig::default(),
         }
@@ -299,6 +304,16 @@ fn parse(text: &str, path: &Path) -> Result<(NodeConfig, Vec<String>), ConfigErr
         "capture_max_bytes",
         mxp::capture::MIN_MAX_BYTES..=u64::MAX,
     )?;
+    if let Some(dir) = node.string("capture_dir")? {
+        if dir.is_empty() {
+            return Err(node.error(
+                "capture_dir",
+                "empty path (leave the key out for the node's working directory)",
+            ));
+        }
+        let base = path.parent().unwrap_or(Path::new(""));
+        config.capture_dir = Some(base.join(dir));
+    }
     keys.extend(node.finish()?);
 
     let mut server = top.section("server")?;
@@ -342,6 +357,16 @@ fn read_server(s: &mut Section<'_>, c: &mut ServerConfig) -> Result<(), ConfigEr
     s.duration(&mut c.token_lifetime, "token_lifetime", POSITIVE)?;
     s.duration(&mut c.max_clock_skew, "max_clock_skew", POSITIVE)?;
     s.int(&mut c.max_connections, "max_connections", 1..=usize::MAX)?;
+    s.int(
+        &mut c.max_connections_per_address,
+        "max_connections_per_address",
+        1..=usize::MAX,
+    )?;
+    s.int(
+        &mut c.max_connections_per_key,
+        "max_connections_per_key",
+        1..=usize::MAX,
+    )?;
     Ok(())
 }
 
@@ -439,6 +464,27 @@ fn read_transport(s: &mut Section<'_>, t: &mut TransportConfig) -> Result<(), Co
         &mut t.key_rotation.interval,
         "key_rotation_interval",
         POSITIVE,
+    )?;
+    s.int(&mut t.send_window, "send_window", WINDOW)?;
+    s.int(
+        &mut t.max_message_size,
+        "max_message_size",
+        1..=mxp_proto::message::MAX_PAYLOAD_LEN,
+    )?;
+    s.int(
+        &mut t.peer_key_update_rate,
+        "peer_key_update_rate",
+        1..=u32::MAX,
+    )?;
+    s.int(
+        &mut t.max_decrypt_failures,
+        "max_decrypt_failures",
+        1..=u64::MAX,
+    )?;
+    s.int(
+        &mut t.max_acks_per_packet,
+        "max_acks_per_packet",
+        1..=u32::MAX,
     )?;
     let mut weights = s.section("band_weights")?;
     for band in Band::ALL {

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Args;
-use mxp::admin::{self, AdminServer, LogFilter};
+use mxp::admin::{self, AdminOptions, AdminServer, LogFilter};
 use mxp::capture::{CaptureState, CaptureSummary};
 use mxp::echo::{self, EchoStats};
 use mxp::proto::{EndpointConfig, Keypair};
@@ -149,10 +149,14 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     }
     let admin = match cfg.admin {
         Some(addr) => {
-            let server =
-                admin::serve_with_log(addr, node.clone(), cfg.admin_token.clone(), log.clone())
-                    .await
-                    .map_err(|e| CliError::Usage(format!("cannot serve admin on {addr}: {e}")))?;
+            let options = AdminOptions {
+                token: cfg.admin_token.clone(),
+                log: Some(log.clone()),
+                capture_dir: cfg.capture_dir.clone(),
+            };
+            let server = admin::serve_with(addr, node.clone(), options)
+                .await
+                .map_err(|e| CliError::Usage(format!("cannot serve admin on {addr}: {e}")))?;
             Some(server)
         }
         None => None,

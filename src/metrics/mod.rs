@@ -17,7 +17,7 @@ mod snapshot;
 use std::collections::BTreeMap;
 
 use mxp_proto::histogram::LatencyHistogram;
-use mxp_proto::{Band, ConnectionStats, EndpointStats};
+use mxp_proto::{Band, ConnectionStats, EndpointStats, PeerLimitStats};
 
 use crate::capture::CaptureState;
 use crate::{Carrier, Endpoint};
@@ -371,6 +371,17 @@ pub(crate) fn collect(endpoint: &Endpoint) -> Vec<Family> {
         door.datagrams_refused(),
     );
     f.counter("mxp_key_rotations", "Packet-key rotations", all.key_updates);
+    let limits = f.family(
+        Counter,
+        "mxp_peer_limits",
+        "Times an authenticated peer ran into a limit on what it can make the node hold or do, by limit (see docs/transport/security.md)",
+    );
+    for (limit, n) in PeerLimitStats::KINDS
+        .into_iter()
+        .zip(all.peer_limits.counts())
+    {
+        limits.with(&[("limit", limit)], count(n));
+    }
     f.family(
         Counter,
         "mxp_stateless_resets",

@@ -105,14 +105,17 @@ impl MxpRecv {
         MxpRecv { conn, id }
     }
 
-    /// The next in-order bytes (at most `max`), `None` at the end.
+    /// The next in-order bytes (at most `max`), `None` at the end. What it
+    /// returns stays charged to the connection window until handed back
+    /// as `release` (with a later call) or by [`release`](Self::release).
     pub fn poll_chunk(
         &self,
         cx: &mut Context<'_>,
         max: usize,
+        release: u64,
     ) -> Poll<Result<Option<Bytes>, ReadError>> {
         let id = self.id;
-        let result = self.conn.with(|c, cs| match c.read(id, max) {
+        let result = self.conn.with(|c, cs| match c.read_held(id, max, release) {
             Ok(chunk) => Poll::Ready(Ok(chunk)),
             Err(mxp_proto::ReadError::Blocked) => match c.error() {
                 Some(e) => Poll::Ready(Err(ReadError::ConnectionLost(e.clone()))),
@@ -130,6 +133,13 @@ impl MxpRecv {
             self.conn.wake_driver();
         }
         poll
+    }
+
+    /// Hands back the window credit of `n` bytes taken with `poll_chunk`.
+    pub fn release(&self, n: u64) {
+        if n > 0 && self.conn.with(|c, _| c.release_held(n)).is_ok() {
+            self.conn.wake_driver();
+        }
     }
 
     pub fn stop(&self, code: u64) -> Result<(), ReadError> {

@@ -49,6 +49,11 @@ pub struct TransportConfig {
     pub max_concurrent_bidi_streams: u64,
     /// Unidirectional streams the peer may have open at once.
     pub max_concurrent_uni_streams: u64,
+    /// Bytes the application may have written that the peer has not yet
+    /// acknowledged, over all streams; writes wait beyond it. Bounds what
+    /// a peer that withholds ACKs makes this end keep, whatever credit it
+    /// grants.
+    pub send_window: u64,
     /// Largest datagram payload accepted; 0 disables datagrams.
     pub max_datagram_size: u16,
     /// Bytes of received datagrams buffered for the application; the oldest
@@ -71,6 +76,10 @@ pub struct TransportConfig {
     /// it closes with AEAD_LIMIT_REACHED (RFC 9001 §6.6). The default is the
     /// integrity limit of AES-256-GCM, 2^52.
     pub max_decrypt_failures: u64,
+    /// Largest MXP message payload a stream accepts: a header announcing
+    /// more is refused at once (`MessageError::PayloadTooLarge`). At most
+    /// the format's own ceiling, [`MAX_PAYLOAD_LEN`](crate::message::MAX_PAYLOAD_LEN).
+    pub max_message_size: usize,
     /// ACK frames applied per packet; further ones are ignored (and
     /// counted), so a packet costs one walk of the in-flight window, not
     /// hundreds. A well-behaved peer sends one.
@@ -95,6 +104,7 @@ impl Default for TransportConfig {
             receive_window: 16 << 20,
             max_concurrent_bidi_streams: 4096,
             max_concurrent_uni_streams: 4096,
+            send_window: 16 << 20,
             max_datagram_size: 1200,
             datagram_receive_buffer: 1 << 20,
             datagram_send_buffer: 1 << 20,
@@ -103,6 +113,7 @@ impl Default for TransportConfig {
             peer_key_update_rate: 1000,
             max_decrypt_failures: 1 << 52,
             max_acks_per_packet: 2,
+            max_message_size: 1 << 20,
         }
     }
 }

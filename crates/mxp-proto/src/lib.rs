@@ -40,7 +40,9 @@ pub mod transport_params;
 pub const HANDSHAKE: &str = "mxp_proto::handshake";
 
 pub use config::{EndpointConfig, RetryPolicy, ServerConfig, TransportConfig};
-pub use connection::{Connection, ConnectionStats, Event, Transmit};
+#[doc(hidden)]
+pub use connection::INJECT_MAX;
+pub use connection::{Connection, ConnectionStats, Event, PeerLimitStats, Transmit};
 pub use crypto::{HandshakeError, Keypair, PublicKey};
 pub use datagrams::{DATAGRAM_ENTRY_COST, DatagramError, DatagramStats};
 pub use endpoint::{

@@ -563,18 +563,37 @@ impl Message {
 /// Errors are not recoverable: once the stream is corrupt its framing cannot
 /// be trusted, so an error consumes nothing and is returned again by every
 /// later call.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MessageDecoder {
     /// Unconsumed received bytes, oldest first; never holds an empty chunk.
     chunks: VecDeque<Bytes>,
     /// Total length of `chunks`.
     buffered: usize,
+    /// Largest payload accepted.
+    limit: usize,
+}
+
+impl Default for MessageDecoder {
+    fn default() -> Self {
+        Self::with_limit(MAX_PAYLOAD_LEN)
+    }
 }
 
 impl MessageDecoder {
-    /// An empty decoder.
+    /// An empty decoder accepting payloads up to [`MAX_PAYLOAD_LEN`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty decoder that refuses, with
+    /// [`MessageError::PayloadTooLarge`], a header announcing a payload
+    /// over `max_payload` (itself capped at [`MAX_PAYLOAD_LEN`]).
+    pub fn with_limit(max_payload: usize) -> Self {
+        MessageDecoder {
+            chunks: VecDeque::new(),
+            buffered: 0,
+            limit: max_payload.min(MAX_PAYLOAD_LEN),
+        }
     }
 
     /// Appends received bytes.
@@ -598,6 +617,9 @@ impl MessageDecoder {
         let Some(header) = self.peek_header()? else {
             return Ok(None);
         };
+        if header.payload_len > self.limit {
+            return Err(MessageError::PayloadTooLarge(header.payload_len as u64));
+        }
         let total = header.encoded_len();
         if self.buffered < total {
             return Ok(None);

@@ -11,6 +11,7 @@
 
 mod ack;
 mod handshake;
+mod hostile;
 pub(crate) mod recovery;
 mod recv;
 mod send;
@@ -41,8 +42,10 @@ use crate::{Band, Dir, Side, StreamId};
 
 use ack::AckState;
 pub(crate) use handshake::{Accepted, ClientHello, Handshake, ServerHello, initiation_digest};
+#[doc(hidden)]
+pub use hostile::INJECT_MAX;
 use recovery::Recovery;
-pub use stats::ConnectionStats;
+pub use stats::{ConnectionStats, PeerLimitStats};
 
 /// Something the application should know about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +189,7 @@ pub struct Connection {
     datagrams: Datagrams,
     scheduler: Scheduler,
     pending: Pending,
+    hostile: hostile::Hostile,
     close_frame: Option<Close>,
     /// The close frame went out at least once.
     close_sent: bool,
@@ -237,6 +241,7 @@ impl Connection {
             peer_max_streams: [0; 2],
             peer_stream_window: 0,
             peer_window: 0,
+            send_window: config.send_window,
         };
         let mut conn = Connection {
             side,
@@ -260,6 +265,7 @@ impl Connection {
             peer_key: None,
             reset_token: None,
             pending: Pending::default(),
+            hostile: hostile::Hostile::default(),
             close_frame: None,
             close_sent: false,
             going_away: false,

@@ -176,6 +176,9 @@ impl Connection {
             self.close_with_error(now, err);
             return;
         }
+        if self.hostile.withhold_acks {
+            return;
+        }
         self.acks.on_packet(
             now,
             pn,

@@ -57,6 +57,7 @@ impl Connection {
             || !self.pending.path_responses.is_empty()
             || self.streams.has_pending_control()
             || self.scheduler_has_work()
+            || !self.hostile.frames.is_empty()
     }
 
     /// Largest packet allowed now, or None if the anti-amplification budget
@@ -130,7 +131,15 @@ impl Connection {
 
         let grace = 3 * self.recovery.pto(&self.config, self.peer_max_ack_delay());
         let keys = self.keys.as_mut()?;
-        if keys.maybe_rotate(now, &self.config.key_rotation, grace) {
+        let storm = crate::packet::keys::KeyRotation {
+            packets: 0,
+            interval: std::time::Duration::ZERO,
+        };
+        let rotation = match self.hostile.key_update_storm {
+            true => &storm,
+            false => &self.config.key_rotation,
+        };
+        if keys.maybe_rotate(now, rotation, grace) {
             let span = &self.span;
             debug!(parent: span, generation = keys.generation(), "rotated keys");
         }
@@ -164,6 +173,7 @@ impl Connection {
                 go_away = true;
             }
             self.write_pending_frames(buf, limit);
+            self.write_injected(buf, limit);
             let room = limit.saturating_sub(buf.len());
             self.streams.write_control_frames(room, buf, &mut records);
             while let Some((band, flow)) = self.scheduler.peek() {

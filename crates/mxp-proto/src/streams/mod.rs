@@ -254,6 +254,11 @@ pub(crate) struct Streams {
     stats: FlowStats,
     /// Ranges received past a hole, over all streams (see [`MAX_FRAGMENTS`]).
     fragments: usize,
+    /// Bytes written and not yet acknowledged, over all streams, and the
+    /// most there may be: a peer that withholds ACKs cannot make this end
+    /// keep more, whatever credit it grants.
+    unacked: u64,
+    send_window: u64,
     /// Bytes read but still held by the application (see
     /// [`Connection::read_held`](crate::Connection::read_held)): they are
     /// not credited back to the connection window yet.
@@ -288,6 +293,8 @@ pub(crate) struct Limits {
     pub peer_max_streams: [u64; 2],
     pub peer_stream_window: u64,
     pub peer_window: u64,
+    /// Most bytes written and not yet acknowledged, over all streams.
+    pub send_window: u64,
 }
 
 impl Streams {
@@ -315,6 +322,8 @@ impl Streams {
             events: VecDeque::new(),
             stats: FlowStats::default(),
             fragments: 0,
+            unacked: 0,
+            send_window: limits.send_window,
             held: 0,
         }
     }
@@ -457,7 +466,8 @@ impl Streams {
     /// `id` now; charges them to both windows and, when the answer falls
     /// short, records who is blocked so a `Writable` event follows.
     fn accept_bytes(&mut self, id: StreamId, len: usize) -> Result<usize, WriteError> {
-        let conn_credit = self.send_max - self.send_written;
+        let peer_credit = self.send_max - self.send_written;
+        let conn_credit = peer_credit.min(self.send_window.saturating_sub(self.unacked));
         let s = self.map.get_mut(&id).ok_or(WriteError::ClosedStream)?;
         let send = s.send.as_mut().ok_or(WriteError::ClosedStream)?;
         if let Some(code) = send.stopped {
@@ -482,7 +492,8 @@ impl Streams {
                 if !self.waiting_for_conn_credit.contains(&id) {
                     self.waiting_for_conn_credit.push(id);
                 }
-                if self.conn_blocked_at != Some(self.send_max) {
+                // Tell the peer only when its limit is what binds.
+                if conn_credit == peer_credit && self.conn_blocked_at != Some(self.send_max) {
                     self.conn_blocked_at = Some(self.send_max);
                     self.pending.data_blocked = Some(self.send_max);
                 }
@@ -492,6 +503,7 @@ impl Streams {
             return Err(WriteError::Blocked);
         }
         self.send_written += n as u64;
+        self.unacked += n as u64;
         self.stats.send_credit_consumed += n as u64;
         Ok(n)
     }
@@ -650,6 +662,7 @@ impl Streams {
             return;
         }
         self.fragments -= s.recv.as_ref().map_or(0, |r| r.buf.fragments());
+        self.unacked -= s.send.as_ref().map_or(0, |h| h.buf.unacked());
         self.map.remove(&id);
         self.stats.streams_closed += 1;
         if id.initiator() != self.side {
@@ -827,6 +840,11 @@ impl Streams {
             return;
         }
         self.send_max = max;
+        self.wake_conn_waiters();
+    }
+
+    /// Connection-wide room to write grew: tell every stream that waited.
+    fn wake_conn_waiters(&mut self) {
         for id in self.waiting_for_conn_credit.drain(..) {
             self.events.push_back(StreamEvent::Writable { id });
         }
@@ -1045,7 +1063,24 @@ impl Streams {
                 let Some(send) = self.map.get_mut(&id).and_then(|s| s.send.as_mut()) else {
                     return;
                 };
+                let before = send.buf.unacked();
                 send.buf.on_ack(offset..offset + len);
+                let freed = before - send.buf.unacked();
+                if freed > 0 {
+                    // Writers waited on our own send window (not the
+                    // peer's credit) only if it was the tighter bound.
+                    let local_bound = self.send_window.saturating_sub(self.unacked)
+                        < self.send_max - self.send_written;
+                    self.unacked -= freed;
+                    if local_bound {
+                        self.wake_conn_waiters();
+                    }
+                }
+                let send = self
+                    .map
+                    .get_mut(&id)
+                    .and_then(|s| s.send.as_mut())
+                    .expect("looked up above");
                 if fin {
                     send.fin = Fin::Acked;
                 }

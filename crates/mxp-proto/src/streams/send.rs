@@ -172,6 +172,11 @@ impl SendBuffer {
     }
 
     /// Whether every written byte has been acknowledged.
+    /// Bytes kept for the peer to acknowledge.
+    pub fn unacked(&self) -> u64 {
+        self.end - self.base
+    }
+
     pub fn all_acked(&self) -> bool {
         self.base == self.end
     }
