@@ -12,8 +12,10 @@
 //! gets its own *upstream* socket, connected to the target, so the target
 //! sees one source address per client and its replies find their way back
 //! to the right client through the listening socket. Client mappings live
-//! as long as the relay (at most 1024 clients; datagrams from further
-//! clients are dropped and counted).
+//! as long as the relay (at most 1024 at once; a client silent in both
+//! directions for [`RelayConfig::client_idle`] gives its slot to the next
+//! new one, and datagrams from new clients while every slot is busy are
+//! dropped and counted).
 //!
 //! Impairments apply in both directions, each decided by its own seeded
 //! [`ChaCha8Rng`], so a run is reproducible given the same packet order.
@@ -60,8 +62,10 @@ use crate::timer::Timer;
 
 /// Largest datagram the relay carries whole (the UDP maximum).
 const MAX_DATAGRAM: usize = 65_535;
-/// How many clients get an upstream socket before new ones are refused.
+/// See [`RelayConfig::max_clients`].
 const MAX_CLIENTS: usize = 1024;
+/// See [`RelayConfig::client_idle`].
+const DEFAULT_CLIENT_IDLE: Duration = Duration::from_secs(30);
 /// Delayed-packet buffers kept for reuse.
 const SPARE_BUFFERS: usize = 1024;
 /// The hold of a reordered datagram when none is configured and there is
@@ -112,6 +116,11 @@ pub struct RelayConfig {
     pub duplicate: f64,
     /// Seed of the randomness (each direction has its own stream).
     pub seed: u64,
+    /// Clients with an upstream socket at once (default 1024).
+    pub max_clients: usize,
+    /// A client with no datagram either way for this long gives up its
+    /// upstream socket when a new client needs one (default 30 s).
+    pub client_idle: Duration,
 }
 
 impl RelayConfig {
@@ -127,6 +136,8 @@ impl RelayConfig {
             reorder_delay: Duration::ZERO,
             duplicate: 0.0,
             seed: 1,
+            max_clients: MAX_CLIENTS,
+            client_idle: DEFAULT_CLIENT_IDLE,
         }
     }
 
@@ -497,6 +508,8 @@ struct Client {
     addr: SocketAddr,
     /// Connected to the target.
     socket: UdpSocket,
+    /// The last datagram either way.
+    last_seen: Instant,
 }
 
 /// Where a received datagram came from.
@@ -512,6 +525,8 @@ struct Worker {
     listen: UdpSocket,
     to: SocketAddr,
     upstream_bind: SocketAddr,
+    client_idle: Duration,
+    max_clients: usize,
     clients: Vec<Client>,
     by_addr: HashMap<SocketAddr, usize>,
     table_full_logged: bool,
@@ -538,6 +553,8 @@ impl Worker {
             listen,
             to: config.to,
             upstream_bind: SocketAddr::new(ip, 0),
+            client_idle: config.client_idle,
+            max_clients: config.max_clients.max(1),
             clients: Vec::new(),
             by_addr: HashMap::new(),
             table_full_logged: false,
@@ -658,7 +675,7 @@ impl Worker {
     async fn on_datagram(&mut self, now: Instant, source: Source, data: &[u8]) {
         let (dir, client) = match source {
             Source::Target(client) => (Dir::Down, client),
-            Source::Client(addr) => match self.client(addr).await {
+            Source::Client(addr) => match self.client(now, addr).await {
                 Some(client) => (Dir::Up, client),
                 None => {
                     let counters = &self.counters.dirs[Dir::Up as usize];
@@ -668,6 +685,7 @@ impl Worker {
                 }
             },
         };
+        self.clients[client].last_seen = now;
         let counters = &self.counters.dirs[dir as usize];
         bump(&counters.received);
         match self.links[dir as usize].decide(now, &self.impairment) {
@@ -704,17 +722,30 @@ impl Worker {
 
     /// The index of `addr`'s client entry, opening its upstream socket if
     /// it is new; `None` if that is impossible.
-    async fn client(&mut self, addr: SocketAddr) -> Option<usize> {
+    async fn client(&mut self, now: Instant, addr: SocketAddr) -> Option<usize> {
         if let Some(&i) = self.by_addr.get(&addr) {
             return Some(i);
         }
-        if self.clients.len() >= MAX_CLIENTS {
-            if !self.table_full_logged {
-                warn!(client = %addr, "relay has {MAX_CLIENTS} clients; dropping datagrams from new ones");
-                self.table_full_logged = true;
-            }
-            return None;
-        }
+        let idle = self.client_idle;
+        let reuse = if self.clients.len() < self.max_clients {
+            None
+        } else {
+            // The slot of a client silent for long enough that nothing of
+            // its can still be queued (delays are far shorter).
+            let Some(i) = self
+                .clients
+                .iter()
+                .position(|c| now.saturating_duration_since(c.last_seen) >= idle)
+            else {
+                if !self.table_full_logged {
+                    let max = self.max_clients;
+                    warn!(client = %addr, "relay has {max} active clients; dropping datagrams from new ones");
+                    self.table_full_logged = true;
+                }
+                return None;
+            };
+            Some(i)
+        };
         let socket = match self.open_upstream().await {
             Ok(socket) => socket,
             Err(e) => {
@@ -723,8 +754,23 @@ impl Worker {
             }
         };
         debug!(client = %addr, upstream = ?socket.local_addr().ok(), "new client");
-        let i = self.clients.len();
-        self.clients.push(Client { addr, socket });
+        let client = Client {
+            addr,
+            socket,
+            last_seen: now,
+        };
+        let i = match reuse {
+            Some(i) => {
+                let old = std::mem::replace(&mut self.clients[i], client);
+                self.by_addr.remove(&old.addr);
+                debug!(client = %old.addr, "idle client's slot reused");
+                i
+            }
+            None => {
+                self.clients.push(client);
+                self.clients.len() - 1
+            }
+        };
         self.by_addr.insert(addr, i);
         self.counters.clients.fetch_add(1, MemoryOrder::Release);
         Some(i)

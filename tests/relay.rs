@@ -316,6 +316,35 @@ async fn each_client_gets_its_own_upstream_socket_and_its_own_replies() {
 }
 
 #[tokio::test]
+async fn an_idle_clients_slot_goes_to_a_new_client_and_a_busy_table_drops() {
+    let echo = echo_server().await;
+    let relay = relay_to(&echo, |c| {
+        c.max_clients = 2;
+        c.client_idle = Duration::from_millis(100);
+    })
+    .await;
+    let (a, b, c) = (client().await, client().await, client().await);
+    for s in [&a, &b, &c] {
+        s.send_to(b"hi", relay.local_addr()).await.unwrap();
+    }
+    let stats = settle(&relay, 3).await;
+    // Two slots, both just used: the third client is dropped.
+    assert_eq!((stats.clients, stats.upstream.dropped), (2, 1));
+    assert_eq!(recv(&a, &relay).await, b"hi");
+    assert_eq!(recv(&b, &relay).await, b"hi");
+    assert_drained(&c);
+    // Once A and B have been silent long enough, C gets a slot and its
+    // echo; A, coming back, takes B's.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    c.send_to(b"again", relay.local_addr()).await.unwrap();
+    a.send_to(b"back", relay.local_addr()).await.unwrap();
+    let stats = settle(&relay, 5).await;
+    assert_eq!((stats.clients, stats.upstream.dropped), (4, 1));
+    assert_eq!(recv(&c, &relay).await, b"again");
+    assert_eq!(recv(&a, &relay).await, b"back");
+}
+
+#[tokio::test]
 async fn empty_and_largest_datagrams_pass_intact() {
     let echo = echo_server().await;
     let relay = relay_to(&echo, |c| c.delay = Duration::from_micros(100)).await;

@@ -41,6 +41,10 @@ pub struct RelayArgs {
     /// packet order.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub seed: u64,
+    /// A client silent both ways this long gives its upstream socket to
+    /// the next new client once all 1024 are taken.
+    #[arg(long, value_name = "D", default_value = "30s", value_parser = parse_duration)]
+    pub client_idle: Duration,
 }
 
 impl RelayArgs {
@@ -53,6 +57,7 @@ impl RelayArgs {
             reorder: self.reorder,
             duplicate: self.duplicate,
             seed: self.seed,
+            client_idle: self.client_idle,
             ..RelayConfig::new(self.listen, self.to)
         }
     }
