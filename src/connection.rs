@@ -435,6 +435,15 @@ impl Connection {
         }
     }
 
+    /// The MXP carrier connection under this one, while that is the
+    /// carrier (for `mxp attack`'s hostile peer).
+    pub(crate) fn mxp_link(&self) -> Option<crate::mxp::conn::MxpConn> {
+        match &self.snapshot().link {
+            Link::Mxp(c) => Some(c.clone()),
+            Link::Quic(_) => None,
+        }
+    }
+
     /// A receiving half that keeps to the endpoint's message size limit
     /// and counts the messages it refuses.
     fn counted(&self, recv: RecvStream) -> RecvStream {

@@ -44,7 +44,8 @@ enum Command {
     /// Control a running node through its admin endpoint: status, carrier
     /// switch, drain.
     Admin(cli::admin::AdminArgs),
-    /// Resilience checks against your own node: handshake floods.
+    /// Resilience checks against your own node: handshake floods and
+    /// authenticated peers that misbehave (`mxp attack URL --kind KIND`).
     Attack(cli::attack::AttackArgs),
 }
 

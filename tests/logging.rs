@@ -95,6 +95,7 @@ fn a_trace_level_log_of_handshakes_rotations_and_a_switch_holds_no_key_material(
                 packets: 16,
                 ..KeyRotation::default()
             },
+            peer_key_update_rate: 1_000_000,
             ..TransportConfig::default()
         });
         let node = Endpoint::with_options(

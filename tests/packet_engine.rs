@@ -994,6 +994,9 @@ fn dozens_of_small_messages_share_packets() {
 fn rotating(packets: u64, interval: Duration) -> TransportConfig {
     TransportConfig {
         key_rotation: KeyRotation { packets, interval },
+        // Rotating every hundred packets at the simulator's rates is far
+        // faster than a peer may by default.
+        peer_key_update_rate: 1_000_000,
         ..TransportConfig::default()
     }
 }

@@ -1,21 +1,49 @@
 //! `mxp attack`: resilience checks against one's own node.
+//!
+//! `mxp attack URL --server-key KEY --kind KIND` runs one attack beside a
+//! witness client and reports both; `mxp attack flood TARGET ...` is the
+//! handshake flood with every knob.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use mxp::Carrier;
-use mxp::attack::{Flood, FloodKind};
+use mxp::attack::{Attack, AttackKind, AttackReport, Flood, FloodKind};
 use mxp::proto::PublicKey;
 use serde::Serialize;
 
 use super::{CliError, parse_duration};
 
-/// `mxp attack` subcommands.
+/// `mxp attack` flags, or the `flood` subcommand.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct AttackArgs {
     #[command(subcommand)]
-    pub what: AttackCommand,
+    pub what: Option<AttackCommand>,
+    /// The node: mxp://host:port (or host:port). Only loopback unless
+    /// --allow-remote.
+    pub url: Option<String>,
+    /// The node's public key (64 hex digits).
+    #[arg(long)]
+    pub server_key: Option<PublicKey>,
+    /// handshake-flood, garbage-initiation, tiny-segments, zero-datagrams,
+    /// path-challenge-flood, stream-flood, decoder-hold, key-update-storm
+    /// or ack-storm.
+    #[arg(long)]
+    pub kind: Option<AttackKind>,
+    /// How long to attack.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Datagrams (floods) or packets (the others) per second.
+    #[arg(long, default_value_t = 10_000)]
+    pub rate: u64,
+    /// Attack a node that is not on this host's loopback.
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// One resilience check.
@@ -78,7 +106,87 @@ struct Report {
 
 /// Runs the check and prints what was sent.
 pub async fn run(args: AttackArgs) -> Result<(), CliError> {
-    let AttackCommand::Flood(f) = args.what;
+    match args.what {
+        Some(AttackCommand::Flood(f)) => flood(f).await,
+        None => attack(args).await,
+    }
+}
+
+async fn attack(args: AttackArgs) -> Result<(), CliError> {
+    let usage = |what: &str| {
+        CliError::Usage(format!(
+            "{what} (mxp attack URL --server-key KEY --kind KIND)"
+        ))
+    };
+    let url = args.url.ok_or_else(|| usage("missing the node's URL"))?;
+    let node = args
+        .server_key
+        .ok_or_else(|| usage("missing --server-key"))?;
+    let kind = args.kind.ok_or_else(|| usage("missing --kind"))?;
+    if args.rate == 0 || args.duration.is_zero() {
+        return Err(CliError::Usage(
+            "--rate and --duration must be more than 0".into(),
+        ));
+    }
+    let target = mxp::resolve_address(&url)
+        .await
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    if !target.ip().is_loopback() && !args.allow_remote {
+        return Err(CliError::Usage(format!(
+            "{target} is not on this host's loopback: attack only nodes you run, and say so with --allow-remote"
+        )));
+    }
+    let attack = Attack {
+        kind,
+        url,
+        node,
+        duration: args.duration,
+        rate: args.rate,
+    };
+    let report = attack
+        .run()
+        .await
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report).expect("serialisable"));
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn print_report(r: &AttackReport) {
+    println!(
+        "{} against {} for {:.1} s: {} {} over {} connection(s)",
+        r.kind, r.target, r.seconds, r.sent, r.unit, r.connections
+    );
+    for (reason, n) in &r.closed_by_node {
+        println!("  the node closed {n} connection(s): {reason}");
+    }
+    for (reason, n) in &r.connect_failures {
+        println!("  {n} connection attempt(s) failed: {reason}");
+    }
+    if r.closed_by_node.is_empty() && r.connections > 0 {
+        println!("  the node kept the connection open");
+    }
+    let w = &r.witness;
+    println!(
+        "  witness: {}/{} calls answered (P50 {} us, P99 {} us){}",
+        w.answered,
+        w.calls,
+        w.p50_us,
+        w.p99_us,
+        match &w.first_failure {
+            Some(why) => format!("; first failure: {why}"),
+            None => String::new(),
+        }
+    );
+    println!(
+        "  what the node refused: its /metrics (mxp_peer_limits_total, mxp_handshakes_limited_total, mxp_message_errors_total)"
+    );
+}
+
+async fn flood(f: FloodArgs) -> Result<(), CliError> {
     if f.rate == 0 || f.ports == 0 || f.duration.is_zero() {
         return Err(CliError::Usage(
             "--rate, --ports and --duration must be more than 0".into(),

@@ -68,9 +68,9 @@ pub struct TransportConfig {
     pub band_weights: [u32; Band::COUNT],
     /// Key updates the peer may start per second (in bursts of up to 16);
     /// one more closes the connection with KEY_UPDATE_ERROR. Each costs a
-    /// key derivation here (a few microseconds). The default rotation
-    /// policy, every 10,000 packets, needs 100 a second at a million
-    /// packets a second.
+    /// key derivation here (a few microseconds). A peer on the default
+    /// rotation policy (every 10,000 packets) stays under the default up
+    /// to a million packets a second on one connection.
     pub peer_key_update_rate: u32,
     /// Packets that may fail authentication over a connection's life before
     /// it closes with AEAD_LIMIT_REACHED (RFC 9001 §6.6). The default is the
@@ -110,7 +110,7 @@ impl Default for TransportConfig {
             datagram_send_buffer: 1 << 20,
             key_rotation: KeyRotation::default(),
             band_weights: [8, 4, 2, 1],
-            peer_key_update_rate: 1000,
+            peer_key_update_rate: 100,
             max_decrypt_failures: 1 << 52,
             max_acks_per_packet: 2,
             max_message_size: 1 << 20,

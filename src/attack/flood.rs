@@ -1,6 +1,5 @@
-//! Resilience checks against one's own node (`mxp attack`): floods of
-//! handshake initiations on real sockets, as an attacker would send them.
-//! Point them only at nodes you run.
+//! Floods of handshake initiations on real sockets, as an attacker would
+//! send them.
 //!
 //! A flood is a list of datagrams (or a recipe for fresh ones) sent at a
 //! fixed rate from many source ports of this host, never reading what

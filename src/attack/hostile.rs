@@ -1,0 +1,247 @@
+//! A peer that completed the handshake and then misbehaves: what each
+//! connection-level attack sends, on an MXP connection of the runtime whose
+//! sans-IO core is told to misbehave (see the core's hidden hostile hooks).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mxp_proto::frame::{self, Frame};
+use mxp_proto::message::{MAX_PAYLOAD_LEN, Message, MessageType};
+use mxp_proto::{Band, ConnectionError, Dir, INJECT_MAX, Side, StreamId};
+
+use crate::mxp::conn::MxpConn;
+
+/// The connection-level attacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Misbehaviour {
+    /// One-byte STREAM frames at odd offsets, offset 0 never sent.
+    TinySegments,
+    /// Packets full of empty DATAGRAM frames.
+    ZeroDatagrams,
+    /// Packets full of PATH_CHALLENGE frames, and no ACK ever sent.
+    PathChallengeFlood,
+    /// Every stream the node allows opened, one byte written, held.
+    StreamFlood,
+    /// Every stream opened with a message header announcing a large
+    /// message, which then never completes.
+    DecoderHold,
+    /// A key update on every packet the node's answers allow.
+    KeyUpdateStorm,
+    /// Packets full of ACK frames with the most ranges a frame carries.
+    AckStorm,
+}
+
+/// Batches of injected frames allowed to wait at once: the attacker's own
+/// memory stays small when its sending is held back.
+const MAX_QUEUED: usize = 64;
+/// How often the attack tops up what it sends.
+const TICK: Duration = Duration::from_millis(1);
+/// Bytes written per stream per tick by the stream attacks.
+const WRITE_STEP: usize = 16 * 1024;
+/// The message size the decoder hold announces on all streams but the
+/// first (the node's default limit; the first announces the format's
+/// ceiling, which a node at the default refuses at once).
+const HOLD_MESSAGE: usize = 1 << 20;
+
+/// What one hostile connection did.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    /// Frames (or streams, or stream bytes) sent, in the attack's unit.
+    pub sent: u64,
+    /// The node closed the connection, with this reason.
+    pub closed: Option<ConnectionError>,
+}
+
+impl Misbehaviour {
+    /// What [`Outcome::sent`] counts.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Misbehaviour::TinySegments => "one-byte stream frames",
+            Misbehaviour::ZeroDatagrams => "empty datagrams",
+            Misbehaviour::PathChallengeFlood => "path challenges",
+            Misbehaviour::StreamFlood => "streams opened",
+            Misbehaviour::DecoderHold => "message bytes",
+            Misbehaviour::KeyUpdateStorm => "pings (each packet a key update)",
+            Misbehaviour::AckStorm => "ACK frames",
+        }
+    }
+}
+
+/// The per-connection state of an attack.
+struct Attack {
+    kind: Misbehaviour,
+    /// Frames built so far (tiny segments: also the next offset's index).
+    frames: u64,
+    /// Streams opened, with the zero bytes each still has to write.
+    streams: Vec<(StreamId, usize)>,
+}
+
+/// What the stream attacks write after a stream's first bytes.
+static ZEROS: [u8; WRITE_STEP] = [0; WRITE_STEP];
+
+/// Runs `kind` on `link` at `rate` packets a second until `until` or until
+/// the node closes the connection.
+pub(crate) async fn misbehave(
+    kind: Misbehaviour,
+    link: &MxpConn,
+    rate: u64,
+    until: Instant,
+) -> Outcome {
+    let mut attack = Attack {
+        kind,
+        frames: 0,
+        streams: Vec::new(),
+    };
+    let mut outcome = Outcome::default();
+    let started = Instant::now();
+    let mut batches = 0u64;
+    let setup = link.with(|c, _| attack.setup(c));
+    if let Err(e) = setup {
+        outcome.closed = Some(e);
+        return outcome;
+    }
+    while Instant::now() < until {
+        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+        let step = link.with(|c, _| {
+            if let Some(e) = c.error() {
+                return Err(e.clone());
+            }
+            while batches < due && c.injected_pending() < MAX_QUEUED {
+                let Some(batch) = attack.next_batch(c) else {
+                    break;
+                };
+                c.inject_frames(batch);
+                batches += 1;
+            }
+            Ok(attack.write_streams(c))
+        });
+        match step.and_then(|r| r) {
+            Ok(written) => outcome.sent += written,
+            Err(e) => {
+                outcome.closed = Some(e);
+                break;
+            }
+        }
+        link.wake_driver();
+        tokio::time::sleep(TICK).await;
+    }
+    outcome.sent += match kind {
+        Misbehaviour::StreamFlood => attack.streams.len() as u64,
+        Misbehaviour::DecoderHold => 0,
+        _ => attack.frames,
+    };
+    outcome
+}
+
+impl Attack {
+    fn setup(&mut self, c: &mut mxp_proto::Connection) {
+        match self.kind {
+            Misbehaviour::PathChallengeFlood => c.withhold_acks(true),
+            Misbehaviour::KeyUpdateStorm => c.storm_key_updates(true),
+            Misbehaviour::StreamFlood => {
+                for dir in [Dir::Bi, Dir::Uni] {
+                    while let Ok(id) = c.open(dir, Band::Streaming) {
+                        let _ = c.write_slice(id, b"x");
+                        self.streams.push((id, 0));
+                    }
+                }
+            }
+            Misbehaviour::DecoderHold => {
+                while let Ok(id) = c.open(Dir::Bi, Band::Streaming) {
+                    let announce = match self.streams.is_empty() {
+                        true => MAX_PAYLOAD_LEN,
+                        false => HOLD_MESSAGE,
+                    };
+                    // A valid header, then all of the payload but its last
+                    // byte (the header fits the window a new stream has).
+                    let _ = c.write_slice(id, &header_announcing(announce));
+                    self.streams.push((id, announce - 1));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The next packet's worth of frames, if this attack sends frames.
+    fn next_batch(&mut self, c: &mut mxp_proto::Connection) -> Option<Bytes> {
+        let mut out = Vec::with_capacity(INJECT_MAX);
+        match self.kind {
+            Misbehaviour::TinySegments => {
+                // Odd offsets within the first MiB of each stream (the
+                // default stream window), offset 0 never sent.
+                const PER_STREAM: u64 = 1 << 19;
+                while out.len() + 16 <= INJECT_MAX {
+                    let (stream, k) = (self.frames / PER_STREAM, self.frames % PER_STREAM);
+                    let id = StreamId::new(Side::Client, Dir::Bi, stream);
+                    Frame::Stream(frame::Stream {
+                        id,
+                        offset: 1 + 2 * k,
+                        fin: false,
+                        data: Bytes::from_static(b"x"),
+                    })
+                    .encode(&mut out);
+                    self.frames += 1;
+                }
+            }
+            Misbehaviour::ZeroDatagrams => {
+                while out.len() + 2 <= INJECT_MAX {
+                    frame::encode_datagram_header(0, true, &mut out);
+                    self.frames += 1;
+                }
+            }
+            Misbehaviour::PathChallengeFlood => {
+                while out.len() + 9 <= INJECT_MAX {
+                    let mut data = [0u8; 8];
+                    mxp_proto::crypto::fill_random(&mut data);
+                    Frame::PathChallenge(data).encode(&mut out);
+                    self.frames += 1;
+                }
+            }
+            Misbehaviour::KeyUpdateStorm => {
+                // Padded to a packet of its own: each is a key update,
+                // and asks for the ACK (in the new keys) that lets the
+                // next packet update again.
+                Frame::ImmediateAck.encode(&mut out);
+                Frame::Padding(INJECT_MAX - out.len()).encode(&mut out);
+                self.frames += 1;
+            }
+            Misbehaviour::AckStorm => {
+                let frames = c.ack_storm_frames(2);
+                if frames.is_empty() {
+                    return None;
+                }
+                self.frames += 2;
+                return Some(frames);
+            }
+            Misbehaviour::StreamFlood | Misbehaviour::DecoderHold => return None,
+        }
+        Some(Bytes::from(out))
+    }
+
+    /// Writes what the stream attacks still have to write, as flow control
+    /// allows; returns the bytes written.
+    fn write_streams(&mut self, c: &mut mxp_proto::Connection) -> u64 {
+        let mut written = 0;
+        for (id, rest) in &mut self.streams {
+            if *rest == 0 {
+                continue;
+            }
+            let step = (*rest).min(WRITE_STEP);
+            if let Ok(n) = c.write_slice(*id, &ZEROS[..step]) {
+                *rest -= n;
+                written += n as u64;
+            }
+        }
+        written
+    }
+}
+
+/// A valid MXP message header (a call) announcing a payload of `len` bytes.
+fn header_announcing(len: usize) -> Vec<u8> {
+    let empty = Message::new(MessageType::Call, Bytes::new())
+        .to_bytes()
+        .expect("an empty message encodes");
+    let mut header = empty[..32].to_vec();
+    header[24..32].copy_from_slice(&(len as u64).to_le_bytes());
+    header
+}
