@@ -125,6 +125,9 @@ pub(crate) async fn misbehave(
         link.wake_driver();
         tokio::time::sleep(TICK).await;
     }
+    if kind == Misbehaviour::StreamFlood && outcome.closed.is_none() {
+        outcome.closed = attack.one_stream_too_many(link).await;
+    }
     outcome.sent += match kind {
         Misbehaviour::StreamFlood => attack.streams.len() as u64,
         Misbehaviour::DecoderHold => 0,
@@ -216,6 +219,34 @@ impl Attack {
             Misbehaviour::StreamFlood | Misbehaviour::DecoderHold => return None,
         }
         Some(Bytes::from(out))
+    }
+
+    /// Sends data on the first bidirectional stream beyond the node's
+    /// limit, and waits briefly for the node to close the connection.
+    async fn one_stream_too_many(&self, link: &MxpConn) -> Option<ConnectionError> {
+        let beyond = self
+            .streams
+            .iter()
+            .filter(|(id, _)| id.dir() == Dir::Bi)
+            .count();
+        let mut out = Vec::new();
+        Frame::Stream(frame::Stream {
+            id: StreamId::new(Side::Client, Dir::Bi, beyond as u64),
+            offset: 0,
+            fin: false,
+            data: Bytes::from_static(b"x"),
+        })
+        .encode(&mut out);
+        let _ = link.with(|c, _| c.inject_frames(Bytes::from(out)));
+        link.wake_driver();
+        for _ in 0..200 {
+            tokio::time::sleep(TICK).await;
+            match link.with(|c, _| c.error().cloned()) {
+                Ok(None) => {}
+                Ok(Some(e)) | Err(e) => return Some(e),
+            }
+        }
+        None
     }
 
     /// Writes what the stream attacks still have to write, as flow control

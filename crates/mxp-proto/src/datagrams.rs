@@ -154,8 +154,10 @@ impl Datagrams {
         (need, more)
     }
 
-    /// A datagram arrived.
-    pub fn receive(&mut self, data: &[u8]) {
+    /// A datagram arrived. Returns whether the queue was empty (the
+    /// application needs telling only then: it reads until it is empty).
+    pub fn receive(&mut self, data: &[u8]) -> bool {
+        let was_empty = self.incoming.is_empty();
         if self.recv_block.capacity() < data.len() {
             self.recv_block.reserve(RECV_BLOCK.max(data.len()));
         }
@@ -172,6 +174,7 @@ impl Datagrams {
                 None => break,
             }
         }
+        was_empty
     }
 
     /// Next received datagram.

@@ -60,7 +60,8 @@ pub enum Event {
     },
     /// Something happened on a stream.
     Stream(StreamEvent),
-    /// A datagram is waiting in [`Connection::recv_datagram`].
+    /// Datagrams are waiting in [`Connection::recv_datagram`] (sent when
+    /// the queue stops being empty: read until it is).
     DatagramReceived,
     /// The peer is draining this connection (its carrier stopped accepting):
     /// finish what is in flight here and open new work elsewhere.

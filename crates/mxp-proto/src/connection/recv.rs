@@ -312,8 +312,9 @@ impl Connection {
                     )
                     .in_frame(frame::types::DATAGRAM));
                 }
-                self.datagrams.receive(&data);
-                self.events.push_back(Event::DatagramReceived);
+                if self.datagrams.receive(&data) {
+                    self.events.push_back(Event::DatagramReceived);
+                }
             }
         }
         Ok(())
