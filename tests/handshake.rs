@@ -1121,6 +1121,89 @@ fn a_node_that_keeps_refusing_gives_a_client_the_reason_not_a_timeout() {
 }
 
 #[test]
+fn one_address_and_one_client_key_get_at_most_their_limit_of_connections() {
+    let policy = ServerConfig {
+        max_connections_per_address: 2,
+        max_connections_per_key: 2,
+        ..ServerConfig::default()
+    };
+    let transport = TransportConfig {
+        handshake_timeout: Duration::from_millis(300),
+        ..TransportConfig::default()
+    };
+    let busy = Some(ConnectionError::NodeBusy {
+        reason: BusyReason::ConnectionLimit,
+    });
+    let mut s = Setup::with(92, ideal(), transport.clone(), policy);
+    // Two connections from 10.0.0.3, each with a key of its own: a third
+    // from that address is set aside before any handshake work.
+    let mut from_one_host = Vec::new();
+    for port in 1..=3 {
+        let node = s.add_client(
+            &format!("10.0.0.3:{port}"),
+            Keypair::generate(),
+            transport.clone(),
+        );
+        let c = s.start_connect(node);
+        from_one_host.push((
+            node,
+            c,
+            run_to_outcome(&mut s.net, node, c, Duration::from_secs(1)),
+        ));
+    }
+    let reasons: Vec<_> = from_one_host
+        .iter()
+        .map(|(_, _, seen)| lost_reason(seen))
+        .collect();
+    assert_eq!(reasons, [None, None, busy.clone()]);
+    let stats = s.net.endpoint(s.server).stats();
+    assert!(stats.address_limit >= 1);
+    let jobs = stats.handshake_jobs;
+
+    // One key shared by hosts 10.0.0.4-6: the third is set aside once the
+    // handshake has shown its key.
+    let shared = Keypair::generate();
+    let mut outcomes = Vec::new();
+    for host in 4..=6 {
+        let node = s.add_client(
+            &format!("10.0.0.{host}:1"),
+            shared.clone(),
+            transport.clone(),
+        );
+        let c = s.start_connect(node);
+        outcomes.push(lost_reason(&run_to_outcome(
+            &mut s.net,
+            node,
+            c,
+            Duration::from_secs(1),
+        )));
+    }
+    assert_eq!(outcomes, [None, None, busy]);
+    let stats = s.net.endpoint(s.server).stats();
+    assert!(stats.key_limit >= 1);
+    assert!(
+        stats.handshake_jobs > jobs + 2,
+        "the key is known only after the work"
+    );
+
+    // A connection that ends frees its place.
+    let (node, c, _) = from_one_host[0];
+    let now = s.net.now();
+    s.net
+        .endpoint(node)
+        .connection(c)
+        .unwrap()
+        .close(now, 0, &b"done"[..]);
+    s.net.run_for(Duration::from_secs(1));
+    // The node forgets a connection once its events are taken.
+    events(&mut s.net, s.server);
+    let again = s.add_client("10.0.0.3:9", Keypair::generate(), transport);
+    let c = s.start_connect(again);
+    let seen = run_to_outcome(&mut s.net, again, c, Duration::from_secs(1));
+    assert_eq!(lost_reason(&seen), None);
+}
+
+#[test]
 fn a_retry_token_buys_one_handshake() {
     let policy = ServerConfig {
         retry: RetryPolicy::Always,

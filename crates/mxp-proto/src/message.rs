@@ -1092,6 +1092,26 @@ mod tests {
     }
 
     #[test]
+    fn decoder_refuses_a_header_over_its_limit_before_the_payload_arrives() {
+        let mut d = MessageDecoder::with_limit(1000);
+        let at_limit = Message::new(MessageType::Call, vec![1u8; 1000]);
+        d.push(at_limit.to_bytes().unwrap());
+        assert_eq!(d.next_message().unwrap(), Some(at_limit));
+        let over = Message::new(MessageType::Call, vec![1u8; 1001])
+            .to_bytes()
+            .unwrap();
+        // The header alone is enough to refuse it, and the refusal sticks.
+        d.push(over.slice(..HEADER_LEN));
+        assert_eq!(d.next_message(), Err(MessageError::PayloadTooLarge(1001)));
+        assert_eq!(d.next_message(), Err(MessageError::PayloadTooLarge(1001)));
+        // The format's ceiling caps any limit.
+        assert_eq!(
+            MessageDecoder::with_limit(usize::MAX).limit,
+            MAX_PAYLOAD_LEN
+        );
+    }
+
+    #[test]
     fn decoder_split_at_every_point() {
         let (msgs, wire) = stream();
         for cut in 0..=wire.len() {
