@@ -647,6 +647,22 @@ fn mxp_admin_capture_start_and_stop_around_pings() {
     let missing = mxp(&["admin", &admin, "capture", "start"]);
     assert_eq!(missing.code(), Some(2), "{missing:#?}");
     assert!(missing.stderr.contains("--out"), "{missing:#?}");
+    // Outside the node's capture directory (its working directory here).
+    let outside = mxp(&[
+        "admin",
+        &admin,
+        "capture",
+        "start",
+        "--out",
+        "/etc/cron.d/mxp",
+    ]);
+    assert_eq!(outside.code(), Some(2), "{outside:#?}");
+    let line = outside.one_error_line();
+    assert!(
+        line.contains("400") && line.contains("outside the capture directory"),
+        "{line}"
+    );
+    assert!(!Path::new("/etc/cron.d/mxp").exists());
 
     node.terminate();
 }
