@@ -95,7 +95,7 @@ impl Shared {
     /// protocol state consistent (every operation on it is a plain function
     /// call), so a poisoned lock is taken over rather than propagated.
     pub fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.state)
     }
 
     /// Tells the driver there may be something to send.

@@ -64,7 +64,7 @@ struct State {
 
 impl Book {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.state)
     }
 
     /// Counts a handshake outcome.

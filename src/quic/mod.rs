@@ -299,12 +299,7 @@ impl QuicConn {
 
     /// Node side: tells the client to take new work elsewhere.
     pub fn go_away(&self) {
-        let send = self
-            .control
-            .send
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let send = crate::lock(&self.control.send).take();
         if let Some(mut send) = send {
             tokio::spawn(async move {
                 let _ = send.write_all(&[auth::GOAWAY]).await;
