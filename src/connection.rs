@@ -11,46 +11,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mxp_proto::message::Message;
-use mxp_proto::{Band, ConnectionError, ConnectionStats, DatagramError, Dir, PublicKey};
-use thiserror::Error;
+use mxp_proto::{Band, ConnectionError, ConnectionStats, Dir, PublicKey};
 use tracing::{info, warn};
 
 use crate::carrier::{Carrier, CarrierMode};
 use crate::endpoint::{Endpoint, Target};
+use crate::error::{CallError, ReadError, SendDatagramError, WriteError};
 use crate::lock;
 use crate::metrics::{CallDurations, CallSide, MessageErrors};
 use crate::mxp::conn::MxpConn;
 use crate::mxp::streams::{MxpRecv, MxpSend};
 use crate::quic::QuicConn;
-use crate::streams::{ReadError, RecvStream, SendStream, WriteError};
-
-/// Why a call failed.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum CallError {
-    /// The connection ended.
-    #[error(transparent)]
-    ConnectionLost(#[from] ConnectionError),
-    /// Sending the request failed.
-    #[error("sending the request: {0}")]
-    Write(#[from] WriteError),
-    /// Receiving the response failed.
-    #[error("receiving the response: {0}")]
-    Read(#[from] ReadError),
-    /// The peer finished the stream without a response.
-    #[error("the peer closed the call without responding")]
-    NoResponse,
-}
-
-/// Why a datagram was not sent.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum SendDatagramError {
-    /// Too large, or the peer does not take datagrams.
-    #[error(transparent)]
-    Refused(#[from] DatagramError),
-    /// The connection ended.
-    #[error(transparent)]
-    ConnectionLost(#[from] ConnectionError),
-}
+use crate::streams::{RecvStream, SendStream};
 
 /// One carrier connection.
 #[derive(Debug, Clone)]

@@ -10,43 +10,18 @@ use std::time::{Duration, Instant};
 
 use mxp_proto::{ConnectionError, EndpointConfig, EndpointStats, PublicKey};
 use serde::Serialize;
-use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::capture::{CaptureError, CaptureStatus, CaptureSummary};
 use crate::carrier::{Carrier, CarrierMode, Carriers};
 use crate::connection::{Connection, FromEndpoint, Link};
+use crate::error::ConnectError;
 use crate::handshake_workers::HandshakeWorkers;
 use crate::lock;
 use crate::metrics::{CallDurations, CarrierTotals, ConnectionInfo, MessageErrors};
 use crate::mxp::endpoint::MxpEndpoint;
 use crate::quic::{self, QuicEndpoint};
-
-/// Why a connection could not be made.
-#[derive(Debug, Error)]
-pub enum ConnectError {
-    /// The address is not `mxp://host:port` (or `host:port`).
-    #[error("invalid address {0:?}: expected mxp://host:port[?quic=PORT]")]
-    InvalidAddress(String),
-    /// The host name did not resolve.
-    #[error("cannot resolve {host}: {source}")]
-    Resolve {
-        /// The host that did not resolve.
-        host: String,
-        /// Why.
-        source: io::Error,
-    },
-    /// The handshake failed: wrong server key, refused, timed out...
-    #[error(transparent)]
-    Handshake(#[from] ConnectionError),
-    /// The first handshake message could not be built.
-    #[error(transparent)]
-    Start(#[from] mxp_proto::ConnectError),
-    /// The QUIC carrier could not be set up.
-    #[error("QUIC: {0}")]
-    Quic(String),
-}
 
 /// Everything an [`Endpoint`] can be configured with beyond the protocol
 /// core's [`EndpointConfig`].

@@ -12,6 +12,7 @@ mod carrier;
 mod connection;
 pub mod echo;
 mod endpoint;
+mod error;
 mod handshake_workers;
 mod log_filter;
 pub mod metrics;
@@ -22,10 +23,10 @@ mod streams;
 mod timer;
 
 pub use carrier::{Carrier, CarrierMode, Carriers};
-pub use connection::{CallError, Connection, SendDatagramError};
+pub use connection::Connection;
 pub use endpoint::{
-    ConnectError, ConnectionsPerCarrier, DEFAULT_DRAIN_TIMEOUT, DrainStatus, Endpoint, Options,
-    Status, resolve_address,
+    ConnectionsPerCarrier, DEFAULT_DRAIN_TIMEOUT, DrainStatus, Endpoint, Options, Status,
+    resolve_address,
 };
 pub use quic::quic_settings;
 
@@ -35,7 +36,8 @@ pub use quic::quic_settings;
 pub mod benching {
     pub use crate::timer::Timer;
 }
-pub use streams::{ReadError, RecvStream, SendStream, WriteError};
+pub use error::{CallError, ConnectError, ReadError, SendDatagramError, WriteError};
+pub use streams::{RecvStream, SendStream};
 
 /// Locks `m` even if a panic poisoned it: what the runtime's mutexes guard
 /// stays consistent through a panic (plain values, replaced whole).

@@ -9,73 +9,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use mxp_proto::Band;
 use mxp_proto::message::{Message, MessageDecoder, MessageError};
-use mxp_proto::{Band, ConnectionError};
-use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::error::{ReadError, WriteError};
 use crate::metrics::MessageErrors;
 use crate::mxp::streams::{MxpRecv, MxpSend};
 use crate::quic;
-
-/// Why a write failed.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum WriteError {
-    /// The peer asked us to stop sending, with this application code.
-    #[error("the peer stopped the stream (code {0})")]
-    Stopped(u64),
-    /// The stream was already finished or reset.
-    #[error("the stream is closed for writing")]
-    ClosedStream,
-    /// A message larger than MXP's 16 MiB payload limit.
-    #[error("message too large to encode")]
-    TooLarge,
-    /// The connection ended.
-    #[error(transparent)]
-    ConnectionLost(#[from] ConnectionError),
-}
-
-/// Why a read failed.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum ReadError {
-    /// The peer abandoned the stream with this application code.
-    #[error("the peer reset the stream (code {0})")]
-    Reset(u64),
-    /// The stream was stopped or already read to its end.
-    #[error("the stream is closed for reading")]
-    ClosedStream,
-    /// The bytes are not a valid MXP message.
-    #[error("invalid message: {0}")]
-    Message(#[from] MessageError),
-    /// The stream ended in the middle of a message.
-    #[error("the stream ended inside a message")]
-    Truncated,
-    /// The connection ended.
-    #[error(transparent)]
-    ConnectionLost(#[from] ConnectionError),
-}
-
-impl From<WriteError> for io::Error {
-    fn from(e: WriteError) -> io::Error {
-        let kind = match e {
-            WriteError::ConnectionLost(_) => io::ErrorKind::ConnectionAborted,
-            _ => io::ErrorKind::BrokenPipe,
-        };
-        io::Error::new(kind, e)
-    }
-}
-
-impl From<ReadError> for io::Error {
-    fn from(e: ReadError) -> io::Error {
-        let kind = match e {
-            ReadError::Reset(_) => io::ErrorKind::ConnectionReset,
-            ReadError::ConnectionLost(_) => io::ErrorKind::ConnectionAborted,
-            ReadError::Message(_) | ReadError::Truncated => io::ErrorKind::InvalidData,
-            ReadError::ClosedStream => io::ErrorKind::NotConnected,
-        };
-        io::Error::new(kind, e)
-    }
-}
 
 #[derive(Debug)]
 enum Send {

@@ -14,7 +14,7 @@ use mxp_proto::{
 };
 
 use super::driver::{ConnState, Shared, add_waiter, dir_index};
-use crate::connection::SendDatagramError;
+use crate::error::SendDatagramError;
 
 /// A handle to one MXP connection. Clones share it; the connection closes
 /// when the last clone (every stream holds one) is dropped.

@@ -14,10 +14,11 @@ use mxp_proto::{ConnectionError, ConnectionHandle, EndpointConfig, EndpointStats
 use super::conn::{MxpConn, release};
 use super::driver::{self, ConnState, Shared};
 use super::udp::Socket;
+use crate::Carrier;
 use crate::capture::Capture;
+use crate::error::ConnectError;
 use crate::handshake_workers::HandshakeWorkers;
 use crate::metrics::{self, CarrierTotals, ConnectionInfo};
-use crate::{Carrier, ConnectError};
 
 /// An MXP endpoint. Clones share it; the driver stops once every clone is
 /// dropped and every connection has closed.

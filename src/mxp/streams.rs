@@ -8,7 +8,7 @@ use bytes::Bytes;
 use mxp_proto::{Band, StreamId};
 
 use super::conn::MxpConn;
-use crate::streams::{ReadError, WriteError};
+use crate::error::{ReadError, WriteError};
 
 /// The sending half of an MXP stream.
 #[derive(Debug)]

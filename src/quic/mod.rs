@@ -25,10 +25,10 @@ use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info};
 
 use crate::Carrier;
-use crate::ConnectError;
+use crate::error::ConnectError;
+use crate::error::{ReadError, WriteError};
 use crate::handshake_workers::HandshakeWorkers;
 use crate::metrics::{CarrierTotals, ConnectionInfo};
-use crate::streams::{ReadError, WriteError};
 use crate::{RecvStream, SendStream as MxpSendStream};
 pub(crate) use book::OpenStream;
 use book::{Book, handshake};
