@@ -1,6 +1,7 @@
 //! The two carriers a connection can ride on, and the switch between them.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::str::FromStr;
 
 use serde::Serialize;
@@ -149,4 +150,12 @@ mod tests {
         assert_eq!("auto".parse::<CarrierMode>(), Ok(CarrierMode::Auto));
         assert!("tcp".parse::<CarrierMode>().is_err());
     }
+}
+
+/// Where a node is: its MXP address, the QUIC addresses to try, its key.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub mxp: SocketAddr,
+    pub quic: Vec<SocketAddr>,
+    pub key: mxp_proto::PublicKey,
 }

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -14,9 +15,9 @@ use mxp_proto::message::Message;
 use mxp_proto::{Band, ConnectionError, ConnectionStats, Dir, PublicKey};
 use tracing::{info, warn};
 
+use crate::carrier::Target;
 use crate::carrier::{Carrier, CarrierMode};
-use crate::endpoint::{Endpoint, Target};
-use crate::error::{CallError, ReadError, SendDatagramError, WriteError};
+use crate::error::{CallError, ConnectError, ReadError, SendDatagramError, WriteError};
 use crate::lock;
 use crate::metrics::{CallDurations, CallSide, MessageErrors};
 use crate::mxp::conn::MxpConn;
@@ -77,7 +78,10 @@ impl Link {
                     RecvStream::mxp(MxpRecv::new(c.clone(), id)),
                 ))
             }
-            Link::Quic(c) => c.open_bi(band).await,
+            Link::Quic(c) => {
+                let (send, recv) = c.open_bi(band).await?;
+                Ok((SendStream::quic(send, band), RecvStream::quic(recv)))
+            }
         }
     }
 
@@ -87,7 +91,7 @@ impl Link {
                 let id = c.open(Dir::Uni, band).await?;
                 Ok(SendStream::mxp(MxpSend::new(c.clone(), id), band))
             }
-            Link::Quic(c) => c.open_uni(band).await,
+            Link::Quic(c) => Ok(SendStream::quic(c.open_uni(band).await?, band)),
         }
     }
 
@@ -100,7 +104,13 @@ impl Link {
                     RecvStream::mxp(MxpRecv::new(c.clone(), id)),
                 ))
             }
-            Link::Quic(c) => c.accept_bi().await,
+            Link::Quic(c) => {
+                let (send, recv) = c.accept_bi().await?;
+                Ok((
+                    SendStream::quic(send, Band::default()),
+                    RecvStream::quic(recv),
+                ))
+            }
         }
     }
 
@@ -110,7 +120,7 @@ impl Link {
                 let id = c.accept(Dir::Uni).await?;
                 Ok(RecvStream::mxp(MxpRecv::new(c.clone(), id)))
             }
-            Link::Quic(c) => c.accept_uni().await,
+            Link::Quic(c) => Ok(RecvStream::quic(c.accept_uni().await?)),
         }
     }
 
@@ -178,10 +188,22 @@ impl Current {
 /// How long background switches wait after one found no carrier.
 const SWITCH_RETRY: Duration = Duration::from_secs(1);
 
+/// Opens carrier connections to a node: what a client session needs of its
+/// endpoint to reopen itself on another carrier (the endpoint, which sits
+/// above connections, implements it). Used only to switch, never on the
+/// write path.
+pub(crate) trait Dial: Send + Sync + std::fmt::Debug {
+    fn dial<'a>(
+        &'a self,
+        target: &'a Target,
+        mode: CarrierMode,
+    ) -> Pin<Box<dyn Future<Output = Result<Link, ConnectError>> + Send + 'a>>;
+}
+
 /// How a client session reopens itself on another carrier.
 #[derive(Debug)]
 struct Reconnect {
-    endpoint: Endpoint,
+    dialer: Arc<dyn Dial>,
     target: Target,
 }
 
@@ -248,9 +270,13 @@ impl Connection {
         Self::with(link, None, endpoint)
     }
 
-    pub(crate) fn client_side(link: Link, endpoint: Endpoint, target: Target) -> Connection {
-        let from = endpoint.for_connections();
-        Self::with(link, Some(Reconnect { endpoint, target }), from)
+    pub(crate) fn client_side(
+        link: Link,
+        dialer: Arc<dyn Dial>,
+        target: Target,
+        from: FromEndpoint,
+    ) -> Connection {
+        Self::with(link, Some(Reconnect { dialer, target }), from)
     }
 
     fn with(link: Link, reconnect: Option<Reconnect>, endpoint: FromEndpoint) -> Connection {
@@ -288,8 +314,8 @@ impl Connection {
         }
         let from = cur.link.carrier();
         match reconnect
-            .endpoint
-            .establish(&reconnect.target, CarrierMode::Auto)
+            .dialer
+            .dial(&reconnect.target, CarrierMode::Auto)
             .await
         {
             Ok(link) if self.0.closed_by_app.load(Ordering::Relaxed) => {

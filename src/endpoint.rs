@@ -2,8 +2,10 @@
 //! keeps the legacy path, or a client that may fall back) the QUIC carrier
 //! beside it.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,14 +16,15 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::capture::{CaptureError, CaptureStatus, CaptureSummary};
-use crate::carrier::{Carrier, CarrierMode, Carriers};
-use crate::connection::{Connection, FromEndpoint, Link};
+use crate::carrier::{Carrier, CarrierMode, Carriers, Target};
+use crate::connection::{Connection, Dial, FromEndpoint, Link};
 use crate::error::ConnectError;
 use crate::handshake_workers::HandshakeWorkers;
 use crate::lock;
-use crate::metrics::{CallDurations, CarrierTotals, ConnectionInfo, MessageErrors};
+use crate::metrics::{CallDurations, MessageErrors};
 use crate::mxp::endpoint::MxpEndpoint;
 use crate::quic::{self, QuicEndpoint};
+use crate::stats::{CarrierTotals, ConnectionInfo};
 
 /// Everything an [`Endpoint`] can be configured with beyond the protocol
 /// core's [`EndpointConfig`].
@@ -64,14 +67,6 @@ impl Options {
 /// How long a drained carrier's connections may finish their work by
 /// default: the rollout checklist's five minutes.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Where a node is: its MXP address, the QUIC addresses to try, its key.
-#[derive(Debug, Clone)]
-pub(crate) struct Target {
-    pub mxp: SocketAddr,
-    pub quic: Vec<SocketAddr>,
-    pub key: PublicKey,
-}
 
 /// A carrier being drained.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -309,15 +304,17 @@ impl Endpoint {
 
     async fn connect_target(&self, target: Target) -> Result<Connection, ConnectError> {
         let link = self.establish(&target, self.0.options.carrier).await?;
-        Ok(Connection::client_side(link, self.clone(), target))
+        let dialer = Arc::new(self.clone());
+        Ok(Connection::client_side(
+            link,
+            dialer,
+            target,
+            self.for_connections(),
+        ))
     }
 
     /// Opens a carrier connection to `target` following `mode`.
-    pub(crate) async fn establish(
-        &self,
-        target: &Target,
-        mode: CarrierMode,
-    ) -> Result<Link, ConnectError> {
+    async fn establish(&self, target: &Target, mode: CarrierMode) -> Result<Link, ConnectError> {
         match mode {
             CarrierMode::Mxp => Ok(Link::Mxp(
                 self.0.mxp.connect_to(target.mxp, target.key).await?,
@@ -724,6 +721,16 @@ pub async fn resolve_address(address: &str) -> Result<SocketAddr, ConnectError> 
         host: host_port.to_owned(),
         source: io::Error::new(io::ErrorKind::NotFound, "no address"),
     })
+}
+
+impl Dial for Endpoint {
+    fn dial<'a>(
+        &'a self,
+        target: &'a Target,
+        mode: CarrierMode,
+    ) -> Pin<Box<dyn Future<Output = Result<Link, ConnectError>> + Send + 'a>> {
+        Box::pin(self.establish(target, mode))
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub mod metrics;
 mod mxp;
 mod quic;
 pub mod relay;
+mod stats;
 mod streams;
 mod timer;
 

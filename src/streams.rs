@@ -16,12 +16,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::error::{ReadError, WriteError};
 use crate::metrics::MessageErrors;
 use crate::mxp::streams::{MxpRecv, MxpSend};
-use crate::quic;
+use crate::quic::streams::{QuicRecv, QuicSend};
 
 #[derive(Debug)]
 enum Send {
     Mxp(MxpSend),
-    Quic(quinn::SendStream),
+    Quic(QuicSend),
 }
 
 /// The sending half of a stream.
@@ -54,33 +54,25 @@ pub struct SendStream {
     done: bool,
     /// Reused encoding buffer for [`write_message`](Self::write_message).
     scratch: Vec<u8>,
-    /// Counts a QUIC stream as open while held (MXP's core counts its own).
-    _open: Option<Arc<quic::OpenStream>>,
 }
 
 impl SendStream {
     /// An MXP stream the core already sends in `band`.
     pub(crate) fn mxp(s: MxpSend, band: Band) -> SendStream {
-        Self::new(Send::Mxp(s), None, band)
+        Self::new(Send::Mxp(s), band)
     }
 
-    /// A QUIC stream, put in `band` here.
-    pub(crate) fn quic(
-        s: quinn::SendStream,
-        open: Arc<quic::OpenStream>,
-        band: Band,
-    ) -> SendStream {
-        let _ = s.set_priority(quic::priority(band));
-        Self::new(Send::Quic(s), Some(open), band)
+    /// A QUIC stream already sending in `band`.
+    pub(crate) fn quic(s: QuicSend, band: Band) -> SendStream {
+        Self::new(Send::Quic(s), band)
     }
 
-    fn new(inner: Send, open: Option<Arc<quic::OpenStream>>, band: Band) -> SendStream {
+    fn new(inner: Send, band: Band) -> SendStream {
         SendStream {
             inner,
             band,
             done: false,
             scratch: Vec::new(),
-            _open: open,
         }
     }
 
@@ -99,7 +91,7 @@ impl SendStream {
     ) -> Poll<Result<usize, WriteError>> {
         match &mut self.inner {
             Send::Mxp(s) => s.poll_write(cx, data),
-            Send::Quic(s) => Pin::new(s).poll_write(cx, data).map_err(quic::write_error),
+            Send::Quic(s) => s.poll_write(cx, data),
         }
     }
 
@@ -140,7 +132,7 @@ impl SendStream {
         self.done = true;
         match &mut self.inner {
             Send::Mxp(s) => s.finish(),
-            Send::Quic(s) => s.finish().map_err(|_| WriteError::ClosedStream),
+            Send::Quic(s) => s.finish(),
         }
     }
 
@@ -152,14 +144,7 @@ impl SendStream {
         }
         match &mut self.inner {
             Send::Mxp(s) => s.finished().await,
-            Send::Quic(s) => match s.stopped().await {
-                Ok(None) => Ok(()),
-                Ok(Some(code)) => Err(WriteError::Stopped(code.into_inner())),
-                Err(quinn::StoppedError::ConnectionLost(e)) => {
-                    Err(WriteError::ConnectionLost(quic::connection_error(e)))
-                }
-                Err(_) => Err(WriteError::ClosedStream),
-            },
+            Send::Quic(s) => s.finished().await,
         }
     }
 
@@ -169,10 +154,7 @@ impl SendStream {
         self.done = true;
         match &mut self.inner {
             Send::Mxp(s) => s.reset(code),
-            Send::Quic(s) => {
-                let code = quinn::VarInt::from_u64(code).unwrap_or(quinn::VarInt::MAX);
-                s.reset(code).map_err(|_| WriteError::ClosedStream)
-            }
+            Send::Quic(s) => s.reset(code),
         }
     }
 
@@ -181,9 +163,7 @@ impl SendStream {
         self.band = band;
         match &mut self.inner {
             Send::Mxp(s) => s.set_band(band),
-            Send::Quic(s) => {
-                let _ = s.set_priority(quic::priority(band));
-            }
+            Send::Quic(s) => s.set_band(band),
         }
     }
 }
@@ -221,7 +201,7 @@ impl AsyncWrite for SendStream {
 #[derive(Debug)]
 enum Recv {
     Mxp(MxpRecv),
-    Quic(quinn::RecvStream),
+    Quic(QuicRecv),
 }
 
 /// The receiving half of a stream.
@@ -250,28 +230,25 @@ pub struct RecvStream {
     /// stream handed out. So what a reader holds stays within what the
     /// node advertised (the QUIC carrier credits bytes as they are read).
     held: u64,
-    /// Counts a QUIC stream as open while held.
-    _open: Option<Arc<quic::OpenStream>>,
     /// Where a message the codec refuses is counted.
     message_errors: Option<Arc<MessageErrors>>,
 }
 
 impl RecvStream {
     pub(crate) fn mxp(r: MxpRecv) -> RecvStream {
-        Self::new(Recv::Mxp(r), None)
+        Self::new(Recv::Mxp(r))
     }
 
-    pub(crate) fn quic(r: quinn::RecvStream, open: Arc<quic::OpenStream>) -> RecvStream {
-        Self::new(Recv::Quic(r), Some(open))
+    pub(crate) fn quic(r: QuicRecv) -> RecvStream {
+        Self::new(Recv::Quic(r))
     }
 
-    fn new(inner: Recv, open: Option<Arc<quic::OpenStream>>) -> RecvStream {
+    fn new(inner: Recv) -> RecvStream {
         RecvStream {
             inner,
             done: false,
             decoder: MessageDecoder::default(),
             held: 0,
-            _open: open,
             message_errors: None,
         }
     }
@@ -307,13 +284,7 @@ impl RecvStream {
                 }
                 poll
             }
-            Recv::Quic(r) => {
-                let chunk = std::pin::pin!(r.read_chunk(max, true));
-                chunk.poll(cx).map(|r| match r {
-                    Ok(c) => Ok(c.map(|c| c.bytes)),
-                    Err(e) => Err(quic::read_error(e)),
-                })
-            }
+            Recv::Quic(r) => r.poll_chunk(cx, max),
         };
         if let Poll::Ready(Ok(None) | Err(_)) = poll {
             self.done = true;
@@ -385,10 +356,7 @@ impl RecvStream {
         self.done = true;
         match &mut self.inner {
             Recv::Mxp(r) => r.stop(code),
-            Recv::Quic(r) => {
-                let code = quinn::VarInt::from_u64(code).unwrap_or(quinn::VarInt::MAX);
-                r.stop(code).map_err(|_| ReadError::ClosedStream)
-            }
+            Recv::Quic(r) => r.stop(code),
         }
     }
 }

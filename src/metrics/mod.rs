@@ -14,18 +14,17 @@ mod messages;
 mod prometheus;
 mod snapshot;
 
-use std::collections::BTreeMap;
-
 use mxp_proto::histogram::LatencyHistogram;
-use mxp_proto::{Band, ConnectionStats, EndpointStats, PeerLimitStats};
+use mxp_proto::{Band, PeerLimitStats};
 
 use crate::capture::CaptureState;
 use crate::{Carrier, Endpoint};
 
+pub use crate::stats::ConnectionInfo;
 pub(crate) use calls::{CallDurations, CallSide};
 pub(crate) use messages::MessageErrors;
 pub use prometheus::{registry, render};
-pub use snapshot::{ConnectionInfo, NodeInfo, Snapshot};
+pub use snapshot::{NodeInfo, Snapshot};
 
 /// One metric: a name, what it means, and its samples (one per label set).
 #[derive(Debug, Clone, PartialEq)]
@@ -81,29 +80,6 @@ pub enum Value {
     Real(f64),
     /// A latency distribution.
     Histogram(LatencyHistogram),
-}
-
-/// Counters over every connection a carrier of one endpoint has had.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct CarrierTotals {
-    /// Connections now (any state).
-    pub active: u64,
-    /// Connections whose handshake completed, ever.
-    pub established: u64,
-    pub open_streams: u64,
-    /// Counters of live connections plus those of closed ones.
-    pub counters: ConnectionStats,
-    /// How connections ended, by [`mxp_proto::ConnectionError::kind`].
-    pub ended: BTreeMap<&'static str, u64>,
-    /// Handshake outcomes, every known one present (zero or not).
-    pub handshakes: BTreeMap<&'static str, u64>,
-    /// Initiations set aside without handshake work to protect the node,
-    /// by reason, every known one present.
-    pub limited: BTreeMap<&'static str, u64>,
-    /// Handshake jobs run: the Diffie-Hellman work done for new sessions.
-    pub handshake_jobs: u64,
-    /// Initiations waiting for, or in, handshake work now.
-    pub handshake_queue: u64,
 }
 
 /// The ways a connection ends that are failures (`mxp_connection_errors`):
@@ -452,40 +428,4 @@ pub(crate) fn collect(endpoint: &Endpoint) -> Vec<Family> {
         capture.bytes_total,
     );
     f.0
-}
-
-/// The handshake outcomes of the MXP carrier, from its endpoint's counters.
-pub(crate) fn mxp_handshakes(s: &EndpointStats) -> BTreeMap<&'static str, u64> {
-    [
-        ("accepted", s.handshakes_accepted),
-        ("completed", s.handshakes_completed),
-        ("mac_failed", s.mac_failures),
-        ("key_mismatch", s.handshake_decrypt_failures),
-        ("client_not_allowed", s.clients_refused),
-        ("replayed", s.replayed_initiations),
-        ("duplicate", s.duplicate_initiations),
-        ("stale", s.stale_initiations),
-        ("retry_sent", s.retries_sent),
-        ("invalid_token", s.invalid_tokens),
-        ("token_reused", s.tokens_reused),
-        ("version_mismatch", s.version_mismatches),
-        ("carrier_refused", s.carrier_refusals),
-        ("too_small", s.initials_too_small),
-        ("busy_received", s.busy_received),
-    ]
-    .into_iter()
-    .collect()
-}
-
-/// Why the MXP carrier set initiations aside, from its endpoint's counters.
-pub(crate) fn mxp_limited(s: &EndpointStats) -> BTreeMap<&'static str, u64> {
-    [
-        ("queue_full", s.queue_full),
-        ("displaced", s.displaced),
-        ("connection_limit", s.connection_limit),
-        ("address_limit", s.address_limit),
-        ("key_limit", s.key_limit),
-    ]
-    .into_iter()
-    .collect()
 }

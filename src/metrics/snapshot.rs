@@ -6,14 +6,14 @@ use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mxp_proto::histogram::{LATENCY_BOUNDS_NS, LatencyHistogram};
-use mxp_proto::{ConnectionStats, PublicKey, Side};
 use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Serialize, Serializer};
 
 use super::{Family, Kind, Sample, Value};
+use crate::Endpoint;
 use crate::capture::CaptureStatus;
 use crate::endpoint::Status;
-use crate::{Carrier, Endpoint};
+use crate::stats::ConnectionInfo;
 
 /// A node's state at one moment.
 #[derive(Debug, Clone, Serialize)]
@@ -41,86 +41,6 @@ pub struct NodeInfo {
     pub mxp_addr: String,
     /// The QUIC listener, if any.
     pub quic_addr: Option<String>,
-}
-
-/// One connection's stats.
-#[derive(Debug, Clone, Serialize)]
-pub struct ConnectionInfo {
-    /// What carries it.
-    pub carrier: Carrier,
-    /// `client` (this endpoint opened it) or `node` (it accepted it).
-    pub side: &'static str,
-    /// An id unique among this endpoint's open connections of the carrier.
-    pub id: u64,
-    /// The `conn=` of this connection's log lines: `grep 'conn=VALUE'`
-    /// finds its whole life in the node's log.
-    pub conn: String,
-    /// The peer's address.
-    pub peer: String,
-    /// The peer's static public key (hex), once authenticated.
-    pub peer_key: Option<String>,
-    /// Whether the handshake has completed.
-    pub established: bool,
-    /// Smoothed round-trip time, in microseconds.
-    pub rtt_us: u64,
-    /// Smallest round-trip time seen, in microseconds.
-    pub min_rtt_us: u64,
-    /// Congestion window, in bytes.
-    pub congestion_window: u64,
-    /// Bytes sent and not yet acknowledged or declared lost.
-    pub bytes_in_flight: u64,
-    /// Packets sent.
-    pub packets_sent: u64,
-    /// Packets received.
-    pub packets_received: u64,
-    /// Packets declared lost.
-    pub packets_lost: u64,
-    /// `packets_lost / packets_sent` (0 before anything is sent).
-    pub loss_ratio: f64,
-    /// Bytes sent (UDP payload).
-    pub bytes_sent: u64,
-    /// Bytes received (UDP payload).
-    pub bytes_received: u64,
-    /// Streams open now.
-    pub open_streams: u64,
-}
-
-impl ConnectionInfo {
-    pub(crate) fn new(
-        carrier: Carrier,
-        side: Side,
-        (id, conn): (u64, String),
-        peer: std::net::SocketAddr,
-        peer_key: Option<PublicKey>,
-        established: bool,
-        s: &ConnectionStats,
-    ) -> ConnectionInfo {
-        let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        ConnectionInfo {
-            carrier,
-            side: side.as_str(),
-            id,
-            conn,
-            peer: peer.to_string(),
-            peer_key: peer_key.map(|k| k.to_string()),
-            established,
-            rtt_us: micros(s.rtt),
-            min_rtt_us: micros(s.min_rtt),
-            congestion_window: s.congestion_window,
-            bytes_in_flight: s.bytes_in_flight,
-            packets_sent: s.packets_sent,
-            packets_received: s.packets_received,
-            packets_lost: s.packets_lost,
-            loss_ratio: if s.packets_sent == 0 {
-                0.0
-            } else {
-                s.packets_lost as f64 / s.packets_sent as f64
-            },
-            bytes_sent: s.bytes_sent,
-            bytes_received: s.bytes_received,
-            open_streams: s.open_streams,
-        }
-    }
 }
 
 impl Endpoint {

@@ -1,6 +1,7 @@
 //! The MXP carrier's endpoint: a UDP socket, its driver task, and the
 //! connections on it.
 
+use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
@@ -14,11 +15,11 @@ use mxp_proto::{ConnectionError, ConnectionHandle, EndpointConfig, EndpointStats
 use super::conn::{MxpConn, release};
 use super::driver::{self, ConnState, Shared};
 use super::udp::Socket;
-use crate::Carrier;
 use crate::capture::Capture;
+use crate::carrier::Carrier;
 use crate::error::ConnectError;
 use crate::handshake_workers::HandshakeWorkers;
-use crate::metrics::{self, CarrierTotals, ConnectionInfo};
+use crate::stats::{CarrierTotals, ConnectionInfo};
 
 /// An MXP endpoint. Clones share it; the driver stops once every clone is
 /// dropped and every connection has closed.
@@ -97,8 +98,8 @@ impl MxpEndpoint {
             open_streams,
             counters,
             ended: state.proto.ended_by_kind().collect(),
-            handshakes: metrics::mxp_handshakes(&door),
-            limited: metrics::mxp_limited(&door),
+            handshakes: mxp_handshakes(&door),
+            limited: mxp_limited(&door),
             handshake_jobs: door.handshake_jobs,
             handshake_queue: state.proto.handshake_queue_depth() as u64,
         };
@@ -261,4 +262,40 @@ impl Drop for Abandon<'_> {
             release(self.shared, handle);
         }
     }
+}
+
+/// The handshake outcomes of the MXP carrier, from its endpoint's counters.
+fn mxp_handshakes(s: &EndpointStats) -> BTreeMap<&'static str, u64> {
+    [
+        ("accepted", s.handshakes_accepted),
+        ("completed", s.handshakes_completed),
+        ("mac_failed", s.mac_failures),
+        ("key_mismatch", s.handshake_decrypt_failures),
+        ("client_not_allowed", s.clients_refused),
+        ("replayed", s.replayed_initiations),
+        ("duplicate", s.duplicate_initiations),
+        ("stale", s.stale_initiations),
+        ("retry_sent", s.retries_sent),
+        ("invalid_token", s.invalid_tokens),
+        ("token_reused", s.tokens_reused),
+        ("version_mismatch", s.version_mismatches),
+        ("carrier_refused", s.carrier_refusals),
+        ("too_small", s.initials_too_small),
+        ("busy_received", s.busy_received),
+    ]
+    .into_iter()
+    .collect()
+}
+
+/// Why the MXP carrier set initiations aside, from its endpoint's counters.
+fn mxp_limited(s: &EndpointStats) -> BTreeMap<&'static str, u64> {
+    [
+        ("queue_full", s.queue_full),
+        ("displaced", s.displaced),
+        ("connection_limit", s.connection_limit),
+        ("address_limit", s.address_limit),
+        ("key_limit", s.key_limit),
+    ]
+    .into_iter()
+    .collect()
 }

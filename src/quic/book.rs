@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use mxp_proto::ConnectionStats;
 
 use super::QuicConn;
-use crate::metrics::CarrierTotals;
+use crate::stats::CarrierTotals;
 
 /// Handshake outcomes of the QUIC carrier, as `mxp_handshakes_total`
 /// labels them.

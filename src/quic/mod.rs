@@ -5,6 +5,7 @@
 mod auth;
 mod book;
 mod guard;
+pub(crate) mod streams;
 mod tap;
 mod tls;
 
@@ -24,14 +25,14 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info};
 
-use crate::Carrier;
+use crate::carrier::Carrier;
 use crate::error::ConnectError;
 use crate::error::{ReadError, WriteError};
 use crate::handshake_workers::HandshakeWorkers;
-use crate::metrics::{CarrierTotals, ConnectionInfo};
-use crate::{RecvStream, SendStream as MxpSendStream};
+use crate::stats::{CarrierTotals, ConnectionInfo};
 pub(crate) use book::OpenStream;
 use book::{Book, handshake};
+use streams::{QuicRecv, QuicSend};
 
 /// The totals of an endpoint that has no QUIC socket: every counter at zero.
 pub(crate) fn idle_totals() -> CarrierTotals {
@@ -240,31 +241,25 @@ impl QuicConn {
         }
     }
 
-    pub async fn open_bi(
-        &self,
-        band: Band,
-    ) -> Result<(MxpSendStream, RecvStream), ConnectionError> {
+    /// Opens a bidirectional stream: one `open_bi` on quinn's connection.
+    pub async fn open_bi(&self, band: Band) -> Result<(QuicSend, QuicRecv), ConnectionError> {
         let (send, recv) = self.conn.open_bi().await.map_err(connection_error)?;
         Ok(self.bi(send, recv, band))
     }
 
-    pub async fn open_uni(&self, band: Band) -> Result<MxpSendStream, ConnectionError> {
+    pub async fn open_uni(&self, band: Band) -> Result<QuicSend, ConnectionError> {
         let send = self.conn.open_uni().await.map_err(connection_error)?;
-        Ok(MxpSendStream::quic(
-            send,
-            OpenStream::new(&self.streams),
-            band,
-        ))
+        Ok(QuicSend::new(send, OpenStream::new(&self.streams), band))
     }
 
-    pub async fn accept_bi(&self) -> Result<(MxpSendStream, RecvStream), ConnectionError> {
+    pub async fn accept_bi(&self) -> Result<(QuicSend, QuicRecv), ConnectionError> {
         let (send, recv) = self.conn.accept_bi().await.map_err(connection_error)?;
         Ok(self.bi(send, recv, Band::default()))
     }
 
-    pub async fn accept_uni(&self) -> Result<RecvStream, ConnectionError> {
+    pub async fn accept_uni(&self) -> Result<QuicRecv, ConnectionError> {
         let recv = self.conn.accept_uni().await.map_err(connection_error)?;
-        Ok(RecvStream::quic(recv, OpenStream::new(&self.streams)))
+        Ok(QuicRecv::new(recv, OpenStream::new(&self.streams)))
     }
 
     fn bi(
@@ -272,11 +267,11 @@ impl QuicConn {
         send: quinn::SendStream,
         recv: quinn::RecvStream,
         band: Band,
-    ) -> (MxpSendStream, RecvStream) {
+    ) -> (QuicSend, QuicRecv) {
         let open = OpenStream::new(&self.streams);
         (
-            MxpSendStream::quic(send, open.clone(), band),
-            RecvStream::quic(recv, open),
+            QuicSend::new(send, open.clone(), band),
+            QuicRecv::new(recv, open),
         )
     }
 
@@ -317,7 +312,7 @@ impl QuicConn {
         connection_error(self.conn.closed().await)
     }
 
-    pub fn send_datagram(&self, data: Bytes) -> Result<(), crate::SendDatagramError> {
+    pub fn send_datagram(&self, data: Bytes) -> Result<(), crate::error::SendDatagramError> {
         use mxp_proto::DatagramError;
         self.conn.send_datagram(data.clone()).map_err(|e| match e {
             quinn::SendDatagramError::ConnectionLost(e) => connection_error(e).into(),
