@@ -19,10 +19,10 @@ use crate::carrier::Target;
 use crate::carrier::{Carrier, CarrierMode};
 use crate::error::{CallError, ConnectError, ReadError, SendDatagramError, WriteError};
 use crate::lock;
-use crate::metrics::{CallDurations, CallSide, MessageErrors};
 use crate::mxp::conn::MxpConn;
 use crate::mxp::streams::{MxpRecv, MxpSend};
 use crate::quic::QuicConn;
+use crate::stats::{CallDurations, CallSide, MessageErrors};
 use crate::streams::{RecvStream, SendStream};
 
 /// One carrier connection.

@@ -21,10 +21,9 @@ use crate::connection::{Connection, Dial, FromEndpoint, Link};
 use crate::error::ConnectError;
 use crate::handshake_workers::HandshakeWorkers;
 use crate::lock;
-use crate::metrics::{CallDurations, MessageErrors};
 use crate::mxp::endpoint::MxpEndpoint;
 use crate::quic::{self, QuicEndpoint};
-use crate::stats::{CarrierTotals, ConnectionInfo};
+use crate::stats::{CallDurations, CarrierTotals, ConnectionInfo, MessageErrors};
 
 /// Everything an [`Endpoint`] can be configured with beyond the protocol
 /// core's [`EndpointConfig`].

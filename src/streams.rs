@@ -14,9 +14,9 @@ use mxp_proto::message::{Message, MessageDecoder, MessageError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::{ReadError, WriteError};
-use crate::metrics::MessageErrors;
 use crate::mxp::streams::{MxpRecv, MxpSend};
 use crate::quic::streams::{QuicRecv, QuicSend};
+use crate::stats::MessageErrors;
 
 #[derive(Debug)]
 enum Send {

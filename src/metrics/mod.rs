@@ -9,8 +9,6 @@
 //! what the runtime counts itself (call durations, open QUIC streams) are
 //! relaxed atomics. A scrape reads them all; nothing is counted twice.
 
-mod calls;
-mod messages;
 mod prometheus;
 mod snapshot;
 
@@ -18,11 +16,10 @@ use mxp_proto::histogram::LatencyHistogram;
 use mxp_proto::{Band, PeerLimitStats};
 
 use crate::capture::CaptureState;
+use crate::stats::CallSide;
 use crate::{Carrier, Endpoint};
 
 pub use crate::stats::ConnectionInfo;
-pub(crate) use calls::{CallDurations, CallSide};
-pub(crate) use messages::MessageErrors;
 pub use prometheus::{registry, render};
 pub use snapshot::{NodeInfo, Snapshot};
 

@@ -1,6 +1,11 @@
-//! Plain data about connections, at the bottom of the runtime: the
-//! carriers fill it in, and metrics, snapshots and the admin endpoint read
-//! it. Nothing here knows a carrier's internals or an output format.
+//! What the runtime counts, at the bottom of its layers: plain data about
+//! connections that the carriers fill in, and the recorders the facade
+//! counts calls and refused messages into. Metrics, snapshots and the admin
+//! endpoint read it all; nothing here knows a carrier's internals or an
+//! output format.
+
+mod calls;
+mod messages;
 
 use std::collections::BTreeMap;
 
@@ -8,6 +13,9 @@ use mxp_proto::{ConnectionStats, PublicKey, Side};
 use serde::Serialize;
 
 use crate::Carrier;
+
+pub(crate) use calls::{CallDurations, CallSide};
+pub(crate) use messages::MessageErrors;
 
 /// Counters over every connection a carrier of one endpoint has had.
 #[derive(Debug, Clone, Default)]
