@@ -12,160 +12,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mxp_proto::message::Message;
-use mxp_proto::{Band, ConnectionError, ConnectionStats, Dir, PublicKey};
+use mxp_proto::{Band, ConnectionError, ConnectionStats, PublicKey};
 use tracing::{info, warn};
 
 use crate::carrier::Target;
 use crate::carrier::{Carrier, CarrierMode};
 use crate::error::{CallError, ConnectError, ReadError, SendDatagramError, WriteError};
+use crate::link::{Link, LinkRecv};
 use crate::lock;
-use crate::mxp::conn::MxpConn;
-use crate::mxp::streams::{MxpRecv, MxpSend};
-use crate::quic::QuicConn;
 use crate::stats::{CallDurations, CallSide, MessageErrors};
 use crate::streams::{RecvStream, SendStream};
-
-/// One carrier connection.
-#[derive(Debug, Clone)]
-pub(crate) enum Link {
-    Mxp(MxpConn),
-    Quic(QuicConn),
-}
-
-impl Link {
-    pub fn carrier(&self) -> Carrier {
-        match self {
-            Link::Mxp(_) => Carrier::Mxp,
-            Link::Quic(_) => Carrier::Quic,
-        }
-    }
-
-    fn remote_address(&self) -> SocketAddr {
-        match self {
-            Link::Mxp(c) => c.remote_address(),
-            Link::Quic(c) => c.remote_address(),
-        }
-    }
-
-    fn peer_key(&self) -> PublicKey {
-        match self {
-            Link::Mxp(c) => c.peer_key(),
-            Link::Quic(c) => c.peer_key(),
-        }
-    }
-
-    fn peer_going_away(&self) -> bool {
-        match self {
-            Link::Mxp(c) => c.peer_going_away(),
-            Link::Quic(c) => c.peer_going_away(),
-        }
-    }
-
-    /// Waits until the peer asks this connection to go away.
-    async fn going_away(&self) {
-        match self {
-            Link::Mxp(c) => c.going_away().await,
-            Link::Quic(c) => c.going_away().await,
-        }
-    }
-
-    async fn open_bi(&self, band: Band) -> Result<(SendStream, RecvStream), ConnectionError> {
-        match self {
-            Link::Mxp(c) => {
-                let id = c.open(Dir::Bi, band).await?;
-                Ok((
-                    SendStream::mxp(MxpSend::new(c.clone(), id), band),
-                    RecvStream::mxp(MxpRecv::new(c.clone(), id)),
-                ))
-            }
-            Link::Quic(c) => {
-                let (send, recv) = c.open_bi(band).await?;
-                Ok((SendStream::quic(send, band), RecvStream::quic(recv)))
-            }
-        }
-    }
-
-    async fn open_uni(&self, band: Band) -> Result<SendStream, ConnectionError> {
-        match self {
-            Link::Mxp(c) => {
-                let id = c.open(Dir::Uni, band).await?;
-                Ok(SendStream::mxp(MxpSend::new(c.clone(), id), band))
-            }
-            Link::Quic(c) => Ok(SendStream::quic(c.open_uni(band).await?, band)),
-        }
-    }
-
-    async fn accept_bi(&self) -> Result<(SendStream, RecvStream), ConnectionError> {
-        match self {
-            Link::Mxp(c) => {
-                let id = c.accept(Dir::Bi).await?;
-                Ok((
-                    SendStream::mxp(MxpSend::new(c.clone(), id), Band::default()),
-                    RecvStream::mxp(MxpRecv::new(c.clone(), id)),
-                ))
-            }
-            Link::Quic(c) => {
-                let (send, recv) = c.accept_bi().await?;
-                Ok((
-                    SendStream::quic(send, Band::default()),
-                    RecvStream::quic(recv),
-                ))
-            }
-        }
-    }
-
-    async fn accept_uni(&self) -> Result<RecvStream, ConnectionError> {
-        match self {
-            Link::Mxp(c) => {
-                let id = c.accept(Dir::Uni).await?;
-                Ok(RecvStream::mxp(MxpRecv::new(c.clone(), id)))
-            }
-            Link::Quic(c) => Ok(RecvStream::quic(c.accept_uni().await?)),
-        }
-    }
-
-    fn send_datagram(&self, data: Bytes, band: Band) -> Result<(), SendDatagramError> {
-        match self {
-            Link::Mxp(c) => c.send_datagram(data, band),
-            Link::Quic(c) => c.send_datagram(data),
-        }
-    }
-
-    fn max_datagram_size(&self) -> usize {
-        match self {
-            Link::Mxp(c) => c.max_datagram_size(),
-            Link::Quic(c) => c.max_datagram_size(),
-        }
-    }
-
-    async fn read_datagram(&self) -> Result<Bytes, ConnectionError> {
-        match self {
-            Link::Mxp(c) => c.read_datagram().await,
-            Link::Quic(c) => c.read_datagram().await,
-        }
-    }
-
-    fn stats(&self) -> ConnectionStats {
-        match self {
-            Link::Mxp(c) => c.stats(),
-            Link::Quic(c) => c.stats(),
-        }
-    }
-
-    fn close(&self, code: u64, reason: &[u8]) {
-        match self {
-            Link::Mxp(c) => c.close(code, reason),
-            Link::Quic(c) => c.close(code, reason),
-        }
-    }
-
-    async fn closed(&self) -> ConnectionError {
-        match self {
-            Link::Mxp(c) => c.closed().await,
-            Link::Quic(c) => c.closed().await,
-        }
-    }
-}
 
 /// A carrier connection with its one-way message lanes.
 #[derive(Debug)]
@@ -436,17 +292,14 @@ impl Connection {
     /// The MXP carrier connection under this one, while that is the
     /// carrier (for `mxp attack`'s hostile peer).
     pub(crate) fn mxp_link(&self) -> Option<crate::mxp::conn::MxpConn> {
-        match &self.snapshot().link {
-            Link::Mxp(c) => Some(c.clone()),
-            Link::Quic(_) => None,
-        }
+        self.snapshot().link.as_mxp().cloned()
     }
 
     /// A receiving half that keeps to the endpoint's message size limit
     /// and counts the messages it refuses.
-    fn counted(&self, recv: RecvStream) -> RecvStream {
+    fn counted(&self, recv: LinkRecv) -> RecvStream {
         let from = &self.0.endpoint;
-        recv.with_message_rules(from.message_errors.clone(), from.max_message_size)
+        RecvStream::new(recv).with_message_rules(from.message_errors.clone(), from.max_message_size)
     }
 
     /// The carrier new work goes over now.
@@ -483,8 +336,9 @@ impl Connection {
         let started = Instant::now();
         let current = self.current().await;
         let exchange = async {
-            let (mut send, recv) = current.link.open_bi(request.band()).await?;
-            let mut recv = self.counted(recv);
+            let band = request.band();
+            let (send, recv) = current.link.open_bi(band).await?;
+            let (mut send, mut recv) = (SendStream::new(send, band), self.counted(recv));
             send.write_message(request).await?;
             send.finish()?;
             recv.read_message().await?.ok_or(CallError::NoResponse)
@@ -513,12 +367,13 @@ impl Connection {
     /// if the peer's stream limit is reached.
     pub async fn open_bi(&self, band: Band) -> Result<(SendStream, RecvStream), ConnectionError> {
         let (send, recv) = self.current().await.link.open_bi(band).await?;
-        Ok((send, self.counted(recv)))
+        Ok((SendStream::new(send, band), self.counted(recv)))
     }
 
     /// Opens a unidirectional stream whose data is sent in `band`.
     pub async fn open_uni(&self, band: Band) -> Result<SendStream, ConnectionError> {
-        self.current().await.link.open_uni(band).await
+        let send = self.current().await.link.open_uni(band).await?;
+        Ok(SendStream::new(send, band))
     }
 
     /// Waits for the peer to open a bidirectional stream.
@@ -526,7 +381,7 @@ impl Connection {
         let (send, recv) = self
             .receive(|link| async move { link.accept_bi().await })
             .await?;
-        Ok((send, self.counted(recv)))
+        Ok((SendStream::new(send, Band::default()), self.counted(recv)))
     }
 
     /// Waits for the peer to open a unidirectional stream.
@@ -546,7 +401,8 @@ impl Connection {
         let band = message.band();
         let mut lane = current.lanes[band.index()].lock().await;
         if lane.is_none() {
-            *lane = Some(current.link.open_uni(band).await?);
+            let send = current.link.open_uni(band).await?;
+            *lane = Some(SendStream::new(send, band));
         }
         let stream = lane.as_mut().expect("just opened");
         stream.write_message(message).await

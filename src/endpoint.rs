@@ -17,9 +17,10 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::capture::{CaptureError, CaptureStatus, CaptureSummary};
 use crate::carrier::{Carrier, CarrierMode, Carriers, Target};
-use crate::connection::{Connection, Dial, FromEndpoint, Link};
+use crate::connection::{Connection, Dial, FromEndpoint};
 use crate::error::ConnectError;
 use crate::handshake_workers::HandshakeWorkers;
+use crate::link::Link;
 use crate::lock;
 use crate::mxp::endpoint::MxpEndpoint;
 use crate::quic::{self, QuicEndpoint};

@@ -14,6 +14,7 @@ pub mod echo;
 mod endpoint;
 mod error;
 mod handshake_workers;
+mod link;
 mod log_filter;
 pub mod metrics;
 mod mxp;

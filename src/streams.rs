@@ -14,15 +14,8 @@ use mxp_proto::message::{Message, MessageDecoder, MessageError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::{ReadError, WriteError};
-use crate::mxp::streams::{MxpRecv, MxpSend};
-use crate::quic::streams::{QuicRecv, QuicSend};
+use crate::link::{LinkRecv, LinkSend};
 use crate::stats::MessageErrors;
-
-#[derive(Debug)]
-enum Send {
-    Mxp(MxpSend),
-    Quic(QuicSend),
-}
 
 /// The sending half of a stream.
 ///
@@ -48,7 +41,7 @@ enum Send {
 /// ```
 #[derive(Debug)]
 pub struct SendStream {
-    inner: Send,
+    inner: LinkSend,
     /// The band its data is sent in now.
     band: Band,
     done: bool,
@@ -58,16 +51,7 @@ pub struct SendStream {
 
 impl SendStream {
     /// An MXP stream the core already sends in `band`.
-    pub(crate) fn mxp(s: MxpSend, band: Band) -> SendStream {
-        Self::new(Send::Mxp(s), band)
-    }
-
-    /// A QUIC stream already sending in `band`.
-    pub(crate) fn quic(s: QuicSend, band: Band) -> SendStream {
-        Self::new(Send::Quic(s), band)
-    }
-
-    fn new(inner: Send, band: Band) -> SendStream {
+    pub(crate) fn new(inner: LinkSend, band: Band) -> SendStream {
         SendStream {
             inner,
             band,
@@ -78,10 +62,7 @@ impl SendStream {
 
     /// The carrier this stream rides on.
     pub fn carrier(&self) -> crate::Carrier {
-        match self.inner {
-            Send::Mxp(_) => crate::Carrier::Mxp,
-            Send::Quic(_) => crate::Carrier::Quic,
-        }
+        self.inner.carrier()
     }
 
     fn poll_write_inner(
@@ -89,10 +70,7 @@ impl SendStream {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<Result<usize, WriteError>> {
-        match &mut self.inner {
-            Send::Mxp(s) => s.poll_write(cx, data),
-            Send::Quic(s) => s.poll_write(cx, data),
-        }
+        self.inner.poll_write(cx, data)
     }
 
     /// Writes what flow control accepts now (at least one byte), waiting
@@ -130,10 +108,7 @@ impl SendStream {
     /// Ends the stream: the peer reads everything written, then the end.
     pub fn finish(&mut self) -> Result<(), WriteError> {
         self.done = true;
-        match &mut self.inner {
-            Send::Mxp(s) => s.finish(),
-            Send::Quic(s) => s.finish(),
-        }
+        self.inner.finish()
     }
 
     /// Finishes the stream (if not yet) and waits until the peer has
@@ -142,29 +117,20 @@ impl SendStream {
         if !self.done {
             self.finish()?;
         }
-        match &mut self.inner {
-            Send::Mxp(s) => s.finished().await,
-            Send::Quic(s) => s.finished().await,
-        }
+        self.inner.finished().await
     }
 
     /// Abandons the stream: unsent data is dropped and the peer's reads
     /// fail with `code`.
     pub fn reset(&mut self, code: u64) -> Result<(), WriteError> {
         self.done = true;
-        match &mut self.inner {
-            Send::Mxp(s) => s.reset(code),
-            Send::Quic(s) => s.reset(code),
-        }
+        self.inner.reset(code)
     }
 
     /// Moves the stream's outgoing data to another priority band.
     pub fn set_band(&mut self, band: Band) {
         self.band = band;
-        match &mut self.inner {
-            Send::Mxp(s) => s.set_band(band),
-            Send::Quic(s) => s.set_band(band),
-        }
+        self.inner.set_band(band);
     }
 }
 
@@ -198,12 +164,6 @@ impl AsyncWrite for SendStream {
     }
 }
 
-#[derive(Debug)]
-enum Recv {
-    Mxp(MxpRecv),
-    Quic(QuicRecv),
-}
-
 /// The receiving half of a stream.
 ///
 /// Dropping it before reading to the end tells the peer to stop sending.
@@ -222,7 +182,7 @@ enum Recv {
 /// ```
 #[derive(Debug)]
 pub struct RecvStream {
-    inner: Recv,
+    inner: LinkRecv,
     done: bool,
     decoder: MessageDecoder,
     /// Bytes taken from an MXP stream that still count against the
@@ -235,15 +195,7 @@ pub struct RecvStream {
 }
 
 impl RecvStream {
-    pub(crate) fn mxp(r: MxpRecv) -> RecvStream {
-        Self::new(Recv::Mxp(r))
-    }
-
-    pub(crate) fn quic(r: QuicRecv) -> RecvStream {
-        Self::new(Recv::Quic(r))
-    }
-
-    fn new(inner: Recv) -> RecvStream {
+    pub(crate) fn new(inner: LinkRecv) -> RecvStream {
         RecvStream {
             inner,
             done: false,
@@ -273,19 +225,13 @@ impl RecvStream {
         if self.done {
             return Poll::Ready(Ok(None));
         }
-        let poll = match &mut self.inner {
-            Recv::Mxp(r) => {
-                // Whatever the decoder no longer buffers was let go of.
-                let keep = self.decoder.buffered() as u64;
-                let poll = r.poll_chunk(cx, max, self.held - keep.min(self.held));
-                self.held = keep.min(self.held);
-                if let Poll::Ready(Ok(Some(chunk))) = &poll {
-                    self.held += chunk.len() as u64;
-                }
-                poll
-            }
-            Recv::Quic(r) => r.poll_chunk(cx, max),
-        };
+        // Whatever the decoder no longer buffers was let go of.
+        let keep = (self.decoder.buffered() as u64).min(self.held);
+        let poll = self.inner.poll_chunk(cx, max, self.held - keep);
+        self.held = keep;
+        if let Poll::Ready(Ok(Some(chunk))) = &poll {
+            self.held += chunk.len() as u64;
+        }
         if let Poll::Ready(Ok(None) | Err(_)) = poll {
             self.done = true;
         }
@@ -354,18 +300,13 @@ impl RecvStream {
     /// Tells the peer to stop sending; unread data is discarded.
     pub fn stop(&mut self, code: u64) -> Result<(), ReadError> {
         self.done = true;
-        match &mut self.inner {
-            Recv::Mxp(r) => r.stop(code),
-            Recv::Quic(r) => r.stop(code),
-        }
+        self.inner.stop(code)
     }
 }
 
 impl Drop for RecvStream {
     fn drop(&mut self) {
-        if let Recv::Mxp(r) = &self.inner {
-            r.release(std::mem::take(&mut self.held));
-        }
+        self.inner.release(std::mem::take(&mut self.held));
         if !self.done {
             let _ = self.stop(0);
         }
