@@ -7,6 +7,8 @@
 
 #![warn(missing_docs)]
 
+/// Entry points for the micro-benchmarks (`--features test-support`).
+#[cfg(feature = "test-support")]
 #[doc(hidden)]
 pub mod benching;
 pub mod coding;
@@ -17,6 +19,9 @@ mod datagrams;
 mod endpoint;
 pub mod error;
 pub mod frame;
+/// Entry points for the fuzz targets and the corpus replay
+/// (`--features test-support`).
+#[cfg(feature = "test-support")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guard;

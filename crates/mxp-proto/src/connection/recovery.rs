@@ -44,6 +44,7 @@ pub(crate) struct SentPacket {
 impl SentPacket {
     /// A 1200-byte ack-eliciting data packet: what the tests and
     /// micro-benchmarks of recovery send.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn data(pn: u64, time_sent: Instant, records: Vec<Record>) -> SentPacket {
         SentPacket {
             pn,
