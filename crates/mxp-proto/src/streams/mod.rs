@@ -1066,6 +1066,12 @@ impl Streams {
                 let before = send.buf.unacked();
                 send.buf.on_ack(offset..offset + len);
                 let freed = before - send.buf.unacked();
+                if fin {
+                    send.fin = Fin::Acked;
+                }
+                if send.reset.is_none() && send.fin == Fin::Acked && send.buf.all_acked() {
+                    self.events.push_back(StreamEvent::Finished { id });
+                }
                 if freed > 0 {
                     // Writers waited on our own send window (not the
                     // peer's credit) only if it was the tighter bound.
@@ -1075,17 +1081,6 @@ impl Streams {
                     if local_bound {
                         self.wake_conn_waiters();
                     }
-                }
-                let send = self
-                    .map
-                    .get_mut(&id)
-                    .and_then(|s| s.send.as_mut())
-                    .expect("looked up above");
-                if fin {
-                    send.fin = Fin::Acked;
-                }
-                if send.reset.is_none() && send.fin == Fin::Acked && send.buf.all_acked() {
-                    self.events.push_back(StreamEvent::Finished { id });
                 }
                 self.maybe_forget(id);
             }
