@@ -9,27 +9,8 @@ use mxp_proto::frame::{self, Frame};
 use mxp_proto::message::{MAX_PAYLOAD_LEN, Message, MessageType};
 use mxp_proto::{Band, ConnectionError, Dir, INJECT_MAX, Side, StreamId};
 
+use super::AttackKind;
 use crate::mxp::conn::MxpConn;
-
-/// The connection-level attacks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Misbehaviour {
-    /// One-byte STREAM frames at odd offsets, offset 0 never sent.
-    TinySegments,
-    /// Packets full of empty DATAGRAM frames.
-    ZeroDatagrams,
-    /// Packets full of PATH_CHALLENGE frames, and no ACK ever sent.
-    PathChallengeFlood,
-    /// Every stream the node allows opened, one byte written, held.
-    StreamFlood,
-    /// Every stream opened with a message header announcing a large
-    /// message, which then never completes.
-    DecoderHold,
-    /// A key update on every packet the node's answers allow.
-    KeyUpdateStorm,
-    /// Packets full of ACK frames with the most ranges a frame carries.
-    AckStorm,
-}
 
 /// Batches of injected frames allowed to wait at once: the attacker's own
 /// memory stays small when its sending is held back.
@@ -52,24 +33,9 @@ pub(crate) struct Outcome {
     pub closed: Option<ConnectionError>,
 }
 
-impl Misbehaviour {
-    /// What [`Outcome::sent`] counts.
-    pub fn unit(self) -> &'static str {
-        match self {
-            Misbehaviour::TinySegments => "one-byte stream frames",
-            Misbehaviour::ZeroDatagrams => "empty datagrams",
-            Misbehaviour::PathChallengeFlood => "path challenges",
-            Misbehaviour::StreamFlood => "streams opened",
-            Misbehaviour::DecoderHold => "message bytes",
-            Misbehaviour::KeyUpdateStorm => "pings (each packet a key update)",
-            Misbehaviour::AckStorm => "ACK frames",
-        }
-    }
-}
-
 /// The per-connection state of an attack.
 struct Attack {
-    kind: Misbehaviour,
+    kind: AttackKind,
     /// Frames built so far (tiny segments: also the next offset's index).
     frames: u64,
     /// Streams opened, with the zero bytes each still has to write.
@@ -82,7 +48,7 @@ static ZEROS: [u8; WRITE_STEP] = [0; WRITE_STEP];
 /// Runs `kind` on `link` at `rate` packets a second until `until` or until
 /// the node closes the connection.
 pub(crate) async fn misbehave(
-    kind: Misbehaviour,
+    kind: AttackKind,
     link: &MxpConn,
     rate: u64,
     until: Instant,
@@ -125,12 +91,12 @@ pub(crate) async fn misbehave(
         link.wake_driver();
         tokio::time::sleep(TICK).await;
     }
-    if kind == Misbehaviour::StreamFlood && outcome.closed.is_none() {
+    if kind == AttackKind::StreamFlood && outcome.closed.is_none() {
         outcome.closed = attack.one_stream_too_many(link).await;
     }
     outcome.sent += match kind {
-        Misbehaviour::StreamFlood => attack.streams.len() as u64,
-        Misbehaviour::DecoderHold => 0,
+        AttackKind::StreamFlood => attack.streams.len() as u64,
+        AttackKind::DecoderHold => 0,
         _ => attack.frames,
     };
     outcome
@@ -139,9 +105,9 @@ pub(crate) async fn misbehave(
 impl Attack {
     fn setup(&mut self, c: &mut mxp_proto::Connection) {
         match self.kind {
-            Misbehaviour::PathChallengeFlood => c.withhold_acks(true),
-            Misbehaviour::KeyUpdateStorm => c.storm_key_updates(true),
-            Misbehaviour::StreamFlood => {
+            AttackKind::PathChallengeFlood => c.withhold_acks(true),
+            AttackKind::KeyUpdateStorm => c.storm_key_updates(true),
+            AttackKind::StreamFlood => {
                 for dir in [Dir::Bi, Dir::Uni] {
                     while let Ok(id) = c.open(dir, Band::Streaming) {
                         let _ = c.write_slice(id, b"x");
@@ -149,7 +115,7 @@ impl Attack {
                     }
                 }
             }
-            Misbehaviour::DecoderHold => {
+            AttackKind::DecoderHold => {
                 while let Ok(id) = c.open(Dir::Bi, Band::Streaming) {
                     let announce = match self.streams.is_empty() {
                         true => MAX_PAYLOAD_LEN,
@@ -169,7 +135,7 @@ impl Attack {
     fn next_batch(&mut self, c: &mut mxp_proto::Connection) -> Option<Bytes> {
         let mut out = Vec::with_capacity(INJECT_MAX);
         match self.kind {
-            Misbehaviour::TinySegments => {
+            AttackKind::TinySegments => {
                 // Odd offsets within the first MiB of each stream (the
                 // default stream window), offset 0 never sent.
                 const PER_STREAM: u64 = 1 << 19;
@@ -186,13 +152,13 @@ impl Attack {
                     self.frames += 1;
                 }
             }
-            Misbehaviour::ZeroDatagrams => {
+            AttackKind::ZeroDatagrams => {
                 while out.len() + 2 <= INJECT_MAX {
                     frame::encode_datagram_header(0, true, &mut out);
                     self.frames += 1;
                 }
             }
-            Misbehaviour::PathChallengeFlood => {
+            AttackKind::PathChallengeFlood => {
                 while out.len() + 9 <= INJECT_MAX {
                     let mut data = [0u8; 8];
                     mxp_proto::crypto::fill_random(&mut data);
@@ -200,7 +166,7 @@ impl Attack {
                     self.frames += 1;
                 }
             }
-            Misbehaviour::KeyUpdateStorm => {
+            AttackKind::KeyUpdateStorm => {
                 // Padded to a packet of its own: each is a key update,
                 // and asks for the ACK (in the new keys) that lets the
                 // next packet update again.
@@ -208,7 +174,7 @@ impl Attack {
                 Frame::Padding(INJECT_MAX - out.len()).encode(&mut out);
                 self.frames += 1;
             }
-            Misbehaviour::AckStorm => {
+            AttackKind::AckStorm => {
                 let frames = c.ack_storm_frames(2);
                 if frames.is_empty() {
                     return None;
@@ -216,7 +182,8 @@ impl Attack {
                 self.frames += 2;
                 return Some(frames);
             }
-            Misbehaviour::StreamFlood | Misbehaviour::DecoderHold => return None,
+            // The stream attacks write instead; the floods are not here.
+            _ => return None,
         }
         Some(Bytes::from(out))
     }

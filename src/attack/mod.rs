@@ -20,7 +20,6 @@ use serde::Serialize;
 pub use flood::{
     Flood, FloodKind, FloodReport, corrupt_mxp_initial, mxp_initial, mxp_initial_at, quic_initials,
 };
-use hostile::Misbehaviour;
 pub use witness::WitnessReport;
 
 use crate::Carrier;
@@ -88,17 +87,18 @@ impl AttackKind {
         }
     }
 
-    fn misbehaviour(self) -> Option<Misbehaviour> {
-        Some(match self {
-            AttackKind::HandshakeFlood | AttackKind::GarbageInitiation => return None,
-            AttackKind::TinySegments => Misbehaviour::TinySegments,
-            AttackKind::ZeroDatagrams => Misbehaviour::ZeroDatagrams,
-            AttackKind::PathChallengeFlood => Misbehaviour::PathChallengeFlood,
-            AttackKind::StreamFlood => Misbehaviour::StreamFlood,
-            AttackKind::DecoderHold => Misbehaviour::DecoderHold,
-            AttackKind::KeyUpdateStorm => Misbehaviour::KeyUpdateStorm,
-            AttackKind::AckStorm => Misbehaviour::AckStorm,
-        })
+    /// What the report's `sent` counts.
+    fn unit(self) -> &'static str {
+        match self {
+            AttackKind::HandshakeFlood | AttackKind::GarbageInitiation => "datagrams",
+            AttackKind::TinySegments => "one-byte stream frames",
+            AttackKind::ZeroDatagrams => "empty datagrams",
+            AttackKind::PathChallengeFlood => "path challenges",
+            AttackKind::StreamFlood => "streams opened",
+            AttackKind::DecoderHold => "message bytes",
+            AttackKind::KeyUpdateStorm => "pings (each packet a key update)",
+            AttackKind::AckStorm => "ACK frames",
+        }
     }
 }
 
@@ -189,7 +189,7 @@ impl Attack {
             target,
             seconds: 0.0,
             sent: 0,
-            unit: "datagrams",
+            unit: self.kind.unit(),
             connections: 0,
             closed_by_node: BTreeMap::new(),
             connect_failures: BTreeMap::new(),
@@ -206,9 +206,8 @@ impl Attack {
                 .map_err(|e| AttackError::Send(e.to_string()))?
                 .map_err(|e| AttackError::Send(e.to_string()))?;
             report.sent = sent.sent;
-        } else if let Some(misbehaviour) = self.kind.misbehaviour() {
-            report.unit = misbehaviour.unit();
-            self.misbehave(misbehaviour, until, &mut report).await?;
+        } else {
+            self.misbehave(until, &mut report).await?;
         }
         report.seconds = started.elapsed().as_secs_f64();
         report.witness = watching.await.unwrap_or_default();
@@ -219,7 +218,6 @@ impl Attack {
     /// again, until `until`.
     async fn misbehave(
         &self,
-        kind: Misbehaviour,
         until: Instant,
         report: &mut AttackReport,
     ) -> Result<(), AttackError> {
@@ -246,7 +244,7 @@ impl Attack {
             let Some(link) = conn.mxp_link() else {
                 return Err(AttackError::Target("the node answered over QUIC".into()));
             };
-            let outcome = hostile::misbehave(kind, &link, self.rate, until).await;
+            let outcome = hostile::misbehave(self.kind, &link, self.rate, until).await;
             report.sent += outcome.sent;
             if let Some(reason) = outcome.closed {
                 *report.closed_by_node.entry(reason.to_string()).or_default() += 1;
