@@ -73,7 +73,6 @@ pub struct AdminServer {
 struct Shared {
     endpoint: Endpoint,
     token: Option<String>,
-    metrics: prometheus_client::registry::Registry,
     log: Option<LogFilter>,
     /// Where captures may be written (absolute, symlinks resolved).
     capture_dir: PathBuf,
@@ -153,11 +152,9 @@ pub async fn serve_with(
     })?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
-    let metrics = crate::metrics::registry(&endpoint);
     let shared = Arc::new(Shared {
         endpoint,
         token,
-        metrics,
         log,
         capture_dir,
     });
@@ -349,7 +346,7 @@ async fn get_metrics(State(shared): State<Arc<Shared>>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        crate::metrics::render(&shared.metrics),
+        crate::metrics::render(&shared.endpoint),
     )
         .into_response()
 }
@@ -596,6 +593,7 @@ async fn post_capture_start(
                 CaptureError::Create { .. } => (StatusCode::BAD_REQUEST, "out"),
                 CaptureError::LimitTooSmall(_) => (StatusCode::BAD_REQUEST, "max_bytes"),
                 CaptureError::Writer(_) => (StatusCode::INTERNAL_SERVER_ERROR, "capture"),
+                CaptureError::Unsupported => (StatusCode::NOT_IMPLEMENTED, "capture"),
             };
             refuse(status, format!("{what}: {e}"))
         }

@@ -2,8 +2,10 @@
 #![warn(missing_docs)]
 
 pub use mxp_proto as proto;
+#[cfg(feature = "sim")]
 pub use mxp_sim as sim;
 
+#[cfg(feature = "admin")]
 pub mod admin;
 pub mod attack;
 pub mod bench;
@@ -15,6 +17,7 @@ mod endpoint;
 mod error;
 mod handshake_workers;
 mod link;
+#[cfg(feature = "admin")]
 mod log_filter;
 pub mod metrics;
 mod mxp;

@@ -1,6 +1,6 @@
 //! What a node measures, in one shape that both outputs share: the
 //! Prometheus text served at the admin endpoint's `GET /metrics`
-//! ([`registry`], [`render`]) and the JSON [`Snapshot`] at `GET /snapshot`.
+//! ([`render`], with the `prometheus` feature) and the JSON [`Snapshot`] at `GET /snapshot`.
 //! `docs/transport/metrics.md` is the table of every metric.
 //!
 //! Counting happens where the state already is: the protocol core counts
@@ -9,6 +9,7 @@
 //! what the runtime counts itself (call durations, open QUIC streams) are
 //! relaxed atomics. A scrape reads them all; nothing is counted twice.
 
+#[cfg(feature = "prometheus")]
 mod prometheus;
 mod snapshot;
 
@@ -20,7 +21,8 @@ use crate::stats::CallSide;
 use crate::{Carrier, Endpoint};
 
 pub use crate::stats::ConnectionInfo;
-pub use prometheus::{registry, render};
+#[cfg(feature = "prometheus")]
+pub use prometheus::render;
 pub use snapshot::{NodeInfo, Snapshot};
 
 /// One metric: a name, what it means, and its samples (one per label set).

@@ -13,18 +13,14 @@ use mxp_proto::histogram::{LATENCY_BOUNDS_NS, LatencyHistogram};
 use super::{Family, Kind, Value, collect};
 use crate::Endpoint;
 
-/// Builds the registry for `endpoint`.
-pub fn registry(endpoint: &Endpoint) -> Registry {
+/// `endpoint`'s metrics now, in the Prometheus text exposition format (what
+/// the admin endpoint serves at `GET /metrics`).
+pub fn render(endpoint: &Endpoint) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Scrape(endpoint.clone())));
-    registry
-}
-
-/// Renders `registry` in the Prometheus text format.
-pub fn render(registry: &Registry) -> String {
     let mut out = String::new();
     // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
     out
 }
 
@@ -92,8 +88,7 @@ mod tests {
             ..Options::new(EndpointConfig::server(Keypair::generate()))
         };
         let node = Endpoint::with_options("127.0.0.1:0".parse().unwrap(), options).unwrap();
-        let registry = registry(&node);
-        let text = render(&registry);
+        let text = render(&node);
         for line in [
             r#"mxp_carrier_accepting{carrier="mxp"} 1"#,
             r#"mxp_carrier_accepting{carrier="quic"} 1"#,
@@ -115,7 +110,7 @@ mod tests {
             );
         }
         node.set_carriers(Carriers::QUIC);
-        let text = render(&registry);
+        let text = render(&node);
         assert!(
             text.contains(r#"mxp_carrier_accepting{carrier="mxp"} 0"#),
             "{text}"

@@ -3,10 +3,10 @@
 //! [`process`], real child processes for the tests that run programs.
 #![allow(dead_code)]
 
-pub mod node;
 pub mod process;
 pub mod scrape;
 pub mod tempdir;
+pub mod tshark;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};

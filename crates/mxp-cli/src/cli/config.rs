@@ -469,7 +469,7 @@ fn read_transport(s: &mut Section<'_>, t: &mut TransportConfig) -> Result<(), Co
     s.int(
         &mut t.max_message_size,
         "max_message_size",
-        1..=mxp_proto::message::MAX_PAYLOAD_LEN,
+        1..=mxp::proto::message::MAX_PAYLOAD_LEN,
     )?;
     s.int(
         &mut t.peer_key_update_rate,
@@ -807,8 +807,8 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 mod tests {
     use super::*;
 
-    const EXAMPLE: &str = include_str!("../../docs/transport/mxp.example.toml");
-    const DOCS: &str = include_str!("../../docs/transport/config.md");
+    const EXAMPLE: &str = include_str!("../../../../docs/transport/mxp.example.toml");
+    const DOCS: &str = include_str!("../../../../docs/transport/config.md");
 
     fn parse_at(text: &str) -> Result<NodeConfig, ConfigError> {
         parse(text, Path::new("/etc/mxp.toml")).map(|(c, _)| c)
