@@ -605,7 +605,7 @@ fn saturated_bands_share_the_link_by_weight_and_background_is_never_starved() {
 /// Pacing with the shipped defaults, on a 100 µs round trip: a sender with
 /// far more than a congestion window queued sends one bucket of packets at
 /// once, then one packet at each instant the token bucket of
-/// `mxp_proto::recovery::Pacer` allows, never earlier, so the window is
+/// the core's pacer allows, never earlier, so the window is
 /// spread over most of a round trip instead of leaving at one instant.
 ///
 /// The rule, from `recovery/pacing.rs`: the bucket holds

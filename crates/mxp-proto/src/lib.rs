@@ -29,9 +29,15 @@ pub mod histogram;
 pub mod message;
 pub mod packet;
 mod priority;
+/// ACK range sets: public for the micro-benchmarks only.
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
 pub mod ranges;
-pub mod recovery;
-pub mod replay;
+#[cfg(not(feature = "test-support"))]
+#[allow(unreachable_pub)]
+mod ranges;
+mod recovery;
+mod replay;
 mod scheduler;
 mod stream_id;
 mod streams;

@@ -53,11 +53,6 @@ pub trait Controller: Debug + Send {
     /// flight.
     fn window(&self) -> u64;
 
-    /// The window a fresh connection starts with; used to reset after idle.
-    fn initial_window(&self) -> u64;
-
-    /// Short algorithm name, for logs and stats.
-    fn name(&self) -> &'static str;
 }
 
 /// Parameters of [`NewReno`].
@@ -164,12 +159,14 @@ impl NewReno {
     }
 
     /// The parameters in effect (after repair by [`with_config`](Self::with_config)).
+    #[cfg(test)]
     pub fn config(&self) -> &NewRenoConfig {
         &self.config
     }
 
     /// Slow-start threshold: below it the window grows exponentially.
     /// `u64::MAX` until the first congestion event.
+    #[cfg(test)]
     pub fn ssthresh(&self) -> u64 {
         self.ssthresh
     }
@@ -241,13 +238,6 @@ impl Controller for NewReno {
         self.window
     }
 
-    fn initial_window(&self) -> u64 {
-        self.config.initial_window
-    }
-
-    fn name(&self) -> &'static str {
-        "newreno"
-    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,6 @@ mod congestion;
 mod pacing;
 mod rtt;
 
-pub use congestion::{Controller, NewReno, NewRenoConfig};
+pub use congestion::{Controller, NewReno};
 pub use pacing::Pacer;
 pub use rtt::RttEstimator;

@@ -78,6 +78,7 @@ impl Pacer {
 
     /// Largest burst in bytes under the parameters last seen; for stats and
     /// for sizing send batches.
+    #[cfg(test)]
     pub fn capacity(&self) -> u64 {
         self.capacity
     }

@@ -83,6 +83,7 @@ impl RttEstimator {
     }
 
     /// Mean deviation of the samples: how much slack timers need.
+    #[cfg(test)]
     pub fn rttvar(&self) -> Duration {
         self.var
     }
@@ -93,6 +94,7 @@ impl RttEstimator {
     }
 
     /// Most recent raw sample.
+    #[cfg(test)]
     pub fn latest(&self) -> Duration {
         self.latest
     }
