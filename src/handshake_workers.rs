@@ -37,7 +37,7 @@ pub(crate) struct HandshakeWorkers {
 
 impl HandshakeWorkers {
     /// Starts `threads` workers.
-    pub fn start(threads: usize) -> Arc<HandshakeWorkers> {
+    pub(crate) fn start(threads: usize) -> Arc<HandshakeWorkers> {
         let (tx, rx) = mpsc::channel::<Work>();
         let rx = Arc::new(Mutex::new(rx));
         let threads = threads.max(1);
@@ -66,7 +66,7 @@ impl HandshakeWorkers {
 
     /// Runs `work` on a worker. If no worker is left (the OS refused every
     /// thread), runs it here rather than lose it.
-    pub fn run(&self, work: impl FnOnce() + Send + 'static) {
+    pub(crate) fn run(&self, work: impl FnOnce() + Send + 'static) {
         let sent = crate::lock(&self.tx).send(Box::new(work));
         if let Err(mpsc::SendError(work)) = sent {
             work();
@@ -75,7 +75,7 @@ impl HandshakeWorkers {
 
     /// Runs `work` on a worker and waits for its result (`None` if the
     /// worker died doing it).
-    pub async fn compute<T: Send + 'static>(
+    pub(crate) async fn compute<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Option<T> {

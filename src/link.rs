@@ -26,7 +26,7 @@ pub(crate) enum Link {
 }
 
 impl Link {
-    pub fn carrier(&self) -> Carrier {
+    pub(crate) fn carrier(&self) -> Carrier {
         match self {
             Link::Mxp(_) => Carrier::Mxp,
             Link::Quic(_) => Carrier::Quic,
@@ -34,28 +34,28 @@ impl Link {
     }
 
     /// The MXP connection, if that is the carrier.
-    pub fn as_mxp(&self) -> Option<&MxpConn> {
+    pub(crate) fn as_mxp(&self) -> Option<&MxpConn> {
         match self {
             Link::Mxp(c) => Some(c),
             Link::Quic(_) => None,
         }
     }
 
-    pub fn remote_address(&self) -> SocketAddr {
+    pub(crate) fn remote_address(&self) -> SocketAddr {
         match self {
             Link::Mxp(c) => c.remote_address(),
             Link::Quic(c) => c.remote_address(),
         }
     }
 
-    pub fn peer_key(&self) -> PublicKey {
+    pub(crate) fn peer_key(&self) -> PublicKey {
         match self {
             Link::Mxp(c) => c.peer_key(),
             Link::Quic(c) => c.peer_key(),
         }
     }
 
-    pub fn peer_going_away(&self) -> bool {
+    pub(crate) fn peer_going_away(&self) -> bool {
         match self {
             Link::Mxp(c) => c.peer_going_away(),
             Link::Quic(c) => c.peer_going_away(),
@@ -63,7 +63,7 @@ impl Link {
     }
 
     /// Waits until the peer asks this connection to go away.
-    pub async fn going_away(&self) {
+    pub(crate) async fn going_away(&self) {
         match self {
             Link::Mxp(c) => c.going_away().await,
             Link::Quic(c) => c.going_away().await,
@@ -71,7 +71,10 @@ impl Link {
     }
 
     /// Opens a bidirectional stream sending in `band`.
-    pub async fn open_bi(&self, band: Band) -> Result<(LinkSend, LinkRecv), ConnectionError> {
+    pub(crate) async fn open_bi(
+        &self,
+        band: Band,
+    ) -> Result<(LinkSend, LinkRecv), ConnectionError> {
         match self {
             Link::Mxp(c) => {
                 let id = c.open(Dir::Bi, band).await?;
@@ -88,7 +91,7 @@ impl Link {
     }
 
     /// Opens a unidirectional stream sending in `band`.
-    pub async fn open_uni(&self, band: Band) -> Result<LinkSend, ConnectionError> {
+    pub(crate) async fn open_uni(&self, band: Band) -> Result<LinkSend, ConnectionError> {
         match self {
             Link::Mxp(c) => {
                 let id = c.open(Dir::Uni, band).await?;
@@ -100,7 +103,7 @@ impl Link {
 
     /// The next bidirectional stream the peer opened (sending in the
     /// default band until told otherwise).
-    pub async fn accept_bi(&self) -> Result<(LinkSend, LinkRecv), ConnectionError> {
+    pub(crate) async fn accept_bi(&self) -> Result<(LinkSend, LinkRecv), ConnectionError> {
         match self {
             Link::Mxp(c) => {
                 let id = c.accept(Dir::Bi).await?;
@@ -117,7 +120,7 @@ impl Link {
     }
 
     /// The next unidirectional stream the peer opened.
-    pub async fn accept_uni(&self) -> Result<LinkRecv, ConnectionError> {
+    pub(crate) async fn accept_uni(&self) -> Result<LinkRecv, ConnectionError> {
         match self {
             Link::Mxp(c) => {
                 let id = c.accept(Dir::Uni).await?;
@@ -127,42 +130,42 @@ impl Link {
         }
     }
 
-    pub fn send_datagram(&self, data: Bytes, band: Band) -> Result<(), SendDatagramError> {
+    pub(crate) fn send_datagram(&self, data: Bytes, band: Band) -> Result<(), SendDatagramError> {
         match self {
             Link::Mxp(c) => c.send_datagram(data, band),
             Link::Quic(c) => c.send_datagram(data),
         }
     }
 
-    pub fn max_datagram_size(&self) -> usize {
+    pub(crate) fn max_datagram_size(&self) -> usize {
         match self {
             Link::Mxp(c) => c.max_datagram_size(),
             Link::Quic(c) => c.max_datagram_size(),
         }
     }
 
-    pub async fn read_datagram(&self) -> Result<Bytes, ConnectionError> {
+    pub(crate) async fn read_datagram(&self) -> Result<Bytes, ConnectionError> {
         match self {
             Link::Mxp(c) => c.read_datagram().await,
             Link::Quic(c) => c.read_datagram().await,
         }
     }
 
-    pub fn stats(&self) -> ConnectionStats {
+    pub(crate) fn stats(&self) -> ConnectionStats {
         match self {
             Link::Mxp(c) => c.stats(),
             Link::Quic(c) => c.stats(),
         }
     }
 
-    pub fn close(&self, code: u64, reason: &[u8]) {
+    pub(crate) fn close(&self, code: u64, reason: &[u8]) {
         match self {
             Link::Mxp(c) => c.close(code, reason),
             Link::Quic(c) => c.close(code, reason),
         }
     }
 
-    pub async fn closed(&self) -> ConnectionError {
+    pub(crate) async fn closed(&self) -> ConnectionError {
         match self {
             Link::Mxp(c) => c.closed().await,
             Link::Quic(c) => c.closed().await,
@@ -178,14 +181,14 @@ pub(crate) enum LinkSend {
 }
 
 impl LinkSend {
-    pub fn carrier(&self) -> Carrier {
+    pub(crate) fn carrier(&self) -> Carrier {
         match self {
             LinkSend::Mxp(_) => Carrier::Mxp,
             LinkSend::Quic(_) => Carrier::Quic,
         }
     }
 
-    pub fn poll_write(
+    pub(crate) fn poll_write(
         &mut self,
         cx: &mut Context<'_>,
         data: &[u8],
@@ -196,28 +199,28 @@ impl LinkSend {
         }
     }
 
-    pub fn finish(&mut self) -> Result<(), WriteError> {
+    pub(crate) fn finish(&mut self) -> Result<(), WriteError> {
         match self {
             LinkSend::Mxp(s) => s.finish(),
             LinkSend::Quic(s) => s.finish(),
         }
     }
 
-    pub async fn finished(&mut self) -> Result<(), WriteError> {
+    pub(crate) async fn finished(&mut self) -> Result<(), WriteError> {
         match self {
             LinkSend::Mxp(s) => s.finished().await,
             LinkSend::Quic(s) => s.finished().await,
         }
     }
 
-    pub fn reset(&mut self, code: u64) -> Result<(), WriteError> {
+    pub(crate) fn reset(&mut self, code: u64) -> Result<(), WriteError> {
         match self {
             LinkSend::Mxp(s) => s.reset(code),
             LinkSend::Quic(s) => s.reset(code),
         }
     }
 
-    pub fn set_band(&mut self, band: Band) {
+    pub(crate) fn set_band(&mut self, band: Band) {
         match self {
             LinkSend::Mxp(s) => s.set_band(band),
             LinkSend::Quic(s) => s.set_band(band),
@@ -237,7 +240,7 @@ impl LinkRecv {
     /// what it returns stays charged to the connection window until given
     /// back as `release` (here or by [`release`](Self::release)); quinn
     /// credits bytes as they are read, so QUIC ignores it.
-    pub fn poll_chunk(
+    pub(crate) fn poll_chunk(
         &mut self,
         cx: &mut Context<'_>,
         max: usize,
@@ -250,14 +253,14 @@ impl LinkRecv {
     }
 
     /// Gives back the window credit of `n` bytes taken with `poll_chunk`.
-    pub fn release(&self, n: u64) {
+    pub(crate) fn release(&self, n: u64) {
         match self {
             LinkRecv::Mxp(r) => r.release(n),
             LinkRecv::Quic(_) => {}
         }
     }
 
-    pub fn stop(&mut self, code: u64) -> Result<(), ReadError> {
+    pub(crate) fn stop(&mut self, code: u64) -> Result<(), ReadError> {
         match self {
             LinkRecv::Mxp(r) => r.stop(code),
             LinkRecv::Quic(r) => r.stop(code),

@@ -62,7 +62,7 @@ mod imp {
     use tokio::io::unix::AsyncFd;
 
     #[derive(Debug)]
-    pub struct Timer {
+    pub(super) struct Timer {
         fd: AsyncFd<OwnedFd>,
     }
 
@@ -74,7 +74,7 @@ mod imp {
     }
 
     impl Timer {
-        pub fn new() -> io::Result<Timer> {
+        pub(super) fn new() -> io::Result<Timer> {
             let fd = timerfd_create(
                 TimerfdClockId::Monotonic,
                 TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
@@ -88,7 +88,7 @@ mod imp {
             Ok(Timer { fd })
         }
 
-        pub fn set(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        pub(super) fn set(&mut self, deadline: Option<Instant>) -> io::Result<()> {
             // Relative to now: std's Instant is CLOCK_MONOTONIC but does not
             // expose its raw value. A deadline already due fires in 1 ns
             // (zero would disarm the timer).
@@ -106,7 +106,7 @@ mod imp {
             Ok(())
         }
 
-        pub async fn wait(&mut self, deadline: Instant) -> io::Result<()> {
+        pub(super) async fn wait(&mut self, deadline: Instant) -> io::Result<()> {
             loop {
                 let mut guard = self.fd.readable().await?;
                 let mut expirations = [0u8; 8];

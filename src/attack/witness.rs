@@ -48,7 +48,7 @@ pub(crate) fn client_endpoint() -> std::io::Result<Endpoint> {
 }
 
 impl Witness {
-    pub async fn connect(url: &str, node: PublicKey) -> Result<Witness, String> {
+    pub(super) async fn connect(url: &str, node: PublicKey) -> Result<Witness, String> {
         let endpoint = client_endpoint().map_err(|e| e.to_string())?;
         let conn = tokio::time::timeout(PATIENCE, endpoint.connect(url, node))
             .await
@@ -61,7 +61,7 @@ impl Witness {
     }
 
     /// Calls until `until`.
-    pub async fn run(self, until: Instant) -> WitnessReport {
+    pub(super) async fn run(self, until: Instant) -> WitnessReport {
         let mut report = WitnessReport::default();
         let mut took = Vec::new();
         let request = Message::new(MessageType::Call, &b"witness"[..]);

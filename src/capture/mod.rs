@@ -122,7 +122,7 @@ pub(crate) struct CaptureBatch {
 
 impl CaptureBatch {
     /// Copies one datagram into the batch.
-    pub fn push(
+    pub(crate) fn push(
         &mut self,
         time: Duration,
         direction: Direction,

@@ -55,7 +55,7 @@ pub(crate) fn release(shared: &Shared, handle: ConnectionHandle) {
 }
 
 impl MxpConn {
-    pub fn new(shared: Arc<Shared>, handle: ConnectionHandle) -> Option<MxpConn> {
+    pub(crate) fn new(shared: Arc<Shared>, handle: ConnectionHandle) -> Option<MxpConn> {
         let (remote, peer_key) = {
             let state = shared.lock();
             let c = state.proto.connection_ref(handle)?;
@@ -69,21 +69,21 @@ impl MxpConn {
         })))
     }
 
-    pub fn remote_address(&self) -> SocketAddr {
+    pub(crate) fn remote_address(&self) -> SocketAddr {
         self.0.remote
     }
 
-    pub fn peer_key(&self) -> PublicKey {
+    pub(crate) fn peer_key(&self) -> PublicKey {
         self.0.peer_key
     }
 
-    pub fn stats(&self) -> ConnectionStats {
+    pub(crate) fn stats(&self) -> ConnectionStats {
         self.with(|c, _| c.stats()).unwrap_or_default()
     }
 
     /// Runs `f` on the core connection and this connection's runtime
     /// state, or fails with why the connection is gone.
-    pub fn with<R>(
+    pub(crate) fn with<R>(
         &self,
         f: impl FnOnce(&mut mxp_proto::Connection, &mut ConnState) -> R,
     ) -> Result<R, ConnectionError> {
@@ -99,18 +99,18 @@ impl MxpConn {
     }
 
     /// Tells the driver there is something to send.
-    pub fn wake_driver(&self) {
+    pub(crate) fn wake_driver(&self) {
         self.0.shared.wake_driver();
     }
 
     /// Sends what is ready from this task if the driver is idle.
-    pub fn transmit_now(&self) {
+    pub(crate) fn transmit_now(&self) {
         self.0.shared.transmit_now(self.0.handle);
     }
 
     /// Waits until the node asks this connection to go away (never, once
     /// the connection has ended: its other waits report that).
-    pub async fn going_away(&self) {
+    pub(crate) async fn going_away(&self) {
         poll_fn(|cx| {
             let result = self.with(|_, cs| {
                 if cs.going_away {
@@ -126,7 +126,7 @@ impl MxpConn {
 
     /// Whether the node asked us to take new work elsewhere (remembered
     /// after the connection closes, so a session still moves on).
-    pub fn peer_going_away(&self) -> bool {
+    pub(crate) fn peer_going_away(&self) -> bool {
         let state = self.0.shared.lock();
         state
             .conns
@@ -134,12 +134,12 @@ impl MxpConn {
             .is_some_and(|cs| cs.going_away)
     }
 
-    pub fn close(&self, code: u64, reason: &[u8]) {
+    pub(crate) fn close(&self, code: u64, reason: &[u8]) {
         let _ = self.with(|c, _| c.close(Instant::now(), code, Bytes::copy_from_slice(reason)));
         self.wake_driver();
     }
 
-    pub async fn closed(&self) -> ConnectionError {
+    pub(crate) async fn closed(&self) -> ConnectionError {
         poll_fn(|cx| {
             let result = self.with(|c, cs| match c.error() {
                 Some(e) => Poll::Ready(e.clone()),
@@ -176,12 +176,12 @@ impl MxpConn {
 
     /// Opens a stream whose data is sent in `band`, waiting if the peer's
     /// stream limit is reached.
-    pub async fn open(&self, dir: Dir, band: Band) -> Result<StreamId, ConnectionError> {
+    pub(crate) async fn open(&self, dir: Dir, band: Band) -> Result<StreamId, ConnectionError> {
         poll_fn(|cx| self.poll_open(cx, dir, band)).await
     }
 
     /// Waits for the peer to open a stream.
-    pub async fn accept(&self, dir: Dir) -> Result<StreamId, ConnectionError> {
+    pub(crate) async fn accept(&self, dir: Dir) -> Result<StreamId, ConnectionError> {
         poll_fn(|cx| {
             let result = self.with(|c, cs| {
                 if let Some(id) = c.accept(dir) {
@@ -198,18 +198,18 @@ impl MxpConn {
         .await
     }
 
-    pub fn send_datagram(&self, data: Bytes, band: Band) -> Result<(), SendDatagramError> {
+    pub(crate) fn send_datagram(&self, data: Bytes, band: Band) -> Result<(), SendDatagramError> {
         let result: Result<(), DatagramError> = self.with(|c, _| c.send_datagram(data, band))?;
         result?;
         self.wake_driver();
         Ok(())
     }
 
-    pub fn max_datagram_size(&self) -> usize {
+    pub(crate) fn max_datagram_size(&self) -> usize {
         self.with(|c, _| c.max_datagram_size()).unwrap_or(0)
     }
 
-    pub async fn read_datagram(&self) -> Result<Bytes, ConnectionError> {
+    pub(crate) async fn read_datagram(&self) -> Result<Bytes, ConnectionError> {
         poll_fn(|cx| {
             let result = self.with(|c, cs| {
                 if let Some(d) = c.recv_datagram() {

@@ -64,7 +64,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn new(
+    pub(crate) fn new(
         proto: ProtoEndpoint,
         socket: Socket,
         local_addr: SocketAddr,
@@ -94,12 +94,12 @@ impl Shared {
     /// Locks the state. A panic elsewhere while holding it leaves the
     /// protocol state consistent (every operation on it is a plain function
     /// call), so a poisoned lock is taken over rather than propagated.
-    pub fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         crate::lock(&self.state)
     }
 
     /// Tells the driver there may be something to send.
-    pub fn wake_driver(&self) {
+    pub(crate) fn wake_driver(&self) {
         self.wake.notify_one();
     }
 
@@ -112,7 +112,7 @@ impl Shared {
     /// and wakes it too when the socket is full, more is left, the
     /// connection is closing, or its next timer is earlier than the one the
     /// driver armed.
-    pub fn transmit_now(&self, h: ConnectionHandle) {
+    pub(crate) fn transmit_now(&self, h: ConnectionHandle) {
         if self.capture.is_recording() {
             return self.wake_driver();
         }
@@ -271,7 +271,7 @@ pub(crate) struct State {
 
 impl State {
     /// Turns the core's events into wake-ups; says whether there were any.
-    pub fn dispatch(&mut self) -> bool {
+    pub(crate) fn dispatch(&mut self) -> bool {
         let mut any = false;
         while let Some((h, event)) = self.proto.poll_event() {
             any = true;
@@ -340,7 +340,7 @@ impl State {
 
     /// The error a connection ended with (or a generic one if the core
     /// forgot it).
-    pub fn error_of(&self, h: ConnectionHandle) -> ConnectionError {
+    pub(crate) fn error_of(&self, h: ConnectionHandle) -> ConnectionError {
         self.conns
             .get(&h)
             .and_then(|c| c.error.clone())

@@ -60,7 +60,7 @@ pub(crate) fn unix_time() -> std::time::Duration {
 impl MxpEndpoint {
     /// Binds a UDP socket to `addr` and starts the driver on the current
     /// tokio runtime.
-    pub fn bind(
+    pub(crate) fn bind(
         addr: SocketAddr,
         config: EndpointConfig,
         workers: Option<Arc<HandshakeWorkers>>,
@@ -73,22 +73,22 @@ impl MxpEndpoint {
         Ok(MxpEndpoint { shared })
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
     }
 
-    pub fn stats(&self) -> EndpointStats {
+    pub(crate) fn stats(&self) -> EndpointStats {
         self.shared.lock().proto.stats()
     }
 
     /// The packet capture of this endpoint's socket.
-    pub fn capture(&self) -> &Capture {
+    pub(crate) fn capture(&self) -> &Capture {
         &self.shared.capture
     }
 
     /// Counters over every connection so far, for the metrics, and the
     /// endpoint's own (handshakes, refusals), read under one lock.
-    pub fn totals(&self) -> (CarrierTotals, EndpointStats) {
+    pub(crate) fn totals(&self) -> (CarrierTotals, EndpointStats) {
         let state = self.shared.lock();
         let door = state.proto.stats();
         let (counters, open_streams) = state.proto.totals();
@@ -107,7 +107,7 @@ impl MxpEndpoint {
     }
 
     /// Each connection's stats, for a snapshot.
-    pub fn connection_infos(&self) -> Vec<ConnectionInfo> {
+    pub(crate) fn connection_infos(&self) -> Vec<ConnectionInfo> {
         let state = self.shared.lock();
         state
             .proto
@@ -128,11 +128,11 @@ impl MxpEndpoint {
     }
 
     /// Connections on this endpoint (in any state).
-    pub fn connection_count(&self) -> usize {
+    pub(crate) fn connection_count(&self) -> usize {
         self.shared.lock().proto.connection_count()
     }
 
-    pub async fn connect_to(
+    pub(crate) async fn connect_to(
         &self,
         remote: SocketAddr,
         server_key: PublicKey,
@@ -174,7 +174,7 @@ impl MxpEndpoint {
 
     /// The next connection a client opened; `None` once the endpoint is
     /// closed.
-    pub async fn accept(&self) -> Option<MxpConn> {
+    pub(crate) async fn accept(&self) -> Option<MxpConn> {
         loop {
             let handle = poll_fn(|cx| {
                 let mut state = self.shared.lock();
@@ -197,7 +197,7 @@ impl MxpEndpoint {
 
     /// Whether new connections are accepted; refused initiations are told
     /// where the QUIC listener is.
-    pub fn set_accepting(&self, accepting: bool, quic_port: Option<u16>) {
+    pub(crate) fn set_accepting(&self, accepting: bool, quic_port: Option<u16>) {
         self.shared.lock().proto.set_accepting(accepting, quic_port);
     }
 
@@ -216,17 +216,17 @@ impl MxpEndpoint {
     }
 
     /// Tells every connection to take new work elsewhere (a drain).
-    pub fn go_away_all(&self) {
+    pub(crate) fn go_away_all(&self) {
         self.for_each_connection(|c, _| c.go_away());
     }
 
     /// Closes every connection with `code` and `reason`.
-    pub fn close_all(&self, code: u64, reason: &[u8]) {
+    pub(crate) fn close_all(&self, code: u64, reason: &[u8]) {
         self.for_each_connection(|c, now| c.close(now, code, Bytes::copy_from_slice(reason)));
     }
 
     /// Stops accepting for good and closes every connection.
-    pub fn close(&self, code: u64, reason: &[u8]) {
+    pub(crate) fn close(&self, code: u64, reason: &[u8]) {
         {
             let mut state = self.shared.lock();
             state.accepting = false;
@@ -236,7 +236,7 @@ impl MxpEndpoint {
     }
 
     /// Waits until every connection has finished closing.
-    pub async fn wait_idle(&self) {
+    pub(crate) async fn wait_idle(&self) {
         poll_fn(|cx| {
             let mut state = self.shared.lock();
             if state.proto.connection_count() == 0 {

@@ -18,13 +18,17 @@ pub(crate) struct MxpSend {
 }
 
 impl MxpSend {
-    pub fn new(conn: MxpConn, id: StreamId) -> MxpSend {
+    pub(crate) fn new(conn: MxpConn, id: StreamId) -> MxpSend {
         MxpSend { conn, id }
     }
 
     /// Writes as much of `data` as flow control takes now, or registers the
     /// task to be woken when credit arrives.
-    pub fn poll_write(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<Result<usize, WriteError>> {
+    pub(crate) fn poll_write(
+        &self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<Result<usize, WriteError>> {
         let id = self.id;
         let result = self.conn.with(|c, cs| match c.write_slice(id, data) {
             Ok(n) => Poll::Ready(Ok(n)),
@@ -47,7 +51,7 @@ impl MxpSend {
         poll
     }
 
-    pub fn finish(&self) -> Result<(), WriteError> {
+    pub(crate) fn finish(&self) -> Result<(), WriteError> {
         let id = self.id;
         let result = self.conn.with(|c, _| c.finish(id))?;
         result.map_err(|e| match e {
@@ -60,7 +64,7 @@ impl MxpSend {
         Ok(())
     }
 
-    pub fn reset(&self, code: u64) -> Result<(), WriteError> {
+    pub(crate) fn reset(&self, code: u64) -> Result<(), WriteError> {
         let id = self.id;
         let result = self.conn.with(|c, _| c.reset(id, code))?;
         result.map_err(|_| WriteError::ClosedStream)?;
@@ -68,13 +72,13 @@ impl MxpSend {
         Ok(())
     }
 
-    pub fn set_band(&self, band: Band) {
+    pub(crate) fn set_band(&self, band: Band) {
         let id = self.id;
         let _ = self.conn.with(|c, _| c.set_band(id, band));
     }
 
     /// Waits until the peer has acknowledged everything and the end.
-    pub async fn finished(&self) -> Result<(), WriteError> {
+    pub(crate) async fn finished(&self) -> Result<(), WriteError> {
         let id = self.id;
         poll_fn(|cx| {
             let result = self.conn.with(|c, cs| {
@@ -101,14 +105,14 @@ pub(crate) struct MxpRecv {
 }
 
 impl MxpRecv {
-    pub fn new(conn: MxpConn, id: StreamId) -> MxpRecv {
+    pub(crate) fn new(conn: MxpConn, id: StreamId) -> MxpRecv {
         MxpRecv { conn, id }
     }
 
     /// The next in-order bytes (at most `max`), `None` at the end. What it
     /// returns stays charged to the connection window until handed back
     /// as `release` (with a later call) or by [`release`](Self::release).
-    pub fn poll_chunk(
+    pub(crate) fn poll_chunk(
         &self,
         cx: &mut Context<'_>,
         max: usize,
@@ -136,13 +140,13 @@ impl MxpRecv {
     }
 
     /// Hands back the window credit of `n` bytes taken with `poll_chunk`.
-    pub fn release(&self, n: u64) {
+    pub(crate) fn release(&self, n: u64) {
         if n > 0 && self.conn.with(|c, _| c.release_held(n)).is_ok() {
             self.conn.wake_driver();
         }
     }
 
-    pub fn stop(&self, code: u64) -> Result<(), ReadError> {
+    pub(crate) fn stop(&self, code: u64) -> Result<(), ReadError> {
         let id = self.id;
         let result = self.conn.with(|c, _| c.stop(id, code))?;
         result.map_err(|_| ReadError::ClosedStream)?;

@@ -24,7 +24,7 @@ pub(crate) struct Socket {
 
 impl Socket {
     /// Binds to `addr`. Must be called inside a tokio runtime.
-    pub fn bind(addr: SocketAddr) -> io::Result<Socket> {
+    pub(crate) fn bind(addr: SocketAddr) -> io::Result<Socket> {
         let std = std::net::UdpSocket::bind(addr)?;
         std.set_nonblocking(true)?;
         let state = UdpSocketState::new((&std).into())?;
@@ -37,29 +37,29 @@ impl Socket {
         })
     }
 
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
         self.io.local_addr()
     }
 
     /// Most datagrams one send may carry (1 without GSO).
-    pub fn max_gso_segments(&self) -> usize {
+    pub(crate) fn max_gso_segments(&self) -> usize {
         self.state.max_gso_segments()
     }
 
     /// Sends one (possibly GSO) transmit; `WouldBlock` if the socket buffer
     /// is full. Other errors are logged by quinn-udp and dropped, as a lost
     /// datagram would be.
-    pub fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+    pub(crate) fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
         self.io.try_io(Interest::WRITABLE, || {
             self.state.send((&self.io).into(), transmit)
         })
     }
 
-    pub async fn writable(&self) -> io::Result<()> {
+    pub(crate) async fn writable(&self) -> io::Result<()> {
         self.io.writable().await
     }
 
-    pub async fn readable(&self) -> io::Result<()> {
+    pub(crate) async fn readable(&self) -> io::Result<()> {
         self.io.readable().await
     }
 }
@@ -80,7 +80,7 @@ pub(crate) struct RecvBuffers {
 const ARENA_BLOCK: usize = 256 * 1024;
 
 impl RecvBuffers {
-    pub fn new(socket: &Socket) -> RecvBuffers {
+    pub(super) fn new(socket: &Socket) -> RecvBuffers {
         // With GRO one buffer holds many coalesced datagrams.
         let size = (65_535).max(1500 * socket.state.gro_segments());
         RecvBuffers {
@@ -93,7 +93,7 @@ impl RecvBuffers {
 
     /// Receives what is waiting without blocking (`WouldBlock` if nothing
     /// was). The datagrams are then taken with [`drain`](Self::drain).
-    pub fn recv(&mut self, socket: &Socket) -> io::Result<usize> {
+    pub(super) fn recv(&mut self, socket: &Socket) -> io::Result<usize> {
         let mut bufs = self.bufs.iter_mut();
         let mut slices: [IoSliceMut<'_>; BATCH_SIZE] =
             std::array::from_fn(|_| IoSliceMut::new(bufs.next().expect("BATCH_SIZE buffers")));
@@ -110,7 +110,7 @@ impl RecvBuffers {
     /// `tap` also copies each into a capture batch, addressed from its
     /// source to `local` (with the destination address the kernel reported,
     /// where `local` is a wildcard).
-    pub fn drain(
+    pub(super) fn drain(
         &mut self,
         mut tap: Option<(&mut CaptureBatch, SocketAddr)>,
         mut f: impl FnMut(SocketAddr, BytesMut),
@@ -163,18 +163,18 @@ struct Batch {
 
 impl TxQueue {
     /// Whether nothing is queued.
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.next == self.batches.len()
     }
 
     /// Bytes queued.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.buf.len()
     }
 
     /// Records a datagram of `size` bytes just appended to `buf`, joining
     /// the previous batch when GSO allows.
-    pub fn push(&mut self, destination: SocketAddr, size: usize, max_segments: usize) {
+    pub(super) fn push(&mut self, destination: SocketAddr, size: usize, max_segments: usize) {
         let start = self.buf.len() - size;
         let last_unsent = self.batches.len() > self.next;
         if let Some(last) = self.batches.last_mut() {
@@ -205,7 +205,7 @@ impl TxQueue {
     /// queued. With `tap`, every datagram the socket took (GSO batches
     /// split into their segments) is also copied into a capture batch, from
     /// the given local address.
-    pub fn send(
+    pub(super) fn send(
         &mut self,
         socket: &Socket,
         mut tap: Option<(&mut CaptureBatch, SocketAddr)>,

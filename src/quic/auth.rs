@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::handshake_workers::HandshakeWorkers;
 
 /// Control byte: the node is draining this connection.
-pub const GOAWAY: u8 = 1;
+pub(super) const GOAWAY: u8 = 1;
 
 const EXPORTER_LABEL: &[u8] = b"EXPORTER-mxp-noise-binding";
 const ACCEPT: u8 = 0;
@@ -67,7 +67,7 @@ async fn read_message(recv: &mut RecvStream) -> Result<Vec<u8>, ConnectionError>
 
 /// The client's side: proves the node holds `server_key`'s secret. Returns
 /// the control stream's receiving half (for GOAWAY).
-pub async fn client(
+pub(super) async fn client(
     conn: &quinn::Connection,
     keypair: &Keypair,
     server_key: &PublicKey,
@@ -88,7 +88,7 @@ pub async fn client(
 
 /// What the node learned from a client's handshake.
 #[derive(Debug)]
-pub struct Authenticated {
+pub(super) struct Authenticated {
     pub client_key: PublicKey,
     /// The control stream's sending half (GOAWAY goes here).
     pub control: SendStream,
@@ -96,7 +96,7 @@ pub struct Authenticated {
 
 /// The node's side: authenticates the client and applies the allow-list.
 /// The Diffie-Hellman work runs on the node's handshake workers.
-pub async fn server(
+pub(super) async fn server(
     conn: &quinn::Connection,
     keypair: &Keypair,
     policy: &Arc<ServerConfig>,

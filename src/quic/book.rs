@@ -15,25 +15,25 @@ use crate::stats::CarrierTotals;
 /// labels them.
 pub(crate) mod handshake {
     /// A node accepted an authenticated client.
-    pub const ACCEPTED: &str = "accepted";
+    pub(crate) const ACCEPTED: &str = "accepted";
     /// A client authenticated the node.
-    pub const COMPLETED: &str = "completed";
+    pub(crate) const COMPLETED: &str = "completed";
     /// The client's Noise message did not decrypt: wrong server key.
-    pub const KEY_MISMATCH: &str = "key_mismatch";
+    pub(crate) const KEY_MISMATCH: &str = "key_mismatch";
     /// The client's key is not on the allow-list.
-    pub const CLIENT_NOT_ALLOWED: &str = "client_not_allowed";
+    pub(crate) const CLIENT_NOT_ALLOWED: &str = "client_not_allowed";
     /// The node does not accept QUIC now (the deployment switch).
-    pub const CARRIER_REFUSED: &str = "carrier_refused";
+    pub(crate) const CARRIER_REFUSED: &str = "carrier_refused";
     /// The TLS handshake or the identity exchange failed otherwise.
-    pub const FAILED: &str = "failed";
+    pub(crate) const FAILED: &str = "failed";
     /// The identity exchange did not finish in time.
-    pub const TIMED_OUT: &str = "timed_out";
+    pub(crate) const TIMED_OUT: &str = "timed_out";
     /// The attempt was asked to prove its address (quinn's Retry).
-    pub const RETRY_SENT: &str = "retry_sent";
+    pub(crate) const RETRY_SENT: &str = "retry_sent";
     /// A copy of another address's attempt (a captured Initial).
-    pub const REPLAYED: &str = "replayed";
+    pub(crate) const REPLAYED: &str = "replayed";
     /// Every outcome, so each is exposed (at zero) from the start.
-    pub const ALL: [&str; 9] = [
+    pub(crate) const ALL: [&str; 9] = [
         ACCEPTED,
         COMPLETED,
         KEY_MISMATCH,
@@ -68,17 +68,17 @@ impl Book {
     }
 
     /// Counts a handshake outcome.
-    pub fn handshake(&self, result: &'static str) {
+    pub(super) fn handshake(&self, result: &'static str) {
         *self.lock().handshakes.entry(result).or_default() += 1;
     }
 
     /// Counts an attempt set aside (see `guard::reason`).
-    pub fn limited(&self, reason: &'static str) {
+    pub(super) fn limited(&self, reason: &'static str) {
         *self.lock().limited.entry(reason).or_default() += 1;
     }
 
     /// Adds an established connection; it leaves the book when it closes.
-    pub fn track(self: &Arc<Self>, conn: &QuicConn) {
+    pub(super) fn track(self: &Arc<Self>, conn: &QuicConn) {
         let id = conn.inner().stable_id();
         {
             let mut state = self.lock();
@@ -98,16 +98,16 @@ impl Book {
     }
 
     /// The live connections.
-    pub fn live(&self) -> Vec<QuicConn> {
+    pub(super) fn live(&self) -> Vec<QuicConn> {
         self.lock().live.values().cloned().collect()
     }
 
-    pub fn live_count(&self) -> usize {
+    pub(super) fn live_count(&self) -> usize {
         self.lock().live.len()
     }
 
     /// Totals over every connection so far, for the metrics.
-    pub fn totals(&self) -> CarrierTotals {
+    pub(super) fn totals(&self) -> CarrierTotals {
         let state = self.lock();
         let mut counters = state.retired;
         let mut open_streams = 0;
@@ -140,7 +140,7 @@ impl Book {
 pub(crate) struct OpenStream(Arc<AtomicU64>);
 
 impl OpenStream {
-    pub fn new(count: &Arc<AtomicU64>) -> Arc<OpenStream> {
+    pub(crate) fn new(count: &Arc<AtomicU64>) -> Arc<OpenStream> {
         count.fetch_add(1, Ordering::Relaxed);
         Arc::new(OpenStream(count.clone()))
     }

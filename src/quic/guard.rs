@@ -39,10 +39,10 @@ const RECENT_RETENTION: Duration = Duration::from_secs(10);
 
 /// Why an attempt was set aside, as `mxp_handshakes_limited_total` labels it.
 pub(super) mod reason {
-    pub const UNCONFIRMED_LIMIT: &str = "unconfirmed_limit";
-    pub const SOURCE_SHARE: &str = "source_share";
-    pub const BUDGET: &str = "budget";
-    pub const ALL: [&str; 3] = [UNCONFIRMED_LIMIT, SOURCE_SHARE, BUDGET];
+    pub(crate) const UNCONFIRMED_LIMIT: &str = "unconfirmed_limit";
+    pub(crate) const SOURCE_SHARE: &str = "source_share";
+    pub(crate) const BUDGET: &str = "budget";
+    pub(crate) const ALL: [&str; 3] = [UNCONFIRMED_LIMIT, SOURCE_SHARE, BUDGET];
 }
 
 /// What to do with an attempt.
@@ -92,7 +92,7 @@ impl Drop for Unconfirmed {
 }
 
 impl Guard {
-    pub fn new(policy: Arc<ServerConfig>) -> Arc<Guard> {
+    pub(super) fn new(policy: Arc<ServerConfig>) -> Arc<Guard> {
         let now = Instant::now();
         Arc::new(Guard {
             state: std::sync::Mutex::new(State {
@@ -110,7 +110,7 @@ impl Guard {
     }
 
     /// Attempts waiting for, or in, their identity exchange.
-    pub fn unconfirmed(&self) -> usize {
+    pub(super) fn unconfirmed(&self) -> usize {
         self.unconfirmed.load(Ordering::Relaxed)
     }
 
@@ -127,7 +127,12 @@ impl Guard {
 
     /// Decides on one attempt from `remote` whose Initial was addressed to
     /// `orig_dst_cid`.
-    pub fn admit(&self, remote: SocketAddr, orig_dst_cid: &[u8], validated: bool) -> Verdict {
+    pub(super) fn admit(
+        &self,
+        remote: SocketAddr,
+        orig_dst_cid: &[u8],
+        validated: bool,
+    ) -> Verdict {
         let now = Instant::now();
         let from = std::hash::BuildHasher::hash_one(&self.hasher, remote);
         let key = std::hash::BuildHasher::hash_one(&self.hasher, orig_dst_cid);
@@ -163,7 +168,7 @@ impl Guard {
     }
 
     /// Claims a place among the unconfirmed attempts.
-    pub fn claim(self: &Arc<Self>) -> Unconfirmed {
+    pub(super) fn claim(self: &Arc<Self>) -> Unconfirmed {
         self.unconfirmed.fetch_add(1, Ordering::Relaxed);
         Unconfirmed(self.clone())
     }

@@ -42,11 +42,11 @@ pub(crate) fn idle_totals() -> CarrierTotals {
 /// Application close codes of the QUIC carrier.
 mod code {
     /// The client's Noise message did not decrypt: wrong server key.
-    pub const KEY_MISMATCH: u32 = 0x4d01;
+    pub(super) const KEY_MISMATCH: u32 = 0x4d01;
     /// The client's key is not on the node's allow-list.
-    pub const CLIENT_NOT_ALLOWED: u32 = 0x4d02;
+    pub(super) const CLIENT_NOT_ALLOWED: u32 = 0x4d02;
     /// Closed by the application.
-    pub const CLOSED: u32 = 0;
+    pub(super) const CLOSED: u32 = 0;
 }
 
 /// Connections waiting in the accept queue.
@@ -201,24 +201,24 @@ struct Control {
 }
 
 impl QuicConn {
-    pub fn remote_address(&self) -> SocketAddr {
+    pub(crate) fn remote_address(&self) -> SocketAddr {
         self.conn.remote_address()
     }
 
-    pub fn peer_key(&self) -> PublicKey {
+    pub(crate) fn peer_key(&self) -> PublicKey {
         self.peer_key
     }
 
-    pub fn inner(&self) -> &quinn::Connection {
+    pub(crate) fn inner(&self) -> &quinn::Connection {
         &self.conn
     }
 
     /// Which end of the connection this is.
-    pub fn side(&self) -> Side {
+    pub(crate) fn side(&self) -> Side {
         self.side
     }
 
-    pub fn span(&self) -> &tracing::Span {
+    pub(crate) fn span(&self) -> &tracing::Span {
         &self.span
     }
 
@@ -242,22 +242,25 @@ impl QuicConn {
     }
 
     /// Opens a bidirectional stream: one `open_bi` on quinn's connection.
-    pub async fn open_bi(&self, band: Band) -> Result<(QuicSend, QuicRecv), ConnectionError> {
+    pub(crate) async fn open_bi(
+        &self,
+        band: Band,
+    ) -> Result<(QuicSend, QuicRecv), ConnectionError> {
         let (send, recv) = self.conn.open_bi().await.map_err(connection_error)?;
         Ok(self.bi(send, recv, band))
     }
 
-    pub async fn open_uni(&self, band: Band) -> Result<QuicSend, ConnectionError> {
+    pub(crate) async fn open_uni(&self, band: Band) -> Result<QuicSend, ConnectionError> {
         let send = self.conn.open_uni().await.map_err(connection_error)?;
         Ok(QuicSend::new(send, OpenStream::new(&self.streams), band))
     }
 
-    pub async fn accept_bi(&self) -> Result<(QuicSend, QuicRecv), ConnectionError> {
+    pub(crate) async fn accept_bi(&self) -> Result<(QuicSend, QuicRecv), ConnectionError> {
         let (send, recv) = self.conn.accept_bi().await.map_err(connection_error)?;
         Ok(self.bi(send, recv, Band::default()))
     }
 
-    pub async fn accept_uni(&self) -> Result<QuicRecv, ConnectionError> {
+    pub(crate) async fn accept_uni(&self) -> Result<QuicRecv, ConnectionError> {
         let recv = self.conn.accept_uni().await.map_err(connection_error)?;
         Ok(QuicRecv::new(recv, OpenStream::new(&self.streams)))
     }
@@ -276,7 +279,7 @@ impl QuicConn {
     }
 
     /// Waits until the node asks this connection to go away.
-    pub async fn going_away(&self) {
+    pub(crate) async fn going_away(&self) {
         loop {
             let changed = self.control.changed.notified();
             tokio::pin!(changed);
@@ -288,12 +291,12 @@ impl QuicConn {
         }
     }
 
-    pub fn peer_going_away(&self) -> bool {
+    pub(crate) fn peer_going_away(&self) -> bool {
         self.control.going_away.load(Ordering::Relaxed)
     }
 
     /// Node side: tells the client to take new work elsewhere.
-    pub fn go_away(&self) {
+    pub(crate) fn go_away(&self) {
         let send = crate::lock(&self.control.send).take();
         if let Some(mut send) = send {
             tokio::spawn(async move {
@@ -303,16 +306,16 @@ impl QuicConn {
         }
     }
 
-    pub fn close(&self, code: u64, reason: &[u8]) {
+    pub(crate) fn close(&self, code: u64, reason: &[u8]) {
         let code = VarInt::from_u64(code).unwrap_or(VarInt::from_u32(code::CLOSED));
         self.conn.close(code, reason);
     }
 
-    pub async fn closed(&self) -> ConnectionError {
+    pub(crate) async fn closed(&self) -> ConnectionError {
         connection_error(self.conn.closed().await)
     }
 
-    pub fn send_datagram(&self, data: Bytes) -> Result<(), crate::error::SendDatagramError> {
+    pub(crate) fn send_datagram(&self, data: Bytes) -> Result<(), crate::error::SendDatagramError> {
         use mxp_proto::DatagramError;
         self.conn.send_datagram(data.clone()).map_err(|e| match e {
             quinn::SendDatagramError::ConnectionLost(e) => connection_error(e).into(),
@@ -325,16 +328,16 @@ impl QuicConn {
         })
     }
 
-    pub fn max_datagram_size(&self) -> usize {
+    pub(crate) fn max_datagram_size(&self) -> usize {
         self.conn.max_datagram_size().unwrap_or(0)
     }
 
-    pub async fn read_datagram(&self) -> Result<Bytes, ConnectionError> {
+    pub(crate) async fn read_datagram(&self) -> Result<Bytes, ConnectionError> {
         self.conn.read_datagram().await.map_err(connection_error)
     }
 
     /// quinn's counters, in MXP's shape (what QUIC does not count stays 0).
-    pub fn stats(&self) -> ConnectionStats {
+    pub(crate) fn stats(&self) -> ConnectionStats {
         let s = self.conn.stats();
         ConnectionStats {
             packets_sent: s.path.sent_packets,
@@ -412,7 +415,7 @@ impl QuicEndpoint {
     }
 
     /// A client-only endpoint on an ephemeral port of `bind`'s family.
-    pub fn client(
+    pub(crate) fn client(
         bind: SocketAddr,
         keypair: Keypair,
         transport: &TransportConfig,
@@ -430,7 +433,7 @@ impl QuicEndpoint {
     /// A node listening on `addr`; authenticated connections come out of
     /// [`accept`](Self::accept). `capture` sees its datagrams while it
     /// records.
-    pub fn node(
+    pub(crate) fn node(
         addr: SocketAddr,
         keypair: Keypair,
         transport: &TransportConfig,
@@ -469,12 +472,12 @@ impl QuicEndpoint {
         Ok(this)
     }
 
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
         self.endpoint.local_addr()
     }
 
     /// Connects to the node at `addr` and proves it holds `server_key`.
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
         addr: SocketAddr,
         server_key: PublicKey,
@@ -506,29 +509,29 @@ impl QuicEndpoint {
     }
 
     /// The next authenticated connection (node side); `None` when closed.
-    pub async fn accept(&self) -> Option<QuicConn> {
+    pub(crate) async fn accept(&self) -> Option<QuicConn> {
         self.node.as_ref()?.incoming.lock().await.recv().await
     }
 
     /// Whether new QUIC sessions are accepted (node side).
-    pub fn set_accepting(&self, accepting: bool) {
+    pub(crate) fn set_accepting(&self, accepting: bool) {
         if let Some(node) = &self.node {
             node.accepting.store(accepting, Ordering::Relaxed);
         }
     }
 
     /// Live connections, either side.
-    pub fn connections(&self) -> Vec<QuicConn> {
+    pub(crate) fn connections(&self) -> Vec<QuicConn> {
         self.book.live()
     }
 
     /// Live connections, either side.
-    pub fn connection_count(&self) -> usize {
+    pub(crate) fn connection_count(&self) -> usize {
         self.book.live_count()
     }
 
     /// Counters over every connection so far.
-    pub fn totals(&self) -> CarrierTotals {
+    pub(crate) fn totals(&self) -> CarrierTotals {
         let mut totals = self.book.totals();
         if let Some(node) = &self.node {
             totals.handshake_jobs = node.guard.jobs.load(Ordering::Relaxed);
@@ -538,7 +541,7 @@ impl QuicEndpoint {
     }
 
     /// Each connection's stats, for a snapshot.
-    pub fn connection_infos(&self) -> Vec<ConnectionInfo> {
+    pub(crate) fn connection_infos(&self) -> Vec<ConnectionInfo> {
         self.book
             .live()
             .iter()
@@ -560,26 +563,26 @@ impl QuicEndpoint {
     }
 
     /// Tells every live connection to take new work elsewhere.
-    pub fn go_away_all(&self) {
+    pub(crate) fn go_away_all(&self) {
         self.connections().iter().for_each(QuicConn::go_away);
     }
 
     /// Closes every live connection.
-    pub fn close_all(&self, code: u64, reason: &[u8]) {
+    pub(crate) fn close_all(&self, code: u64, reason: &[u8]) {
         self.connections()
             .iter()
             .for_each(|c| c.close(code, reason));
     }
 
     /// Stops the endpoint.
-    pub fn close(&self, code: u64, reason: &[u8]) {
+    pub(crate) fn close(&self, code: u64, reason: &[u8]) {
         self.set_accepting(false);
         let code = VarInt::from_u64(code).unwrap_or(VarInt::from_u32(code::CLOSED));
         self.endpoint.close(code, reason);
     }
 
     /// Waits until every connection has closed.
-    pub async fn wait_idle(&self) {
+    pub(crate) async fn wait_idle(&self) {
         self.endpoint.wait_idle().await;
     }
 }

@@ -27,7 +27,7 @@ pub(crate) struct QuicSend {
 
 impl QuicSend {
     /// `stream`, sending in `band`.
-    pub fn new(stream: quinn::SendStream, open: Arc<OpenStream>, band: Band) -> QuicSend {
+    pub(crate) fn new(stream: quinn::SendStream, open: Arc<OpenStream>, band: Band) -> QuicSend {
         let _ = stream.set_priority(priority(band));
         QuicSend {
             stream,
@@ -35,7 +35,7 @@ impl QuicSend {
         }
     }
 
-    pub fn poll_write(
+    pub(crate) fn poll_write(
         &mut self,
         cx: &mut Context<'_>,
         data: &[u8],
@@ -45,12 +45,12 @@ impl QuicSend {
             .map_err(write_error)
     }
 
-    pub fn finish(&mut self) -> Result<(), WriteError> {
+    pub(crate) fn finish(&mut self) -> Result<(), WriteError> {
         self.stream.finish().map_err(|_| WriteError::ClosedStream)
     }
 
     /// Waits until the peer has acknowledged everything and the end.
-    pub async fn finished(&mut self) -> Result<(), WriteError> {
+    pub(crate) async fn finished(&mut self) -> Result<(), WriteError> {
         match self.stream.stopped().await {
             Ok(None) => Ok(()),
             Ok(Some(code)) => Err(WriteError::Stopped(code.into_inner())),
@@ -61,13 +61,13 @@ impl QuicSend {
         }
     }
 
-    pub fn reset(&mut self, code: u64) -> Result<(), WriteError> {
+    pub(crate) fn reset(&mut self, code: u64) -> Result<(), WriteError> {
         self.stream
             .reset(var(code))
             .map_err(|_| WriteError::ClosedStream)
     }
 
-    pub fn set_band(&mut self, band: Band) {
+    pub(crate) fn set_band(&mut self, band: Band) {
         let _ = self.stream.set_priority(priority(band));
     }
 }
@@ -80,7 +80,7 @@ pub(crate) struct QuicRecv {
 }
 
 impl QuicRecv {
-    pub fn new(stream: quinn::RecvStream, open: Arc<OpenStream>) -> QuicRecv {
+    pub(crate) fn new(stream: quinn::RecvStream, open: Arc<OpenStream>) -> QuicRecv {
         QuicRecv {
             stream,
             _open: open,
@@ -89,7 +89,7 @@ impl QuicRecv {
 
     /// The next in-order bytes (at most `max`), `None` at the end. quinn
     /// credits them to the peer as they are read.
-    pub fn poll_chunk(
+    pub(crate) fn poll_chunk(
         &mut self,
         cx: &mut Context<'_>,
         max: usize,
@@ -101,7 +101,7 @@ impl QuicRecv {
         })
     }
 
-    pub fn stop(&mut self, code: u64) -> Result<(), ReadError> {
+    pub(crate) fn stop(&mut self, code: u64) -> Result<(), ReadError> {
         self.stream
             .stop(var(code))
             .map_err(|_| ReadError::ClosedStream)

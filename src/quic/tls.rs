@@ -17,14 +17,14 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
 /// ALPN of MXP over QUIC.
-pub const ALPN: &[u8] = b"mxp/1";
+pub(super) const ALPN: &[u8] = b"mxp/1";
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// The node's TLS configuration: a fresh self-signed certificate.
-pub fn server_config() -> Result<rustls::ServerConfig, String> {
+pub(super) fn server_config() -> Result<rustls::ServerConfig, String> {
     let certified = rcgen::generate_simple_self_signed(vec!["mxp-node".to_owned()])
         .map_err(|e| format!("cannot generate a TLS certificate: {e}"))?;
     let cert = CertificateDer::from(certified.cert.der().to_vec());
@@ -40,7 +40,7 @@ pub fn server_config() -> Result<rustls::ServerConfig, String> {
 }
 
 /// The client's TLS configuration (identity comes from the Noise binding).
-pub fn client_config() -> Result<rustls::ClientConfig, String> {
+pub(super) fn client_config() -> Result<rustls::ClientConfig, String> {
     let provider = provider();
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])

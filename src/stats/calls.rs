@@ -18,9 +18,9 @@ pub(crate) enum CallSide {
 }
 
 impl CallSide {
-    pub const ALL: [CallSide; 2] = [CallSide::Client, CallSide::Node];
+    pub(crate) const ALL: [CallSide; 2] = [CallSide::Client, CallSide::Node];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CallSide::Client => "client",
             CallSide::Node => "node",
@@ -69,12 +69,12 @@ fn index(carrier: Carrier, side: CallSide) -> (usize, usize) {
 }
 
 impl CallDurations {
-    pub fn record(&self, carrier: Carrier, side: CallSide, took: Duration) {
+    pub(crate) fn record(&self, carrier: Carrier, side: CallSide, took: Duration) {
         let (c, s) = index(carrier, side);
         self.by[c][s].record(took);
     }
 
-    pub fn load(&self, carrier: Carrier, side: CallSide) -> LatencyHistogram {
+    pub(crate) fn load(&self, carrier: Carrier, side: CallSide) -> LatencyHistogram {
         let (c, s) = index(carrier, side);
         self.by[c][s].load()
     }

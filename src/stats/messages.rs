@@ -14,14 +14,14 @@ pub(crate) struct MessageErrors {
 
 impl MessageErrors {
     /// Counts one refusal of `kind`, one of [`MessageError::KINDS`].
-    pub fn count(&self, kind: &'static str) {
+    pub(crate) fn count(&self, kind: &'static str) {
         if let Some(i) = MessageError::KINDS.iter().position(|k| *k == kind) {
             self.by_kind[i].fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// `(kind, count)` for every kind, zeros included.
-    pub fn load(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+    pub(crate) fn load(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         MessageError::KINDS
             .into_iter()
             .zip(&self.by_kind)

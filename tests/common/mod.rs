@@ -3,10 +3,10 @@
 //! [`process`], real child processes for the tests that run programs.
 #![allow(dead_code)]
 
-pub mod process;
-pub mod scrape;
-pub mod tempdir;
-pub mod tshark;
+pub(crate) mod process;
+pub(crate) mod scrape;
+pub(crate) mod tempdir;
+pub(crate) mod tshark;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -22,11 +22,11 @@ use mxp::proto::{
 };
 use mxp::sim::{Datagram, LinkConfig, Network, NodeId, TapAction};
 
-pub const SERVER: &str = "10.0.0.1:4433";
-pub const CLIENT: &str = "10.0.0.2:50000";
+pub(crate) const SERVER: &str = "10.0.0.1:4433";
+pub(crate) const CLIENT: &str = "10.0.0.2:50000";
 
 /// A client and a server attached to one network.
-pub struct Setup {
+pub(crate) struct Setup {
     pub net: Network,
     pub server: NodeId,
     pub client: NodeId,
@@ -35,7 +35,7 @@ pub struct Setup {
 }
 
 impl Setup {
-    pub fn new(seed: u64, link: LinkConfig) -> Self {
+    pub(crate) fn new(seed: u64, link: LinkConfig) -> Self {
         Self::with(
             seed,
             link,
@@ -44,7 +44,7 @@ impl Setup {
         )
     }
 
-    pub fn with(
+    pub(crate) fn with(
         seed: u64,
         link: LinkConfig,
         transport: TransportConfig,
@@ -83,7 +83,7 @@ impl Setup {
 
     /// Connects the client and waits until both ends report `Connected`.
     /// Returns (client handle, server handle).
-    pub fn connect(&mut self) -> (ConnectionHandle, ConnectionHandle) {
+    pub(crate) fn connect(&mut self) -> (ConnectionHandle, ConnectionHandle) {
         let now = self.net.now();
         let addr = self.net.addr(self.server);
         let key = self.server_key;
@@ -115,7 +115,7 @@ impl Setup {
 
 /// A simple 64-bit FNV-1a, to compare streams without keeping them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Digest(pub u64, pub u64);
+pub(crate) struct Digest(pub u64, pub u64);
 
 impl Default for Digest {
     fn default() -> Self {
@@ -124,7 +124,7 @@ impl Default for Digest {
 }
 
 impl Digest {
-    pub fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         for &b in data {
             self.0 ^= u64::from(b);
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
@@ -134,7 +134,7 @@ impl Digest {
 }
 
 /// Deterministic pseudo-random content for stream `i` at `offset`.
-pub fn content(i: u64, offset: u64, len: usize) -> Vec<u8> {
+pub(crate) fn content(i: u64, offset: u64, len: usize) -> Vec<u8> {
     (0..len as u64)
         .map(|k| {
             let x = (offset + k).wrapping_mul(0x9e37_79b9_7f4a_7c15)
@@ -146,7 +146,7 @@ pub fn content(i: u64, offset: u64, len: usize) -> Vec<u8> {
 
 /// Sends `total` bytes on each of several streams, respecting flow
 /// control, and finishes them.
-pub struct Sender {
+pub(crate) struct Sender {
     pub streams: Vec<(StreamId, u64)>,
     pub total: u64,
     pub digests: HashMap<StreamId, Digest>,
@@ -154,7 +154,7 @@ pub struct Sender {
 }
 
 impl Sender {
-    pub fn open(
+    pub(crate) fn open(
         net: &mut Network,
         node: NodeId,
         conn: ConnectionHandle,
@@ -176,7 +176,7 @@ impl Sender {
 
     /// Writes as much as flow control allows. Returns true once all data
     /// is written and every stream finished.
-    pub fn pump(&mut self, net: &mut Network, node: NodeId, conn: ConnectionHandle) -> bool {
+    pub(crate) fn pump(&mut self, net: &mut Network, node: NodeId, conn: ConnectionHandle) -> bool {
         let Some(c) = net.endpoint(node).connection(conn) else {
             return false;
         };
@@ -214,13 +214,13 @@ impl Sender {
 
 /// Reads every stream the peer opens and records what arrived.
 #[derive(Default)]
-pub struct Receiver {
+pub(crate) struct Receiver {
     pub digests: HashMap<StreamId, Digest>,
     pub finished: Vec<StreamId>,
 }
 
 impl Receiver {
-    pub fn pump(&mut self, net: &mut Network, node: NodeId) {
+    pub(crate) fn pump(&mut self, net: &mut Network, node: NodeId) {
         let mut readable = Vec::new();
         while let Some((h, e)) = net.endpoint(node).poll_event() {
             match e {
@@ -254,14 +254,14 @@ impl Receiver {
 
 /// Echoes every stream and datagram back to the client.
 #[derive(Default)]
-pub struct EchoServer {
+pub(crate) struct EchoServer {
     pending: HashMap<(ConnectionHandle, StreamId), VecDeque<Bytes>>,
     fin: Vec<(ConnectionHandle, StreamId)>,
     pub datagrams: u64,
 }
 
 impl EchoServer {
-    pub fn pump(&mut self, net: &mut Network, node: NodeId) {
+    pub(crate) fn pump(&mut self, net: &mut Network, node: NodeId) {
         let mut readable = Vec::new();
         while let Some((h, e)) = net.endpoint(node).poll_event() {
             match e {
@@ -331,7 +331,7 @@ impl EchoServer {
 
 impl Setup {
     /// Attaches another client endpoint with its own key and settings.
-    pub fn add_client(
+    pub(crate) fn add_client(
         &mut self,
         addr: &str,
         keypair: Keypair,
@@ -349,7 +349,7 @@ impl Setup {
 
     /// Starts connecting `node` to the server (with the right server key)
     /// and returns the client's handle; nothing is run.
-    pub fn start_connect(&mut self, node: NodeId) -> ConnectionHandle {
+    pub(crate) fn start_connect(&mut self, node: NodeId) -> ConnectionHandle {
         let now = self.net.now();
         let addr = self.net.addr(self.server);
         let key = self.server_key;
@@ -361,7 +361,7 @@ impl Setup {
 
     /// Like [`connect`](Self::connect), from any client node. Returns
     /// (client handle, server handle).
-    pub fn connect_from(&mut self, node: NodeId) -> (ConnectionHandle, ConnectionHandle) {
+    pub(crate) fn connect_from(&mut self, node: NodeId) -> (ConnectionHandle, ConnectionHandle) {
         let c = self.start_connect(node);
         let server = self.server;
         let mut client_up = false;
@@ -383,7 +383,7 @@ impl Setup {
 }
 
 /// Every event an endpoint has queued, in order.
-pub fn events(net: &mut Network, node: NodeId) -> Vec<(ConnectionHandle, Event)> {
+pub(crate) fn events(net: &mut Network, node: NodeId) -> Vec<(ConnectionHandle, Event)> {
     let mut out = Vec::new();
     while let Some(e) = net.endpoint(node).poll_event() {
         out.push(e);
@@ -395,7 +395,7 @@ pub fn events(net: &mut Network, node: NodeId) -> Vec<(ConnectionHandle, Event)>
 /// a tap added later can drop it), in the order sent, with its true send
 /// time. Taps run in the order added and stop at the first that drops, so
 /// add this one first.
-pub fn wiretap(net: &mut Network) -> Rc<RefCell<Vec<Datagram>>> {
+pub(crate) fn wiretap(net: &mut Network) -> Rc<RefCell<Vec<Datagram>>> {
     let seen = Rc::new(RefCell::new(Vec::new()));
     let log = seen.clone();
     net.add_tap(move |d| {
@@ -407,7 +407,7 @@ pub fn wiretap(net: &mut Network) -> Rc<RefCell<Vec<Datagram>>> {
 
 /// The first datagram the tap saw with a long header of type `ty` (see
 /// [`is_long`]).
-pub fn first_long(tap: &Rc<RefCell<Vec<Datagram>>>, ty: u8) -> Vec<u8> {
+pub(crate) fn first_long(tap: &Rc<RefCell<Vec<Datagram>>>, ty: u8) -> Vec<u8> {
     tap.borrow()
         .iter()
         .find(|d| is_long(&d.data, ty))
@@ -419,7 +419,7 @@ pub fn first_long(tap: &Rc<RefCell<Vec<Datagram>>>, ty: u8) -> Vec<u8> {
 impl Setup {
     /// Closes the client's connection `c` and runs until both ends have
     /// forgotten it.
-    pub fn close_and_forget(&mut self, c: ConnectionHandle) {
+    pub(crate) fn close_and_forget(&mut self, c: ConnectionHandle) {
         let now = self.net.now();
         self.net
             .endpoint(self.client)
@@ -434,13 +434,13 @@ impl Setup {
 }
 
 /// Whether a datagram has a short (protected, post-handshake) header.
-pub fn is_short(datagram: &[u8]) -> bool {
+pub(crate) fn is_short(datagram: &[u8]) -> bool {
     datagram.first().is_some_and(|b| b & 0x80 == 0)
 }
 
 /// Whether a datagram has a long header of the given type (0 Initial,
 /// 1 Handshake, 2 Retry, 3 Reject).
-pub fn is_long(datagram: &[u8], ty: u8) -> bool {
+pub(crate) fn is_long(datagram: &[u8], ty: u8) -> bool {
     datagram
         .first()
         .is_some_and(|b| b & 0x80 != 0 && (b >> 4) & 0x03 == ty)
@@ -449,6 +449,6 @@ pub fn is_long(datagram: &[u8], ty: u8) -> bool {
 /// A genuine client's first datagram (a padded Initial) for `server`,
 /// made by a throwaway client endpoint with a fresh key that is not on the
 /// network: what an attacker replays or sprays from spoofed addresses.
-pub fn client_initial(net: &Network, server: SocketAddr, server_key: PublicKey) -> Vec<u8> {
+pub(crate) fn client_initial(net: &Network, server: SocketAddr, server_key: PublicKey) -> Vec<u8> {
     mxp::attack::mxp_initial_at(server, server_key, net.now(), net.unix_time())
 }

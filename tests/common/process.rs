@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 /// Upper bound for any child or call to finish: a guard against hangs, not
 /// a performance expectation.
-pub const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 
 /// A child process killed (SIGKILL) and reaped when dropped, so that no
 /// process outlives a test, even one that panicked.
-pub struct Guarded {
+pub(crate) struct Guarded {
     pub child: Child,
     pub what: String,
 }
@@ -28,7 +28,7 @@ pub struct Guarded {
 impl Guarded {
     /// Starts `cmd` with stdout and stderr piped (tests read them; stdin is
     /// closed so a child that reads it sees the end instead of waiting).
-    pub fn spawn(mut cmd: Command, what: impl Into<String>) -> Guarded {
+    pub(crate) fn spawn(mut cmd: Command, what: impl Into<String>) -> Guarded {
         let what = what.into();
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -42,7 +42,7 @@ impl Guarded {
     /// Waits for the child to exit, killing it and failing the test after
     /// [`PATIENCE`]. `on_timeout` supplies what the child printed so far;
     /// it runs after the kill, so pipe readers it joins have ended.
-    pub fn wait(&mut self, on_timeout: impl FnOnce() -> String) -> ExitStatus {
+    pub(crate) fn wait(&mut self, on_timeout: impl FnOnce() -> String) -> ExitStatus {
         let deadline = Instant::now() + PATIENCE;
         loop {
             match self.child.try_wait() {
@@ -62,7 +62,7 @@ impl Guarded {
         }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 }
@@ -78,7 +78,7 @@ impl Drop for Guarded {
 
 /// Reads a pipe to its end on a thread (so a chatty child never blocks on
 /// a full pipe).
-pub fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
+pub(crate) fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
     thread::spawn(move || {
         let mut text = String::new();
         if let Some(mut pipe) = pipe {
@@ -90,7 +90,7 @@ pub fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
 
 /// Reads a pipe line by line on a thread, for a test that must react to a
 /// running child's output (a node's startup lines) before it exits.
-pub fn read_lines(pipe: impl Read + Send + 'static) -> Receiver<String> {
+pub(crate) fn read_lines(pipe: impl Read + Send + 'static) -> Receiver<String> {
     let (tx, lines) = mpsc::channel();
     thread::spawn(move || {
         // Reads to the end even when nobody listens any more: a closed
@@ -105,7 +105,7 @@ pub fn read_lines(pipe: impl Read + Send + 'static) -> Receiver<String> {
 
 /// How a finished command went.
 #[derive(Debug)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub what: String,
     pub status: ExitStatus,
     pub stdout: String,
@@ -113,19 +113,19 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn code(&self) -> Option<i32> {
+    pub(crate) fn code(&self) -> Option<i32> {
         self.status.code()
     }
 
     /// Fails unless the command exited 0.
-    pub fn success(self) -> Outcome {
+    pub(crate) fn success(self) -> Outcome {
         assert!(self.status.success(), "{} failed: {self:#?}", self.what);
         self
     }
 
     /// The single line a failing command must print on stderr; fails if it
     /// printed more or less, or panicked.
-    pub fn one_error_line(&self) -> &str {
+    pub(crate) fn one_error_line(&self) -> &str {
         assert!(
             !self.stderr.contains("panicked"),
             "{} panicked: {}",
@@ -148,7 +148,7 @@ impl Outcome {
 }
 
 /// Runs a command to completion (or fails the test after [`PATIENCE`]).
-pub fn run_command(cmd: Command, what: String) -> Outcome {
+pub(crate) fn run_command(cmd: Command, what: String) -> Outcome {
     let mut child = Guarded::spawn(cmd, what.clone());
     let out = drain(child.child.stdout.take());
     let err = drain(child.child.stderr.take());

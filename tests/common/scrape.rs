@@ -8,11 +8,11 @@ use mxp::admin;
 
 /// One scrape: every sample, keyed by its series as printed
 /// (`name{label="value",...}`).
-pub struct Scrape(pub HashMap<String, f64>);
+pub(crate) struct Scrape(pub HashMap<String, f64>);
 
 impl Scrape {
     /// Scrapes the admin endpoint at `admin` (a hang guard of a minute).
-    pub async fn at(admin: SocketAddr) -> Scrape {
+    pub(crate) async fn at(admin: SocketAddr) -> Scrape {
         let (status, text) = tokio::time::timeout(
             Duration::from_secs(60),
             admin::request(admin, "GET", "/metrics", None, None),
@@ -32,7 +32,7 @@ impl Scrape {
         Scrape(samples)
     }
 
-    pub fn get(&self, series: &str) -> f64 {
+    pub(crate) fn get(&self, series: &str) -> f64 {
         *self
             .0
             .get(series)

@@ -12,7 +12,7 @@ use super::tempdir::path_str;
 
 /// One decoded packet, as tshark prints its fields.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub src: SocketAddr,
     pub dst: SocketAddr,
     /// IP header and UDP checksums both verified good.
@@ -23,7 +23,7 @@ pub struct Seen {
 /// source, destination and checksum verdicts. Fails the test if tshark
 /// refuses the file; `None` (the check skipped, said on stderr) where
 /// tshark is not installed, unless `MXP_REQUIRE_TSHARK` is set.
-pub fn tshark(file: &Path) -> Option<Vec<Seen>> {
+pub(crate) fn tshark(file: &Path) -> Option<Vec<Seen>> {
     let mut cmd = Command::new("tshark");
     cmd.args(["-n", "-r", path_str(file)])
         .args([

@@ -87,7 +87,7 @@ pub(crate) struct Datagrams {
 }
 
 impl Datagrams {
-    pub fn new(send_limit: usize, recv_limit: usize) -> Self {
+    pub(crate) fn new(send_limit: usize, recv_limit: usize) -> Self {
         Datagrams {
             outgoing: Default::default(),
             outgoing_bytes: 0,
@@ -102,7 +102,12 @@ impl Datagrams {
     }
 
     /// Queues a datagram. Returns true if the band's queue needs scheduling.
-    pub fn send(&mut self, data: Bytes, band: Band, max: usize) -> Result<bool, DatagramError> {
+    pub(crate) fn send(
+        &mut self,
+        data: Bytes,
+        band: Band,
+        max: usize,
+    ) -> Result<bool, DatagramError> {
         if max == 0 {
             return Err(DatagramError::Disabled);
         }
@@ -133,7 +138,7 @@ impl Datagrams {
 
     /// Writes the band's next datagram if it fits in `space`. Returns the
     /// frame's size (0 if nothing was written) and whether more are queued.
-    pub fn write(&mut self, band: Band, space: usize, out: &mut Vec<u8>) -> (usize, bool) {
+    pub(crate) fn write(&mut self, band: Band, space: usize, out: &mut Vec<u8>) -> (usize, bool) {
         let i = band.index();
         let q = &mut self.outgoing[i];
         let Some(front) = q.front() else {
@@ -156,7 +161,7 @@ impl Datagrams {
 
     /// A datagram arrived. Returns whether the queue was empty (the
     /// application needs telling only then: it reads until it is empty).
-    pub fn receive(&mut self, data: &[u8]) -> bool {
+    pub(crate) fn receive(&mut self, data: &[u8]) -> bool {
         let was_empty = self.incoming.is_empty();
         if self.recv_block.capacity() < data.len() {
             self.recv_block.reserve(RECV_BLOCK.max(data.len()));
@@ -178,7 +183,7 @@ impl Datagrams {
     }
 
     /// Next received datagram.
-    pub fn recv(&mut self) -> Option<Bytes> {
+    pub(crate) fn recv(&mut self) -> Option<Bytes> {
         let d = self.incoming.pop_front()?;
         self.incoming_bytes -= d.len() + DATAGRAM_ENTRY_COST;
         Some(d)

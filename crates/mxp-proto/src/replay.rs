@@ -22,14 +22,14 @@ use thiserror::Error;
 ///
 /// 2048 packets is ~2.4 MB of 1200-byte datagrams: far more reordering than a
 /// datacenter fabric produces, for 256 bytes of state per connection.
-pub const WINDOW: u64 = 2048;
+pub(crate) const WINDOW: u64 = 2048;
 
 const WORD_BITS: u64 = u64::BITS as u64;
 const WORDS: usize = (WINDOW / WORD_BITS) as usize;
 
 /// Why [`ReplayWindow::check`] refused a packet number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     /// This packet number was already accepted: a replay or a duplicate.
     #[error("duplicate packet number")]
     Duplicate,
@@ -45,7 +45,7 @@ pub enum Rejection {
 /// `largest - WINDOW + 1 ..= largest`; advancing `largest` clears the bits of
 /// the packet numbers it skips over.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplayWindow {
+pub(crate) struct ReplayWindow {
     largest: Option<u64>,
     bits: [u64; WORDS],
 }
@@ -58,7 +58,7 @@ impl Default for ReplayWindow {
 
 impl ReplayWindow {
     /// An empty window: every packet number is acceptable.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             largest: None,
             bits: [0; WORDS],
@@ -66,14 +66,14 @@ impl ReplayWindow {
     }
 
     /// Largest packet number marked so far, if any.
-    pub fn largest(&self) -> Option<u64> {
+    pub(crate) fn largest(&self) -> Option<u64> {
         self.largest
     }
 
     /// Whether `pn` may be accepted. Does not change the window: call it
     /// before decrypting, and [`mark`](Self::mark) only once the packet has
     /// authenticated.
-    pub fn check(&self, pn: u64) -> Result<(), Rejection> {
+    pub(crate) fn check(&self, pn: u64) -> Result<(), Rejection> {
         let Some(largest) = self.largest else {
             return Ok(());
         };
@@ -93,7 +93,7 @@ impl ReplayWindow {
     /// new largest. Call only after [`check`](Self::check) succeeded and the
     /// packet authenticated; marking a packet number that `check` would
     /// reject is a no-op.
-    pub fn mark(&mut self, pn: u64) {
+    pub(crate) fn mark(&mut self, pn: u64) {
         match self.largest {
             None => {
                 self.largest = Some(pn);

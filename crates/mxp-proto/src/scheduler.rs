@@ -66,7 +66,7 @@ pub(crate) struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(weights: [u32; Band::COUNT]) -> Self {
+    pub(crate) fn new(weights: [u32; Band::COUNT]) -> Self {
         Scheduler {
             bands: Default::default(),
             weights: weights.map(|w| u64::from(w.max(1))),
@@ -76,7 +76,7 @@ impl Scheduler {
     }
 
     /// A flow has data; it must not be queued already (callers track that).
-    pub fn push(&mut self, band: Band, flow: Flow) {
+    pub(crate) fn push(&mut self, band: Band, flow: Flow) {
         let q = &mut self.bands[band.index()];
         if q.flows.is_empty() {
             q.start_tag = q.start_tag.max(self.virtual_time);
@@ -86,7 +86,7 @@ impl Scheduler {
     }
 
     /// The band to serve next and its flow at the front of the line.
-    pub fn peek(&self) -> Option<(Band, Flow)> {
+    pub(crate) fn peek(&self) -> Option<(Band, Flow)> {
         Band::ALL
             .into_iter()
             .filter_map(|b| {
@@ -100,7 +100,7 @@ impl Scheduler {
 
     /// The front flow of `band` sent a frame of `bytes`; `more` says whether
     /// it still has data (then it goes to the back of its band's line).
-    pub fn sent(&mut self, band: Band, bytes: usize, more: bool) {
+    pub(crate) fn sent(&mut self, band: Band, bytes: usize, more: bool) {
         let i = band.index();
         let q = &mut self.bands[i];
         self.virtual_time = self.virtual_time.max(q.start_tag);
@@ -117,18 +117,18 @@ impl Scheduler {
     }
 
     /// The front flow of `band` turned out to have nothing to send.
-    pub fn drop_front(&mut self, band: Band) {
+    pub(crate) fn drop_front(&mut self, band: Band) {
         self.bands[band.index()].flows.pop_front();
     }
 
     /// Whether nothing is queued.
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.bands.iter().all(|q| q.flows.is_empty())
     }
 
     /// Per-band counters.
-    pub fn stats(&self) -> [BandStats; Band::COUNT] {
+    pub(crate) fn stats(&self) -> [BandStats; Band::COUNT] {
         self.stats
     }
 }

@@ -21,7 +21,7 @@ pub(crate) struct Pair {
 }
 
 impl Pair {
-    pub fn new() -> Pair {
+    pub(crate) fn new() -> Pair {
         let now = Instant::now();
         let unix = Duration::from_secs(1_767_225_600);
         let server_keys = Keypair::generate();
@@ -46,24 +46,24 @@ impl Pair {
 
     /// Replaces the server with a fresh endpoint holding the same key, as a
     /// restarted node would be: no connections, same identity.
-    pub fn restart_server(&mut self) {
+    pub(crate) fn restart_server(&mut self) {
         let config = EndpointConfig::server(self.server_keys.clone());
         self.server = Endpoint::new(config, self.now, Duration::from_secs(1_767_225_600));
     }
 
     /// The next datagram the client sends.
-    pub fn client_datagram(&mut self) -> Vec<u8> {
+    pub(crate) fn client_datagram(&mut self) -> Vec<u8> {
         next_datagram(&mut self.client, self.now)
     }
 
     /// The next datagram the server sends.
-    pub fn server_datagram(&mut self) -> Vec<u8> {
+    pub(crate) fn server_datagram(&mut self) -> Vec<u8> {
         next_datagram(&mut self.server, self.now)
     }
 
     /// Hands `datagram` to the server as from the client, and runs the
     /// handshake job it queued if any: what became of it.
-    pub fn deliver_to_server(&mut self, datagram: &[u8]) -> Incoming {
+    pub(crate) fn deliver_to_server(&mut self, datagram: &[u8]) -> Incoming {
         let outcome = self
             .server
             .handle(self.now, self.client_addr, BytesMut::from(datagram));
@@ -74,7 +74,7 @@ impl Pair {
     }
 
     /// Delivers everything the client wants to send; returns how many.
-    pub fn client_to_server(&mut self) -> usize {
+    pub(crate) fn client_to_server(&mut self) -> usize {
         carry(
             &mut self.client,
             self.client_addr,
@@ -84,7 +84,7 @@ impl Pair {
     }
 
     /// Delivers everything the server wants to send; returns how many.
-    pub fn server_to_client(&mut self) -> usize {
+    pub(crate) fn server_to_client(&mut self) -> usize {
         carry(
             &mut self.server,
             self.server_addr,

@@ -48,14 +48,14 @@ impl From<UnexpectedEnd> for ParamsError {
 }
 
 mod id {
-    pub const IDLE_TIMEOUT_US: u64 = 0x01;
-    pub const MAX_UDP_PAYLOAD: u64 = 0x03;
-    pub const MAX_DATA: u64 = 0x04;
-    pub const MAX_STREAM_DATA: u64 = 0x05;
-    pub const MAX_STREAMS_BIDI: u64 = 0x08;
-    pub const MAX_STREAMS_UNI: u64 = 0x09;
-    pub const MAX_ACK_DELAY_US: u64 = 0x0b;
-    pub const MAX_DATAGRAM: u64 = 0x20;
+    pub(super) const IDLE_TIMEOUT_US: u64 = 0x01;
+    pub(super) const MAX_UDP_PAYLOAD: u64 = 0x03;
+    pub(super) const MAX_DATA: u64 = 0x04;
+    pub(super) const MAX_STREAM_DATA: u64 = 0x05;
+    pub(super) const MAX_STREAMS_BIDI: u64 = 0x08;
+    pub(super) const MAX_STREAMS_UNI: u64 = 0x09;
+    pub(super) const MAX_ACK_DELAY_US: u64 = 0x0b;
+    pub(super) const MAX_DATAGRAM: u64 = 0x20;
 }
 
 impl TransportParams {

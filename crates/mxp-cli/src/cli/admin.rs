@@ -17,7 +17,7 @@ use super::{CliError, parse_duration};
 
 /// Environment variable holding the admin token, so it need not appear on
 /// a command line (where `ps` shows it).
-pub const TOKEN_ENV: &str = "MXP_ADMIN_TOKEN";
+pub(crate) const TOKEN_ENV: &str = "MXP_ADMIN_TOKEN";
 
 /// How long to wait for the node's answer: a guard, since no admin request
 /// blocks on the node's traffic.
@@ -25,7 +25,7 @@ const PATIENCE: Duration = Duration::from_secs(10);
 
 /// `mxp admin` flags.
 #[derive(Debug, Args)]
-pub struct AdminArgs {
+pub(crate) struct AdminArgs {
     /// The node's admin address, as given to `mxp serve --admin`
     /// (host:port, optionally with http://).
     #[arg(value_name = "ADDR")]
@@ -40,7 +40,7 @@ pub struct AdminArgs {
 
 /// What `mxp admin` asks the node.
 #[derive(Debug, Subcommand)]
-pub enum AdminAction {
+pub(crate) enum AdminAction {
     /// Which carriers accept new sessions, drains in progress, connections
     /// per carrier (JSON).
     Status,
@@ -85,7 +85,7 @@ pub enum AdminAction {
 
 /// What `mxp admin ADDR capture` does.
 #[derive(Debug, Subcommand)]
-pub enum CaptureAction {
+pub(crate) enum CaptureAction {
     /// Starts a capture into a new file, written by the node (a relative
     /// path is taken from this command's working directory). Prints the
     /// capture status.
@@ -110,7 +110,7 @@ fn parse_carriers(s: &str) -> Result<Carriers, String> {
 }
 
 /// Sends the request and prints the answer.
-pub async fn run(args: AdminArgs) -> Result<(), CliError> {
+pub(crate) async fn run(args: AdminArgs) -> Result<(), CliError> {
     let addr = resolve(&args.addr).await?;
     let token = args
         .token

@@ -18,7 +18,7 @@ use super::{CliError, parse_duration};
 /// `mxp attack` flags, or the `flood` subcommand.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
-pub struct AttackArgs {
+pub(crate) struct AttackArgs {
     #[command(subcommand)]
     pub what: Option<AttackCommand>,
     /// The node: mxp://host:port (or host:port). Only loopback unless
@@ -48,7 +48,7 @@ pub struct AttackArgs {
 
 /// One resilience check.
 #[derive(Debug, Subcommand)]
-pub enum AttackCommand {
+pub(crate) enum AttackCommand {
     /// Floods a node with handshake initiations from many source ports,
     /// never reading the answers (a blind, spoofing sender). Watch the
     /// node's mxp_handshakes_total, mxp_handshakes_limited_total and
@@ -58,7 +58,7 @@ pub enum AttackCommand {
 
 /// `mxp attack flood` flags.
 #[derive(Debug, Args)]
-pub struct FloodArgs {
+pub(crate) struct FloodArgs {
     /// The node's MXP address (host:port), or its QUIC address with
     /// `--carrier quic`.
     pub target: SocketAddr,
@@ -105,7 +105,7 @@ struct Report {
 }
 
 /// Runs the check and prints what was sent.
-pub async fn run(args: AttackArgs) -> Result<(), CliError> {
+pub(crate) async fn run(args: AttackArgs) -> Result<(), CliError> {
     match args.what {
         Some(AttackCommand::Flood(f)) => flood(f).await,
         None => attack(args).await,

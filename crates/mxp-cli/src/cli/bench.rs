@@ -15,7 +15,7 @@ use super::{CliError, parse_duration};
 
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Scenario {
+pub(crate) enum Scenario {
     /// Request/response latency: one call at a time.
     Rr,
     /// Small-message throughput: one write per message on one stream.
@@ -49,7 +49,7 @@ impl Scenario {
 
 /// `mxp bench` flags.
 #[derive(Debug, Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     #[command(flatten)]
     pub client: ClientArgs,
     /// Which scenario.
@@ -64,7 +64,7 @@ pub struct BenchArgs {
 }
 
 /// Runs the scenario and prints its figures.
-pub async fn run(args: BenchArgs) -> Result<(), CliError> {
+pub(crate) async fn run(args: BenchArgs) -> Result<(), CliError> {
     let size = args.size.unwrap_or(args.scenario.default_size());
     let mut figures = BTreeMap::new();
     let carrier = match args.scenario {

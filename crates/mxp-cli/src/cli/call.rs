@@ -11,7 +11,7 @@ use super::client::ClientArgs;
 
 /// `mxp call` flags.
 #[derive(Debug, Args)]
-pub struct CallArgs {
+pub(crate) struct CallArgs {
     #[command(flatten)]
     pub client: ClientArgs,
     /// The request payload.
@@ -29,7 +29,7 @@ struct Report<'a> {
 }
 
 /// Makes the call and prints the response payload.
-pub async fn run(args: CallArgs) -> Result<(), CliError> {
+pub(crate) async fn run(args: CallArgs) -> Result<(), CliError> {
     let client = args.client.connect().await?;
     let request =
         Message::new(MessageType::Call, args.data.clone().into_bytes()).with_message_id(1);

@@ -14,7 +14,7 @@ use super::{CliError, keygen, parse_duration};
 
 /// Flags of every client command.
 #[derive(Debug, Clone, Args)]
-pub struct ClientArgs {
+pub(crate) struct ClientArgs {
     /// The node: mxp://host:port (add ?quic=PORT if its QUIC port is not
     /// the MXP port + 1).
     pub url: String,
@@ -57,7 +57,7 @@ fn parse_carrier(s: &str) -> Result<CarrierMode, String> {
 }
 
 /// A connected client.
-pub struct Client {
+pub(crate) struct Client {
     pub endpoint: Endpoint,
     pub conn: Connection,
     /// Time from sending the first handshake packet to being connected.
@@ -69,7 +69,7 @@ pub struct Client {
 
 impl ClientArgs {
     /// Checks the flags, binds a socket and connects.
-    pub async fn connect(&self) -> Result<Client, CliError> {
+    pub(crate) async fn connect(&self) -> Result<Client, CliError> {
         let server_key = keygen::parse_public_key(&self.server_key)?;
         let remote = mxp::resolve_address(&self.url)
             .await
@@ -122,7 +122,7 @@ impl ClientArgs {
 }
 
 /// One line saying why a connection failed, and what to check.
-pub fn connect_failure(url: &str, timeout: Duration, e: ConnectError) -> CliError {
+pub(crate) fn connect_failure(url: &str, timeout: Duration, e: ConnectError) -> CliError {
     match e {
         ConnectError::Handshake(ConnectionError::HandshakeTimedOut) => CliError::Failed(format!(
             "no answer from {url} within {timeout:?}: is a node listening there?"
@@ -136,7 +136,7 @@ pub fn connect_failure(url: &str, timeout: Duration, e: ConnectError) -> CliErro
 
 impl Client {
     /// Closes the connection and waits (briefly) for the node to hear it.
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         self.conn.close(0, b"done");
         drop(self.conn);
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;

@@ -30,7 +30,7 @@ use super::{CliError, logging, parse_duration};
 /// Everything `mxp serve` needs to start a node, after the file (if any)
 /// has been applied over the defaults.
 #[derive(Debug, Clone)]
-pub struct NodeConfig {
+pub(crate) struct NodeConfig {
     /// Where the node listens. Loopback by default, so a node started without
     /// thought is not reachable from the network.
     pub listen: SocketAddr,
@@ -76,7 +76,7 @@ pub struct NodeConfig {
 
 /// Where the QUIC carrier listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuicListen {
+pub(crate) enum QuicListen {
     /// The MXP address with the port one up (port 0 stays 0): where a
     /// client given only the MXP address looks first.
     NextPort,
@@ -89,7 +89,7 @@ pub enum QuicListen {
 impl QuicListen {
     /// The QUIC address for a node whose MXP address is `listen`; `Err`
     /// when the port one up does not exist.
-    pub fn resolve(self, listen: SocketAddr) -> Result<Option<SocketAddr>, String> {
+    pub(crate) fn resolve(self, listen: SocketAddr) -> Result<Option<SocketAddr>, String> {
         match self {
             QuicListen::Off => Ok(None),
             QuicListen::At(addr) => Ok(Some(addr)),
@@ -119,7 +119,7 @@ impl std::str::FromStr for QuicListen {
 }
 
 /// The drain timeout when none is configured.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = mxp::DEFAULT_DRAIN_TIMEOUT;
+pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = mxp::DEFAULT_DRAIN_TIMEOUT;
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -145,7 +145,7 @@ impl Default for NodeConfig {
 /// where there is one, the key and the problem, because that line is all an
 /// operator sees when `mxp serve` exits with code 2.
 #[derive(Debug, Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     /// The file could not be read (missing, unreadable, not UTF-8).
     #[error("config {}: cannot read: {source}", path.display())]
     Read {
@@ -198,7 +198,7 @@ impl fmt::Display for Position {
 
 /// Reads the node configuration from `path`, or returns the defaults when
 /// there is no file, so `mxp serve` with no arguments needs no config.
-pub fn load(path: Option<&Path>) -> Result<NodeConfig, ConfigError> {
+pub(crate) fn load(path: Option<&Path>) -> Result<NodeConfig, ConfigError> {
     let Some(path) = path else {
         return Ok(NodeConfig::default());
     };

@@ -20,7 +20,7 @@ use mxp::bench::Latencies;
 
 /// What the demo exchanges, and how impaired the path is.
 #[derive(Debug, Clone, Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Calls to make (Critical band), 32 in flight at a time.
     #[arg(long, default_value_t = 2000)]
     pub calls: u64,
@@ -69,7 +69,7 @@ fn failed(what: &str, e: impl std::fmt::Display) -> CliError {
 }
 
 /// Runs the demo and returns the report.
-pub async fn run(args: &DemoArgs) -> Result<String, CliError> {
+pub(crate) async fn run(args: &DemoArgs) -> Result<String, CliError> {
     let loopback = "127.0.0.1:0".parse().expect("literal");
     let node = Endpoint::bind(loopback, EndpointConfig::server(Keypair::generate()))
         .map_err(|e| failed("starting the node", e))?;

@@ -19,10 +19,10 @@ use mxp::proto::{Keypair, PublicKey};
 use super::CliError;
 
 /// Name of the secret key file in the `--out` directory.
-pub const KEY_FILE: &str = "node.key";
+pub(crate) const KEY_FILE: &str = "node.key";
 /// Name of the public key file in the `--out` directory: one line, the form
 /// `--server-key` takes, so `--server-key "$(cat DIR/node.pub)"` works.
-pub const PUB_FILE: &str = "node.pub";
+pub(crate) const PUB_FILE: &str = "node.pub";
 
 /// Generates a node keypair into `dir` (created if missing): `node.key`
 /// (64 hex digits and a newline, mode 0600) and `node.pub` (the public key,
@@ -32,7 +32,7 @@ pub const PUB_FILE: &str = "node.pub";
 /// changes the node's identity under every client that pinned it. With
 /// `force` the new key is written to a fresh 0600 file and renamed over the
 /// old one, so a crash leaves either the old key or the new one.
-pub fn generate(dir: &Path, force: bool) -> Result<PublicKey, CliError> {
+pub(crate) fn generate(dir: &Path, force: bool) -> Result<PublicKey, CliError> {
     fs::create_dir_all(dir)
         .map_err(|e| CliError::Failed(format!("cannot create directory {}: {e}", dir.display())))?;
     let keypair = Keypair::generate();
@@ -98,7 +98,7 @@ fn write_secret(path: &Path, secret: &str) -> io::Result<()> {
 /// A file that group or other users can access still loads, with a warning,
 /// so a node is not kept down by a permissions slip on a host where that is
 /// acceptable.
-pub fn load_keypair(path: &Path) -> Result<Keypair, CliError> {
+pub(crate) fn load_keypair(path: &Path) -> Result<Keypair, CliError> {
     let shown = path.display();
     let usage = |problem: String| CliError::Usage(format!("key file {shown}: {problem}"));
     let meta = fs::metadata(path).map_err(|e| match e.kind() {
@@ -160,7 +160,7 @@ fn hex(bytes: &[u8]) -> String {
 /// Parses a `--server-key` value: the server's public key as 64 hex digits
 /// (the one line of its `node.pub`). The error names the flag, because a
 /// client command has several arguments that could be wrong.
-pub fn parse_public_key(s: &str) -> Result<PublicKey, CliError> {
+pub(crate) fn parse_public_key(s: &str) -> Result<PublicKey, CliError> {
     if s.trim().is_empty() {
         return Err(CliError::Usage(
             "--server-key: empty; pass the server's public key (the line in its node.pub)"

@@ -28,11 +28,11 @@ use super::CliError;
 
 /// The filter used when nothing else is set: lifecycle events and problems,
 /// quiet enough for a node that runs for weeks.
-pub const DEFAULT_FILTER: &str = "info";
+pub(crate) const DEFAULT_FILTER: &str = "info";
 
 /// `info` everywhere, `debug` for the handshake: the rollout checklist's
 /// filter, for watching admissions, refusals and retries on a new node.
-pub const HANDSHAKE_DEBUG: &str = "info,mxp_proto::handshake=debug";
+pub(crate) const HANDSHAKE_DEBUG: &str = "info,mxp_proto::handshake=debug";
 
 /// Installs the process-wide logger, writing to stderr (stdout is kept for
 /// results, such as `--json` output).
@@ -43,7 +43,7 @@ pub const HANDSHAKE_DEBUG: &str = "info,mxp_proto::handshake=debug";
 /// from; a second call fails, because the logger can only be installed once.
 /// The returned [`LogFilter`] changes the filter while the process runs
 /// (the admin endpoint's `/log`, a config reload).
-pub fn init<'a>(filter: impl Into<Option<&'a str>>) -> Result<LogFilter, CliError> {
+pub(crate) fn init<'a>(filter: impl Into<Option<&'a str>>) -> Result<LogFilter, CliError> {
     let (source, text) = choose(filter.into(), rust_log()?);
     let filter = parse_filter(&text).map_err(|e| CliError::Usage(format!("{source}: {e}")))?;
     let (filter, handle) = reload::Layer::new(filter);
@@ -65,7 +65,7 @@ pub fn init<'a>(filter: impl Into<Option<&'a str>>) -> Result<LogFilter, CliErro
 
 /// The filter [`init`] would choose for `explicit`: it, else `RUST_LOG`,
 /// else [`DEFAULT_FILTER`] (what a config reload puts in force).
-pub fn resolve(explicit: Option<&str>) -> Result<String, CliError> {
+pub(crate) fn resolve(explicit: Option<&str>) -> Result<String, CliError> {
     Ok(choose(explicit, rust_log()?).1)
 }
 
@@ -96,7 +96,7 @@ fn choose(explicit: Option<&str>, env: Option<String>) -> (&'static str, String)
 /// `EnvFilter` alone would look for a target named `" mxp"`). `EnvFilter`
 /// only says that *some* directive is bad, so each is checked on its own
 /// and the error quotes the first bad one.
-pub fn parse_filter(filter: &str) -> Result<EnvFilter, String> {
+pub(crate) fn parse_filter(filter: &str) -> Result<EnvFilter, String> {
     let directives: Vec<&str> = filter
         .split(',')
         .map(str::trim)

@@ -1,24 +1,24 @@
 //! The `mxp` command's pieces: one module per subcommand, plus what they
 //! share (argument parsers, the error type that decides the exit code).
 
-pub mod admin;
-pub mod attack;
-pub mod bench;
-pub mod call;
-pub mod client;
-pub mod config;
-pub mod demo;
-pub mod keygen;
-pub mod logging;
-pub mod ping;
-pub mod relay;
-pub mod serve;
+pub(crate) mod admin;
+pub(crate) mod attack;
+pub(crate) mod bench;
+pub(crate) mod call;
+pub(crate) mod client;
+pub(crate) mod config;
+pub(crate) mod demo;
+pub(crate) mod keygen;
+pub(crate) mod logging;
+pub(crate) mod ping;
+pub(crate) mod relay;
+pub(crate) mod serve;
 
 use std::process::ExitCode;
 
 /// Why a command failed; decides the exit code.
 #[derive(Debug)]
-pub enum CliError {
+pub(crate) enum CliError {
     /// Bad flags, config or key files: nothing was started (exit 2).
     Usage(String),
     /// Something failed while running (exit 1).
@@ -27,7 +27,7 @@ pub enum CliError {
 
 impl CliError {
     /// The process exit code for this error.
-    pub fn exit_code(&self) -> ExitCode {
+    pub(crate) fn exit_code(&self) -> ExitCode {
         match self {
             CliError::Usage(_) => ExitCode::from(2),
             CliError::Failed(_) => ExitCode::from(1),
@@ -44,7 +44,7 @@ impl std::fmt::Display for CliError {
 }
 
 /// Parses a probability in `[0, 1)`, such as a loss rate.
-pub fn parse_fraction(s: &str) -> Result<f64, String> {
+pub(crate) fn parse_fraction(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .trim()
         .parse()
@@ -59,7 +59,7 @@ pub fn parse_fraction(s: &str) -> Result<f64, String> {
 /// Parses durations like `50us`, `2ms`, `1s`, `5m` (the library's parser,
 /// so the admin endpoint reads `?timeout=` exactly as the CLI and the config
 /// file do).
-pub use mxp::admin::parse_duration;
+pub(crate) use mxp::admin::parse_duration;
 
 #[cfg(test)]
 mod tests {

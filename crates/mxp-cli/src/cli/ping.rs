@@ -12,7 +12,7 @@ use mxp::bench::{Latencies, Summary};
 
 /// `mxp ping` flags.
 #[derive(Debug, Args)]
-pub struct PingArgs {
+pub(crate) struct PingArgs {
     #[command(flatten)]
     pub client: ClientArgs,
     /// Number of round trips.
@@ -38,7 +38,7 @@ struct Report {
 }
 
 /// Runs the pings and prints the report.
-pub async fn run(args: PingArgs) -> Result<(), CliError> {
+pub(crate) async fn run(args: PingArgs) -> Result<(), CliError> {
     let client = args.client.connect().await?;
     let payload = vec![0x5a; args.size];
     let mut rtts = Latencies::default();

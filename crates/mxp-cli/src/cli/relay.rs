@@ -14,7 +14,7 @@ use crate::cli::{CliError, parse_duration, parse_fraction};
 /// Where to relay and how to impair. Probabilities and delays apply to
 /// each direction separately.
 #[derive(Debug, Clone, Args)]
-pub struct RelayArgs {
+pub(crate) struct RelayArgs {
     /// Address to receive client datagrams on.
     #[arg(long, value_name = "ADDR")]
     pub listen: SocketAddr,
@@ -49,7 +49,7 @@ pub struct RelayArgs {
 
 impl RelayArgs {
     /// The library configuration these flags describe.
-    pub fn config(&self) -> RelayConfig {
+    pub(crate) fn config(&self) -> RelayConfig {
         RelayConfig {
             loss: self.loss,
             delay: self.delay,
@@ -98,7 +98,7 @@ fn describe(config: &RelayConfig) -> String {
 }
 
 /// Runs the relay until Ctrl-C, then prints its counters.
-pub async fn run(args: RelayArgs) -> Result<(), CliError> {
+pub(crate) async fn run(args: RelayArgs) -> Result<(), CliError> {
     let config = args.config();
     let summary = describe(&config);
     let relay = Relay::bind(config)

@@ -22,7 +22,7 @@ use super::{CliError, config, keygen, logging, parse_duration};
 
 /// `mxp serve` flags; they override the config file.
 #[derive(Debug, Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:9000).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
@@ -75,7 +75,7 @@ const DRAIN_ON_EXIT: Duration = Duration::from_secs(2);
 
 /// Loads everything, starts the node and serves until told to stop.
 /// Nothing is started if the flags, config or key are bad.
-pub async fn run(args: ServeArgs) -> Result<(), CliError> {
+pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     let file = config::load(args.config.as_deref())?;
     let signals = Signals::install();
     let flag_filter = match args.debug_handshake {

@@ -4,12 +4,12 @@
 //! support (tests/common), shared rather than copied.
 #![allow(dead_code)]
 
-pub mod node;
+pub(crate) mod node;
 #[path = "../../../../tests/common/process.rs"]
-pub mod process;
+pub(crate) mod process;
 #[path = "../../../../tests/common/scrape.rs"]
-pub mod scrape;
+pub(crate) mod scrape;
 #[path = "../../../../tests/common/tempdir.rs"]
-pub mod tempdir;
+pub(crate) mod tempdir;
 #[path = "../../../../tests/common/tshark.rs"]
-pub mod tshark;
+pub(crate) mod tshark;

@@ -13,25 +13,25 @@ use mxp::proto::PublicKey;
 use super::process::{Guarded, Outcome, PATIENCE, drain, read_lines, run_command};
 use super::tempdir::{TempDir, path_str};
 
-pub fn mxp() -> Command {
+pub(crate) fn mxp() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mxp"))
 }
 
 /// Runs `mxp ARGS...` to completion.
-pub fn run(args: &[&str]) -> Outcome {
+pub(crate) fn run(args: &[&str]) -> Outcome {
     let mut cmd = mxp();
     cmd.args(args);
     run_command(cmd, format!("mxp {}", args.join(" ")))
 }
 
 /// A node keypair written by `mxp keygen`.
-pub struct Keys {
+pub(crate) struct Keys {
     pub dir: TempDir,
     pub public: String,
 }
 
 impl Keys {
-    pub fn generate(name: &str) -> Keys {
+    pub(crate) fn generate(name: &str) -> Keys {
         let dir = TempDir::new(name);
         let out = run(&["keygen", "--out", path_str(dir.dir())]).success();
         Keys {
@@ -40,13 +40,13 @@ impl Keys {
         }
     }
 
-    pub fn secret_file(&self) -> PathBuf {
+    pub(crate) fn secret_file(&self) -> PathBuf {
         self.dir.path("node.key")
     }
 }
 
 /// A running `mxp serve`, killed when dropped.
-pub struct Node {
+pub(crate) struct Node {
     pub process: Guarded,
     pub addr: SocketAddr,
     pub key: String,
@@ -60,13 +60,13 @@ pub struct Node {
 impl Node {
     /// Starts `mxp serve ARGS...` and waits for it to print its address and
     /// public key.
-    pub fn start(args: &[&str]) -> Node {
+    pub(crate) fn start(args: &[&str]) -> Node {
         let mut cmd = mxp();
         cmd.arg("serve").args(args);
         Node::start_command(cmd, format!("mxp serve {}", args.join(" ")))
     }
 
-    pub fn start_command(cmd: Command, what: String) -> Node {
+    pub(crate) fn start_command(cmd: Command, what: String) -> Node {
         let mut process = Guarded::spawn(cmd, what);
         let lines = read_lines(process.child.stdout.take().expect("piped stdout"));
         let stderr = drain(process.child.stderr.take());
@@ -115,12 +115,12 @@ impl Node {
         }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("mxp://{}", self.addr)
     }
 
     /// The address printed after `prefix` in the startup lines.
-    pub fn printed_addr(&self, prefix: &str) -> SocketAddr {
+    pub(crate) fn printed_addr(&self, prefix: &str) -> SocketAddr {
         self.banner
             .iter()
             .find_map(|l| l.strip_prefix(prefix))
@@ -131,13 +131,13 @@ impl Node {
     }
 
     /// The admin endpoint's address, as printed.
-    pub fn admin_addr(&self) -> String {
+    pub(crate) fn admin_addr(&self) -> String {
         self.printed_addr("admin endpoint on http://").to_string()
     }
 
     /// The next stdout lines after the startup lines, until one starting
     /// with `prefix` (inclusive).
-    pub fn lines_until(&self, prefix: &str) -> Vec<String> {
+    pub(crate) fn lines_until(&self, prefix: &str) -> Vec<String> {
         let deadline = Instant::now() + PATIENCE;
         let mut seen = Vec::new();
         loop {
@@ -156,7 +156,7 @@ impl Node {
     }
 
     /// Sends the node a signal by name (`HUP`, `TERM`...).
-    pub fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let pid = self.process.pid().to_string();
         let sent = Command::new("kill")
             .args([&format!("-{name}"), &pid])
@@ -165,24 +165,24 @@ impl Node {
         assert!(sent.success(), "kill -{name} {pid} failed");
     }
 
-    pub fn public_key(&self) -> PublicKey {
+    pub(crate) fn public_key(&self) -> PublicKey {
         self.key.parse().expect("the node prints a valid key")
     }
 
     /// `mxp ping URL --server-key KEY ARGS...` against this node.
-    pub fn ping(&self, args: &[&str]) -> Outcome {
+    pub(crate) fn ping(&self, args: &[&str]) -> Outcome {
         ping(&self.url(), &self.key, args)
     }
 
     /// Crash: SIGKILL, no chance to close anything.
-    pub fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         let _ = self.process.child.kill();
         let _ = self.process.child.wait();
     }
 
     /// Stops the node the way a service manager does (SIGTERM) and returns
     /// everything it printed after starting.
-    pub fn terminate(mut self) -> Outcome {
+    pub(crate) fn terminate(mut self) -> Outcome {
         let pid = self.process.pid().to_string();
         let sent = Command::new("kill")
             .args(["-TERM", &pid])
@@ -205,7 +205,7 @@ impl Node {
 }
 
 /// `mxp ping URL --server-key KEY ARGS...`
-pub fn ping(url: &str, key: &str, args: &[&str]) -> Outcome {
+pub(crate) fn ping(url: &str, key: &str, args: &[&str]) -> Outcome {
     let mut all = vec!["ping", url, "--server-key", key];
     all.extend_from_slice(args);
     run(&all)

@@ -27,7 +27,7 @@ pub(super) struct AckState {
 
 impl AckState {
     /// Records an authenticated packet.
-    pub fn on_packet(
+    pub(super) fn on_packet(
         &mut self,
         now: Instant,
         pn: u64,
@@ -58,22 +58,22 @@ impl AckState {
     }
 
     /// Whether an ACK must go out now, even in a packet of its own.
-    pub fn is_due(&self, now: Instant) -> bool {
+    pub(super) fn is_due(&self, now: Instant) -> bool {
         self.immediate || self.deadline.is_some_and(|d| d <= now)
     }
 
     /// Whether an ACK is worth piggybacking on a packet that goes anyway.
-    pub fn has_news(&self) -> bool {
+    pub(super) fn has_news(&self) -> bool {
         self.unacked && !self.received.is_empty()
     }
 
     /// When a delayed ACK falls due.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub(super) fn deadline(&self) -> Option<Instant> {
         if self.immediate { None } else { self.deadline }
     }
 
     /// Bytes the ACK frame needs.
-    pub fn frame_len(&self, now: Instant) -> usize {
+    pub(super) fn frame_len(&self, now: Instant) -> usize {
         Ack::ranges_encoded_len(self.received.iter_rev(), self.delay_us(now))
     }
 
@@ -85,7 +85,7 @@ impl AckState {
 
     /// Writes the ACK frame and resets the delay state. Returns the largest
     /// packet number acknowledged, to remember in the sent packet.
-    pub fn write(&mut self, now: Instant, out: &mut Vec<u8>) -> Option<u64> {
+    pub(super) fn write(&mut self, now: Instant, out: &mut Vec<u8>) -> Option<u64> {
         let largest = self.received.max()?;
         Ack::encode_ranges(self.received.iter_rev(), self.delay_us(now), out);
         self.unacked = false;
@@ -97,7 +97,7 @@ impl AckState {
 
     /// The peer received an ACK of ours covering up to `largest`: it knows
     /// about those packets, so stop repeating them.
-    pub fn on_ack_acked(&mut self, largest: u64) {
+    pub(super) fn on_ack_acked(&mut self, largest: u64) {
         // Keep the largest itself so later ACKs stay anchored to it.
         self.received.remove_below(largest);
     }
@@ -105,7 +105,7 @@ impl AckState {
     /// Whether a packet number was received already (a duplicate that slipped
     /// past the replay window cannot, but keep the check cheap and explicit).
     #[cfg(test)]
-    pub fn contains(&self, pn: u64) -> bool {
+    pub(super) fn contains(&self, pn: u64) -> bool {
         self.received.contains(pn)
     }
 }

@@ -45,12 +45,12 @@ pub(crate) struct ClientHello {
 }
 
 impl ClientHello {
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.timestamp.to_be_bytes());
         self.params.encode(out);
     }
 
-    pub fn decode(buf: &[u8]) -> Option<Self> {
+    pub(crate) fn decode(buf: &[u8]) -> Option<Self> {
         let mut r = Reader::new(buf);
         let timestamp = r.u64().ok()?;
         let params = TransportParams::decode(r.rest()).ok()?;
@@ -76,7 +76,7 @@ pub(crate) enum ServerHello {
 }
 
 impl ServerHello {
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         match self {
             ServerHello::Accept {
                 cid,
@@ -96,7 +96,7 @@ impl ServerHello {
         }
     }
 
-    pub fn decode(buf: &[u8]) -> Option<Self> {
+    pub(crate) fn decode(buf: &[u8]) -> Option<Self> {
         let mut r = Reader::new(buf);
         match r.u8().ok()? {
             0 => {

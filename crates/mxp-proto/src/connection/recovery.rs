@@ -45,7 +45,7 @@ impl SentPacket {
     /// A 1200-byte ack-eliciting data packet: what the tests and
     /// micro-benchmarks of recovery send.
     #[cfg(any(test, feature = "test-support"))]
-    pub fn data(pn: u64, time_sent: Instant, records: Vec<Record>) -> SentPacket {
+    pub(crate) fn data(pn: u64, time_sent: Instant, records: Vec<Record>) -> SentPacket {
         SentPacket {
             pn,
             time_sent,
@@ -86,7 +86,7 @@ pub(crate) struct Recovery {
 }
 
 impl Recovery {
-    pub fn new(config: &TransportConfig, now: Instant) -> Self {
+    pub(crate) fn new(config: &TransportConfig, now: Instant) -> Self {
         let mtu = u64::from(config.max_udp_payload_size);
         let cc = NewReno::new(mtu, config.initial_window);
         let window = cc.window();
@@ -110,13 +110,18 @@ impl Recovery {
     }
 
     /// Takes an RTT sample into the estimator and the histogram.
-    pub fn rtt_sample(&mut self, latest: Duration, ack_delay: Duration, max_ack_delay: Duration) {
+    pub(crate) fn rtt_sample(
+        &mut self,
+        latest: Duration,
+        ack_delay: Duration,
+        max_ack_delay: Duration,
+    ) {
         self.rtt.update(latest, ack_delay, max_ack_delay);
         self.rtt_histogram.record(latest);
     }
 
     /// A record vector for the next packet.
-    pub fn take_records(&mut self) -> Vec<Record> {
+    pub(crate) fn take_records(&mut self) -> Vec<Record> {
         self.spare.pop().unwrap_or_default()
     }
 
@@ -124,7 +129,7 @@ impl Recovery {
     /// as many as were in flight at once (up to [`SPARE_RECORDS`]), so a
     /// connection sending a full window reuses them instead of allocating
     /// one per packet.
-    pub fn recycle(&mut self, mut records: Vec<Record>) {
+    pub(crate) fn recycle(&mut self, mut records: Vec<Record>) {
         records.clear();
         // A list grown by an unusual packet is not kept at that size.
         if records.capacity() <= SPARE_CAPACITY && self.spare.len() < SPARE_RECORDS {
@@ -133,16 +138,16 @@ impl Recovery {
     }
 
     /// Probe timeout without backoff.
-    pub fn pto(&self, config: &TransportConfig, max_ack_delay: Duration) -> Duration {
+    pub(crate) fn pto(&self, config: &TransportConfig, max_ack_delay: Duration) -> Duration {
         self.rtt.pto_base(config.timer_granularity) + max_ack_delay
     }
 
     /// Whether the congestion window has room for a packet of `size`.
-    pub fn can_send(&self, size: u64) -> bool {
+    pub(crate) fn can_send(&self, size: u64) -> bool {
         self.probes > 0 || self.bytes_in_flight + size <= self.cc.window()
     }
 
-    pub fn on_packet_sent(&mut self, now: Instant, mut packet: SentPacket) {
+    pub(crate) fn on_packet_sent(&mut self, now: Instant, mut packet: SentPacket) {
         debug_assert_eq!(packet.pn, self.base + self.sent.len() as u64);
         if packet.in_flight {
             self.bytes_in_flight += u64::from(packet.size);
@@ -164,7 +169,7 @@ impl Recovery {
 
     /// Packets sent and not yet settled (acknowledged or lost), from the
     /// oldest unsettled one on.
-    pub fn tracked_packets(&self) -> usize {
+    pub(crate) fn tracked_packets(&self) -> usize {
         self.sent.len()
     }
 
@@ -189,7 +194,7 @@ impl Recovery {
 
     /// Applies an ACK frame: newly acknowledged packets go to `acked`,
     /// packets it reveals as lost to `lost`.
-    pub fn on_ack(
+    pub(crate) fn on_ack(
         &mut self,
         now: Instant,
         ack: &Ack,
@@ -314,7 +319,7 @@ impl Recovery {
 
     /// When the loss-detection timer must fire: the time threshold of a
     /// packet not yet lost, or else the probe timeout.
-    pub fn loss_detection_deadline(
+    pub(crate) fn loss_detection_deadline(
         &self,
         config: &TransportConfig,
         max_ack_delay: Duration,
@@ -332,7 +337,7 @@ impl Recovery {
     /// The loss-detection timer fired. Either declares time-threshold
     /// losses, or (probe timeout) asks for probe packets and returns the
     /// records of the oldest packet in flight to send again in them.
-    pub fn on_timeout(
+    pub(crate) fn on_timeout(
         &mut self,
         now: Instant,
         config: &TransportConfig,

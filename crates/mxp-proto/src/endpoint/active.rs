@@ -36,7 +36,7 @@ pub(super) const EVENTS: u8 = 8;
 
 impl Active {
     /// Sets `flag` for slot `k`; whether it was clear.
-    pub fn mark(&mut self, k: usize, flag: u8) -> bool {
+    pub(super) fn mark(&mut self, k: usize, flag: u8) -> bool {
         if k >= self.queued.len() {
             self.queued.resize(k + 1, 0);
             self.deadline_of.resize(k + 1, None);
@@ -46,26 +46,26 @@ impl Active {
         was_clear
     }
 
-    pub fn clear(&mut self, k: usize, flag: u8) {
+    pub(super) fn clear(&mut self, k: usize, flag: u8) {
         if let Some(q) = self.queued.get_mut(k) {
             *q &= !flag;
         }
     }
 
-    pub fn touch(&mut self, k: usize) {
+    pub(super) fn touch(&mut self, k: usize) {
         if self.mark(k, TOUCHED) {
             self.touched.push(k);
         }
     }
 
-    pub fn retime(&mut self, k: usize) {
+    pub(super) fn retime(&mut self, k: usize) {
         if self.mark(k, RETIMED) {
             self.retimed.push(k);
         }
     }
 
     /// Re-indexes slot `k`'s timer at `at`.
-    pub fn set_deadline(&mut self, k: usize, at: Option<Instant>) {
+    pub(super) fn set_deadline(&mut self, k: usize, at: Option<Instant>) {
         self.mark(k, 0);
         if self.deadline_of[k] == at {
             return;
@@ -79,7 +79,7 @@ impl Active {
     }
 
     /// A removed connection's slot may be reused: nothing of it may stay.
-    pub fn forget(&mut self, k: usize) {
+    pub(super) fn forget(&mut self, k: usize) {
         if k < self.queued.len() {
             self.set_deadline(k, None);
             self.queued[k] = 0;

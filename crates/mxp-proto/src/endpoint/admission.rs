@@ -139,7 +139,7 @@ pub(super) struct Server {
 }
 
 impl Server {
-    pub fn new(policy: Arc<ServerConfig>, node_key: &PublicKey, now: Instant) -> Server {
+    pub(super) fn new(policy: Arc<ServerConfig>, node_key: &PublicKey, now: Instant) -> Server {
         // Initiations are remembered for twice the skew window: one stamped
         // at the window's far edge is refused by its timestamp afterwards.
         let window = 2 * policy.max_clock_skew.as_nanos() as u64 + 1_000_000_000;
@@ -188,7 +188,7 @@ impl Server {
 
     /// When a waiting job can be handed out, if a worker is free for it
     /// (it may wait for the budget).
-    pub fn next_job_at(&self) -> Option<Instant> {
+    pub(super) fn next_job_at(&self) -> Option<Instant> {
         self.worker_free().then(|| self.budget.next_token_at())
     }
 }

@@ -20,7 +20,7 @@ pub(super) struct PeerCounts {
 }
 
 impl PeerCounts {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         PeerCounts {
             by_address: HashMap::new(),
             by_key: HashMap::new(),
@@ -29,22 +29,22 @@ impl PeerCounts {
     }
 
     /// Connections accepted from `ip` that are still open.
-    pub fn at_address(&self, ip: IpAddr) -> usize {
+    pub(super) fn at_address(&self, ip: IpAddr) -> usize {
         self.by_address.get(&ip).copied().unwrap_or(0)
     }
 
     /// Connections authenticated with `key` that are still open.
-    pub fn with_key(&self, key: &PublicKey) -> usize {
+    pub(super) fn with_key(&self, key: &PublicKey) -> usize {
         self.by_key.get(key).copied().unwrap_or(0)
     }
 
-    pub fn add(&mut self, h: ConnectionHandle, ip: IpAddr, key: PublicKey) {
+    pub(super) fn add(&mut self, h: ConnectionHandle, ip: IpAddr, key: PublicKey) {
         *self.by_address.entry(ip).or_default() += 1;
         *self.by_key.entry(key).or_default() += 1;
         self.counted.insert(h, (ip, key));
     }
 
-    pub fn remove(&mut self, h: ConnectionHandle) {
+    pub(super) fn remove(&mut self, h: ConnectionHandle) {
         let Some((ip, key)) = self.counted.remove(&h) else {
             return;
         };

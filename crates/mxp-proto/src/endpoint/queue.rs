@@ -54,7 +54,7 @@ pub(super) struct HandshakeQueue {
 }
 
 impl HandshakeQueue {
-    pub fn new(cap: usize) -> Self {
+    pub(super) fn new(cap: usize) -> Self {
         HandshakeQueue {
             waiting: Vec::new(),
             cap: cap.max(1),
@@ -64,21 +64,21 @@ impl HandshakeQueue {
     }
 
     /// Initiations waiting for a worker.
-    pub fn waiting(&self) -> usize {
+    pub(super) fn waiting(&self) -> usize {
         self.waiting.len()
     }
 
     /// Jobs handed out and not yet completed.
-    pub fn running(&self) -> usize {
+    pub(super) fn running(&self) -> usize {
         self.running.len()
     }
 
     /// Initiations waiting or running.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.waiting() + self.running()
     }
 
-    pub fn admit(&mut self, initiation: Initiation, noise: Vec<u8>, share: Share) -> Admit {
+    pub(super) fn admit(&mut self, initiation: Initiation, noise: Vec<u8>, share: Share) -> Admit {
         self.next_seq += 1;
         let entry = Waiting {
             seq: self.next_seq,
@@ -103,7 +103,7 @@ impl HandshakeQueue {
 
     /// The waiting initiation with the best claim (the oldest among
     /// equals), now running under the returned id.
-    pub fn start(&mut self) -> Option<(u64, Initiation, Vec<u8>)> {
+    pub(super) fn start(&mut self) -> Option<(u64, Initiation, Vec<u8>)> {
         let best = (0..self.waiting.len())
             .min_by_key(|&i| (self.waiting[i].share, self.waiting[i].seq))?;
         let w = self.waiting.swap_remove(best);
@@ -112,7 +112,7 @@ impl HandshakeQueue {
     }
 
     /// The running initiation of job `id`, which is done.
-    pub fn finish(&mut self, id: u64) -> Option<Initiation> {
+    pub(super) fn finish(&mut self, id: u64) -> Option<Initiation> {
         self.running.remove(&id)
     }
 }

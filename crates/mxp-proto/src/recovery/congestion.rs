@@ -14,7 +14,7 @@ use super::RttEstimator;
 ///
 /// All times are supplied by the caller (sans-IO): a controller never reads a
 /// clock.
-pub trait Controller: Debug + Send {
+pub(crate) trait Controller: Debug + Send {
     /// `bytes` of ack-eliciting, in-flight data were sent at `now`.
     ///
     /// Window-based algorithms such as NewReno need nothing here, hence the
@@ -52,7 +52,6 @@ pub trait Controller: Debug + Send {
     /// Current congestion window in bytes: the most the sender may have in
     /// flight.
     fn window(&self) -> u64;
-
 }
 
 /// Parameters of [`NewReno`].
@@ -60,7 +59,7 @@ pub trait Controller: Debug + Send {
 /// Built with [`NewRenoConfig::new`] from the path MTU, then adjusted field by
 /// field if needed.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct NewRenoConfig {
+pub(crate) struct NewRenoConfig {
     /// Largest datagram the path carries: the unit of window growth in
     /// congestion avoidance, and of the defaults below.
     pub max_datagram_size: u64,
@@ -82,15 +81,15 @@ impl NewRenoConfig {
     /// 100 Gb/s link — so starting smaller would only add round trips to
     /// every short request/response exchange (most agent traffic fits in the
     /// first window). The pacer still spreads this window over an RTT.
-    pub const DEFAULT_INITIAL_PACKETS: u64 = 32;
+    pub(crate) const DEFAULT_INITIAL_PACKETS: u64 = 32;
     /// Minimum window in datagrams (RFC 9002 §7.2: 2 × max_datagram_size).
-    pub const MINIMUM_PACKETS: u64 = 2;
+    pub(crate) const MINIMUM_PACKETS: u64 = 2;
     /// RFC 9002 §7.3.2 `kLossReductionFactor`.
-    pub const DEFAULT_LOSS_REDUCTION_FACTOR: f64 = 0.5;
+    pub(crate) const DEFAULT_LOSS_REDUCTION_FACTOR: f64 = 0.5;
 
     /// Defaults for a path whose datagrams are at most `mtu` bytes:
     /// 32 × mtu initial window, 2 × mtu minimum, halving on loss.
-    pub fn new(mtu: u64) -> Self {
+    pub(crate) fn new(mtu: u64) -> Self {
         Self {
             max_datagram_size: mtu,
             initial_window: mtu.saturating_mul(Self::DEFAULT_INITIAL_PACKETS),
@@ -115,7 +114,7 @@ impl NewRenoConfig {
 ///   recovery, leaving the sender in slow start up to the new threshold.
 /// * Acknowledgements of app-limited packets do not grow the window.
 #[derive(Debug, Clone)]
-pub struct NewReno {
+pub(crate) struct NewReno {
     config: NewRenoConfig,
     window: u64,
     ssthresh: u64,
@@ -130,7 +129,7 @@ impl NewReno {
     /// NewReno for datagrams of at most `mtu` bytes starting at
     /// `initial_window` bytes; other parameters are RFC 9002's defaults.
     /// Use `NewRenoConfig::new(mtu).initial_window` for the crate's default.
-    pub fn new(mtu: u64, initial_window: u64) -> Self {
+    pub(crate) fn new(mtu: u64, initial_window: u64) -> Self {
         Self::with_config(NewRenoConfig {
             initial_window,
             ..NewRenoConfig::new(mtu)
@@ -141,7 +140,7 @@ impl NewReno {
     /// rather than rejected: the reduction factor is clamped to `(0, 1]`
     /// (NaN becomes the default) and the initial window is raised to at least
     /// the minimum window.
-    pub fn with_config(mut config: NewRenoConfig) -> Self {
+    pub(crate) fn with_config(mut config: NewRenoConfig) -> Self {
         let f = config.loss_reduction_factor;
         config.loss_reduction_factor = if f.is_nan() || f <= 0.0 {
             NewRenoConfig::DEFAULT_LOSS_REDUCTION_FACTOR
@@ -160,14 +159,14 @@ impl NewReno {
 
     /// The parameters in effect (after repair by [`with_config`](Self::with_config)).
     #[cfg(test)]
-    pub fn config(&self) -> &NewRenoConfig {
+    pub(crate) fn config(&self) -> &NewRenoConfig {
         &self.config
     }
 
     /// Slow-start threshold: below it the window grows exponentially.
     /// `u64::MAX` until the first congestion event.
     #[cfg(test)]
-    pub fn ssthresh(&self) -> u64 {
+    pub(crate) fn ssthresh(&self) -> u64 {
         self.ssthresh
     }
 
@@ -237,7 +236,6 @@ impl Controller for NewReno {
     fn window(&self) -> u64 {
         self.window
     }
-
 }
 
 #[cfg(test)]
@@ -267,13 +265,12 @@ mod tests {
     fn defaults() {
         let (_, cc, _) = setup();
         assert_eq!(cc.window(), 32 * MTU);
-        assert_eq!(cc.initial_window(), 32 * MTU);
+        assert_eq!(cc.config().initial_window, 32 * MTU);
         assert_eq!(cc.config().minimum_window, 2 * MTU);
         assert_eq!(cc.ssthresh(), u64::MAX);
-        assert_eq!(cc.name(), "newreno");
         let custom = NewReno::new(MTU, 10 * MTU);
         assert_eq!(custom.window(), 10 * MTU);
-        assert_eq!(custom.initial_window(), 10 * MTU);
+        assert_eq!(custom.config().initial_window, 10 * MTU);
     }
 
     #[test]
@@ -445,7 +442,7 @@ mod tests {
         });
         assert_eq!(cc.config().loss_reduction_factor, 1.0);
         assert_eq!(cc.window(), 2 * MTU);
-        assert_eq!(cc.initial_window(), 2 * MTU);
+        assert_eq!(cc.config().initial_window, 2 * MTU);
     }
 
     #[test]

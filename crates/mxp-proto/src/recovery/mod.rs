@@ -4,6 +4,6 @@ mod congestion;
 mod pacing;
 mod rtt;
 
-pub use congestion::{Controller, NewReno};
-pub use pacing::Pacer;
-pub use rtt::RttEstimator;
+pub(crate) use congestion::{Controller, NewReno};
+pub(crate) use pacing::Pacer;
+pub(crate) use rtt::RttEstimator;

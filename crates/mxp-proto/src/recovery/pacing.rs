@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 /// Call [`delay`](Self::delay) before sending each packet and
 /// [`on_sent`](Self::on_sent) after sending it.
 #[derive(Debug, Clone)]
-pub struct Pacer {
+pub(crate) struct Pacer {
     /// Largest burst in bytes, derived from `last_window` and `last_mtu`.
     capacity: u64,
     /// Bytes that may be sent right now.
@@ -51,12 +51,12 @@ pub struct Pacer {
 
 impl Pacer {
     /// Smallest burst the bucket allows, in datagrams.
-    pub const MIN_BURST_PACKETS: u64 = 10;
+    pub(crate) const MIN_BURST_PACKETS: u64 = 10;
     /// Largest burst the bucket allows, in datagrams.
-    pub const MAX_BURST_PACKETS: u64 = 64;
+    pub(crate) const MAX_BURST_PACKETS: u64 = 64;
 
     /// A pacer with a full bucket at `now`, so the first burst is not delayed.
-    pub fn new(now: Instant, mtu: u64, window: u64, smoothed_rtt: Duration) -> Self {
+    pub(crate) fn new(now: Instant, mtu: u64, window: u64, smoothed_rtt: Duration) -> Self {
         let capacity = Self::capacity_for(window, mtu);
         Self {
             capacity,
@@ -79,7 +79,7 @@ impl Pacer {
     /// Largest burst in bytes under the parameters last seen; for stats and
     /// for sizing send batches.
     #[cfg(test)]
-    pub fn capacity(&self) -> u64 {
+    pub(crate) fn capacity(&self) -> u64 {
         self.capacity
     }
 
@@ -92,7 +92,7 @@ impl Pacer {
     /// whole bucket is sent once the bucket is full. A zero `smoothed_rtt` or
     /// `window` disables pacing, as do parameters so extreme that the wait
     /// cannot be represented as an `Instant`.
-    pub fn delay(
+    pub(crate) fn delay(
         &mut self,
         now: Instant,
         packet_size: u64,
@@ -137,7 +137,7 @@ impl Pacer {
     }
 
     /// Records that `bytes` were sent, spending that many tokens.
-    pub fn on_sent(&mut self, bytes: u64) {
+    pub(crate) fn on_sent(&mut self, bytes: u64) {
         self.tokens = self.tokens.saturating_sub(bytes);
     }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 /// initial RTT and [`rttvar`](Self::rttvar) half of it, exactly as RFC 9002
 /// §6.2.2 prescribes for the initial probe timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RttEstimator {
+pub(crate) struct RttEstimator {
     latest: Duration,
     smoothed: Duration,
     var: Duration,
@@ -25,7 +25,7 @@ pub struct RttEstimator {
 
 impl RttEstimator {
     /// An estimator that has seen no sample yet and assumes `initial_rtt`.
-    pub fn new(initial_rtt: Duration) -> Self {
+    pub(crate) fn new(initial_rtt: Duration) -> Self {
         Self {
             latest: initial_rtt,
             smoothed: initial_rtt,
@@ -44,7 +44,12 @@ impl RttEstimator {
     /// subtracted only if that does not take the sample below `min_rtt`, so a
     /// lying or confused peer cannot drive the estimate under the path's
     /// physical RTT. The first sample ignores `ack_delay` entirely.
-    pub fn update(&mut self, latest_rtt: Duration, ack_delay: Duration, max_ack_delay: Duration) {
+    pub(crate) fn update(
+        &mut self,
+        latest_rtt: Duration,
+        ack_delay: Duration,
+        max_ack_delay: Duration,
+    ) {
         self.latest = latest_rtt;
         if !self.has_sample {
             self.has_sample = true;
@@ -72,37 +77,37 @@ impl RttEstimator {
 
     /// Whether at least one sample has been taken; until then the values are
     /// the configured initial guess.
-    pub fn has_sample(&self) -> bool {
+    pub(crate) fn has_sample(&self) -> bool {
         self.has_sample
     }
 
     /// Exponentially weighted moving average of the (ack-delay adjusted)
     /// samples: the RTT to plan around.
-    pub fn smoothed(&self) -> Duration {
+    pub(crate) fn smoothed(&self) -> Duration {
         self.smoothed
     }
 
     /// Mean deviation of the samples: how much slack timers need.
     #[cfg(test)]
-    pub fn rttvar(&self) -> Duration {
+    pub(crate) fn rttvar(&self) -> Duration {
         self.var
     }
 
     /// Smallest sample seen, not adjusted for ack delay: the path's floor.
-    pub fn min(&self) -> Duration {
+    pub(crate) fn min(&self) -> Duration {
         self.min
     }
 
     /// Most recent raw sample.
     #[cfg(test)]
-    pub fn latest(&self) -> Duration {
+    pub(crate) fn latest(&self) -> Duration {
         self.latest
     }
 
     /// `smoothed + max(4·rttvar, granularity)`: the probe timeout before the
     /// peer's `max_ack_delay` and backoff are applied, which the caller adds
     /// (RFC 9002 §6.2.1).
-    pub fn pto_base(&self, granularity: Duration) -> Duration {
+    pub(crate) fn pto_base(&self, granularity: Duration) -> Duration {
         self.smoothed
             .saturating_add(self.var.saturating_mul(4).max(granularity))
     }
@@ -110,7 +115,7 @@ impl RttEstimator {
     /// `max(9/8·max(smoothed, latest), granularity)`: how long after a later
     /// packet was acknowledged an earlier one is declared lost
     /// (RFC 9002 §6.1.2).
-    pub fn loss_delay(&self, granularity: Duration) -> Duration {
+    pub(crate) fn loss_delay(&self, granularity: Duration) -> Duration {
         let base = self.smoothed.max(self.latest);
         (base.saturating_mul(9) / 8).max(granularity)
     }

@@ -298,7 +298,7 @@ pub(crate) struct Limits {
 }
 
 impl Streams {
-    pub fn new(side: Side, limits: Limits) -> Self {
+    pub(crate) fn new(side: Side, limits: Limits) -> Self {
         Streams {
             side,
             map: HashMap::new(),
@@ -330,7 +330,12 @@ impl Streams {
 
     /// Peer's limits became known (the client learns them from the
     /// server's handshake answer, after streams may already exist).
-    pub fn set_peer_limits(&mut self, max_streams: [u64; 2], stream_window: u64, window: u64) {
+    pub(crate) fn set_peer_limits(
+        &mut self,
+        max_streams: [u64; 2],
+        stream_window: u64,
+        window: u64,
+    ) {
         self.max_local = max_streams;
         self.peer_stream_window = stream_window;
         self.send_max = window;
@@ -343,21 +348,21 @@ impl Streams {
         }
     }
 
-    pub fn stats(&self) -> FlowStats {
+    pub(crate) fn stats(&self) -> FlowStats {
         self.stats
     }
 
     /// Whether the peer's data lies in more pieces than the connection keeps
     /// (the connection is being closed for it).
-    pub fn is_too_fragmented(&self) -> bool {
+    pub(crate) fn is_too_fragmented(&self) -> bool {
         self.fragments > MAX_FRAGMENTS
     }
 
-    pub fn open_count(&self) -> usize {
+    pub(crate) fn open_count(&self) -> usize {
         self.map.len()
     }
 
-    pub fn poll_event(&mut self) -> Option<StreamEvent> {
+    pub(crate) fn poll_event(&mut self) -> Option<StreamEvent> {
         self.events.pop_front()
     }
 
@@ -389,7 +394,7 @@ impl Streams {
     }
 
     /// Opens a stream of our own.
-    pub fn open(&mut self, dir: Dir, band: Band) -> Result<StreamId, OpenError> {
+    pub(crate) fn open(&mut self, dir: Dir, band: Band) -> Result<StreamId, OpenError> {
         let d = dir_index(dir);
         if self.next_local[d] >= self.max_local[d] {
             self.open_blocked[d] = true;
@@ -407,12 +412,12 @@ impl Streams {
     }
 
     /// Next stream the peer opened, if any.
-    pub fn accept(&mut self, dir: Dir) -> Option<StreamId> {
+    pub(crate) fn accept(&mut self, dir: Dir) -> Option<StreamId> {
         self.accept[dir_index(dir)].pop_front()
     }
 
     /// Changes the band a stream's data is sent in.
-    pub fn set_band(&mut self, id: StreamId, band: Band) -> bool {
+    pub(crate) fn set_band(&mut self, id: StreamId, band: Band) -> bool {
         match self.map.get_mut(&id) {
             Some(s) => {
                 s.band = band;
@@ -424,7 +429,7 @@ impl Streams {
 
     /// Band of a stream and whether it should be put in the scheduler's
     /// queue now (it has data and is not already queued).
-    pub fn wants_schedule(&mut self, id: StreamId) -> Option<Band> {
+    pub(crate) fn wants_schedule(&mut self, id: StreamId) -> Option<Band> {
         let s = self.map.get_mut(&id)?;
         let pending = s.send.as_ref().is_some_and(SendHalf::has_pending);
         if pending && !s.scheduled {
@@ -437,7 +442,7 @@ impl Streams {
 
     /// Accepts as much of `data` as flow control allows, keeping the bytes
     /// it accepts (split off the front of `data`) without copying them.
-    pub fn write(&mut self, id: StreamId, data: &mut Bytes) -> Result<usize, WriteError> {
+    pub(crate) fn write(&mut self, id: StreamId, data: &mut Bytes) -> Result<usize, WriteError> {
         let n = self.accept_bytes(id, data.len())?;
         if n > 0 {
             self.send_half(id)?.buf.write(data.split_to(n));
@@ -447,7 +452,7 @@ impl Streams {
 
     /// Like [`write`](Self::write), copying from a slice: small writes go
     /// straight into the stream's coalescing buffer, with no allocation.
-    pub fn write_slice(&mut self, id: StreamId, data: &[u8]) -> Result<usize, WriteError> {
+    pub(crate) fn write_slice(&mut self, id: StreamId, data: &[u8]) -> Result<usize, WriteError> {
         let n = self.accept_bytes(id, data.len())?;
         if n > 0 {
             self.send_half(id)?.buf.write_slice(&data[..n]);
@@ -509,7 +514,7 @@ impl Streams {
     }
 
     /// Marks the end of the stream after what was written.
-    pub fn finish(&mut self, id: StreamId) -> Result<(), WriteError> {
+    pub(crate) fn finish(&mut self, id: StreamId) -> Result<(), WriteError> {
         let send = self
             .map
             .get_mut(&id)
@@ -526,7 +531,7 @@ impl Streams {
     }
 
     /// Abandons sending: unsent and lost data is never (re)sent.
-    pub fn reset(&mut self, id: StreamId, code: u64) -> Result<(), WriteError> {
+    pub(crate) fn reset(&mut self, id: StreamId, code: u64) -> Result<(), WriteError> {
         let send = self
             .map
             .get_mut(&id)
@@ -545,13 +550,17 @@ impl Streams {
     }
 
     /// Reads the next in-order bytes; `Ok(None)` at the end of the stream.
-    pub fn read(&mut self, id: StreamId, max: usize) -> Result<Option<Bytes>, ReadError> {
+    pub(crate) fn read(&mut self, id: StreamId, max: usize) -> Result<Option<Bytes>, ReadError> {
         self.read_into(id, max, false)
     }
 
     /// Like [`read`](Self::read), keeping the bytes charged to the
     /// connection window until [`release`](Self::release).
-    pub fn read_held(&mut self, id: StreamId, max: usize) -> Result<Option<Bytes>, ReadError> {
+    pub(crate) fn read_held(
+        &mut self,
+        id: StreamId,
+        max: usize,
+    ) -> Result<Option<Bytes>, ReadError> {
         self.read_into(id, max, true)
     }
 
@@ -591,7 +600,7 @@ impl Streams {
     }
 
     /// Whether `read` would return something other than `Blocked`.
-    pub fn is_readable(&self, id: StreamId) -> bool {
+    pub(crate) fn is_readable(&self, id: StreamId) -> bool {
         self.map
             .get(&id)
             .and_then(|s| s.recv.as_ref())
@@ -599,7 +608,7 @@ impl Streams {
     }
 
     /// Tells the peer to stop sending; anything it still sends is discarded.
-    pub fn stop(&mut self, id: StreamId, code: u64) -> Result<(), ReadError> {
+    pub(crate) fn stop(&mut self, id: StreamId, code: u64) -> Result<(), ReadError> {
         let recv = self
             .map
             .get_mut(&id)
@@ -645,7 +654,7 @@ impl Streams {
     }
 
     /// The application let go of `n` held bytes.
-    pub fn release(&mut self, n: u64) {
+    pub(crate) fn release(&mut self, n: u64) {
         if n > 0 {
             self.held -= n.min(self.held);
             self.grant_conn_credit();
@@ -713,7 +722,7 @@ impl Streams {
     }
 
     /// A STREAM frame arrived.
-    pub fn on_stream_frame(&mut self, f: frame::Stream) -> Result<(), TransportError> {
+    pub(crate) fn on_stream_frame(&mut self, f: frame::Stream) -> Result<(), TransportError> {
         let frame_type = types::STREAM;
         let stream_window_error = || flow_control_error("stream data beyond the stream's limit");
         let Some(s) = self
@@ -771,7 +780,7 @@ impl Streams {
     }
 
     /// A RESET_STREAM frame arrived.
-    pub fn on_reset(&mut self, f: frame::ResetStream) -> Result<(), TransportError> {
+    pub(crate) fn on_reset(&mut self, f: frame::ResetStream) -> Result<(), TransportError> {
         let ty = types::RESET_STREAM;
         let Some(s) = self.get_for_frame(f.id, true).map_err(|e| e.in_frame(ty))? else {
             return Ok(());
@@ -810,7 +819,7 @@ impl Streams {
     }
 
     /// A STOP_SENDING frame arrived: reset the stream as asked.
-    pub fn on_stop_sending(&mut self, f: frame::StopSending) -> Result<(), TransportError> {
+    pub(crate) fn on_stop_sending(&mut self, f: frame::StopSending) -> Result<(), TransportError> {
         let ty = types::STOP_SENDING;
         let Some(s) = self
             .get_for_frame(f.id, false)
@@ -835,7 +844,7 @@ impl Streams {
     }
 
     /// MAX_DATA arrived.
-    pub fn on_max_data(&mut self, max: u64) {
+    pub(crate) fn on_max_data(&mut self, max: u64) {
         if max <= self.send_max {
             return;
         }
@@ -851,7 +860,11 @@ impl Streams {
     }
 
     /// MAX_STREAM_DATA arrived.
-    pub fn on_max_stream_data(&mut self, id: StreamId, max: u64) -> Result<(), TransportError> {
+    pub(crate) fn on_max_stream_data(
+        &mut self,
+        id: StreamId,
+        max: u64,
+    ) -> Result<(), TransportError> {
         let ty = types::MAX_STREAM_DATA;
         let Some(s) = self.get_for_frame(id, false).map_err(|e| e.in_frame(ty))? else {
             return Ok(());
@@ -869,7 +882,7 @@ impl Streams {
     }
 
     /// MAX_STREAMS arrived.
-    pub fn on_max_streams(&mut self, dir: Dir, count: u64) {
+    pub(crate) fn on_max_streams(&mut self, dir: Dir, count: u64) {
         let d = dir_index(dir);
         if count > self.max_local[d] {
             self.max_local[d] = count;
@@ -882,7 +895,7 @@ impl Streams {
     /// Writes the next frame of stream `id` into `out` if at least a byte
     /// (or a bare FIN) fits in `space`. Returns its record and whether the
     /// stream has more to send.
-    pub fn write_stream_frame(
+    pub(crate) fn write_stream_frame(
         &mut self,
         id: StreamId,
         space: usize,
@@ -928,7 +941,7 @@ impl Streams {
     }
 
     /// Writes pending control frames that fit in `space`.
-    pub fn write_control_frames(
+    pub(crate) fn write_control_frames(
         &mut self,
         space: usize,
         out: &mut Vec<u8>,
@@ -1039,7 +1052,7 @@ impl Streams {
     }
 
     /// Whether control frames are waiting.
-    pub fn has_pending_control(&self) -> bool {
+    pub(crate) fn has_pending_control(&self) -> bool {
         let p = &self.pending;
         p.max_data
             || !p.max_stream_data.is_empty()
@@ -1052,7 +1065,7 @@ impl Streams {
     }
 
     /// The peer acknowledged a frame.
-    pub fn on_acked(&mut self, record: Record) {
+    pub(crate) fn on_acked(&mut self, record: Record) {
         match record {
             Record::Data {
                 id,
@@ -1101,7 +1114,7 @@ impl Streams {
 
     /// A frame was lost: queue again whatever is still needed. Returns the
     /// stream to reschedule, if any.
-    pub fn on_lost(&mut self, record: Record) -> Option<StreamId> {
+    pub(crate) fn on_lost(&mut self, record: Record) -> Option<StreamId> {
         match record {
             Record::Data {
                 id,
@@ -1160,7 +1173,7 @@ impl Streams {
 
     /// Whether everything sent on `id` is settled: acknowledged through the
     /// end of the stream, reset, or the stream is already forgotten.
-    pub fn is_send_done(&self, id: StreamId) -> bool {
+    pub(crate) fn is_send_done(&self, id: StreamId) -> bool {
         self.map
             .get(&id)
             .and_then(|s| s.send.as_ref())
@@ -1168,7 +1181,7 @@ impl Streams {
     }
 
     /// Bytes the application may still write on `id` right now.
-    pub fn write_credit(&self, id: StreamId) -> u64 {
+    pub(crate) fn write_credit(&self, id: StreamId) -> u64 {
         let conn = self.send_max - self.send_written;
         self.map
             .get(&id)

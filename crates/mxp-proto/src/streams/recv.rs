@@ -41,7 +41,12 @@ pub(crate) struct RecvBuffer {
 impl RecvBuffer {
     /// Takes in a frame's data. Returns by how much the highest received
     /// offset grew (the flow-control credit it consumed).
-    pub fn insert(&mut self, offset: u64, data: &[u8], fin: bool) -> Result<u64, TransportError> {
+    pub(crate) fn insert(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        fin: bool,
+    ) -> Result<u64, TransportError> {
         let end = offset + data.len() as u64;
         let final_size_error =
             |msg: &str| TransportError::new(TransportErrorCode::FINAL_SIZE_ERROR, msg);
@@ -111,13 +116,13 @@ impl RecvBuffer {
 
     /// Separate ranges received past a hole: what reassembly costs beyond
     /// the bytes themselves.
-    pub fn fragments(&self) -> usize {
+    pub(crate) fn fragments(&self) -> usize {
         self.ahead.len()
     }
 
     /// The next in-order bytes, at most `max`. `None` if the next byte has
     /// not arrived.
-    pub fn read(&mut self, max: usize) -> Option<Bytes> {
+    pub(crate) fn read(&mut self, max: usize) -> Option<Bytes> {
         let ready = (self.contiguous - self.read) as usize;
         if ready == 0 {
             return None;
@@ -134,33 +139,33 @@ impl RecvBuffer {
     }
 
     /// Whether the next byte can be read now.
-    pub fn is_readable(&self) -> bool {
+    pub(crate) fn is_readable(&self) -> bool {
         self.contiguous > self.read || self.is_finished()
     }
 
     /// Every byte up to the final size has been read.
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         self.final_size == Some(self.read)
     }
 
     /// Bytes delivered to the application.
-    pub fn bytes_read(&self) -> u64 {
+    pub(crate) fn bytes_read(&self) -> u64 {
         self.read
     }
 
     /// One past the highest offset received.
-    pub fn high(&self) -> u64 {
+    pub(crate) fn high(&self) -> u64 {
         self.high
     }
 
     /// The final size, once known.
-    pub fn final_size(&self) -> Option<u64> {
+    pub(crate) fn final_size(&self) -> Option<u64> {
         self.final_size
     }
 
     /// The application stopped reading: forget what is buffered. Later data
     /// is still checked against the final size, then dropped the same way.
-    pub fn discard(&mut self) {
+    pub(crate) fn discard(&mut self) {
         self.read = self.high;
         self.contiguous = self.high;
         self.data = BytesMut::new();
@@ -169,7 +174,7 @@ impl RecvBuffer {
 
     /// The peer reset the stream at `final_size`. Returns the credit the
     /// reset consumed beyond what was received.
-    pub fn reset(&mut self, final_size: u64) -> Result<u64, TransportError> {
+    pub(crate) fn reset(&mut self, final_size: u64) -> Result<u64, TransportError> {
         if self.final_size.is_some_and(|s| s != final_size) || final_size < self.high {
             return Err(TransportError::new(
                 TransportErrorCode::FINAL_SIZE_ERROR,

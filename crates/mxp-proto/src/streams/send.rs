@@ -38,7 +38,7 @@ pub(crate) struct SendBuffer {
 
 impl SendBuffer {
     /// Appends application data.
-    pub fn write(&mut self, data: Bytes) {
+    pub(crate) fn write(&mut self, data: Bytes) {
         self.end += data.len() as u64;
         if data.len() < COALESCE_BELOW {
             self.tail.extend_from_slice(&data);
@@ -53,7 +53,7 @@ impl SendBuffer {
 
     /// Appends application data from a slice: small writes are copied into
     /// the coalescing tail, larger ones into a chunk of their own.
-    pub fn write_slice(&mut self, data: &[u8]) {
+    pub(crate) fn write_slice(&mut self, data: &[u8]) {
         if data.len() < COALESCE_BELOW {
             self.end += data.len() as u64;
             self.tail.extend_from_slice(data);
@@ -73,18 +73,18 @@ impl SendBuffer {
     }
 
     /// Offset one past the last byte written.
-    pub fn end(&self) -> u64 {
+    pub(crate) fn end(&self) -> u64 {
         self.end
     }
 
     /// Whether anything is waiting to be (re)sent.
-    pub fn has_pending(&self) -> bool {
+    pub(crate) fn has_pending(&self) -> bool {
         !self.retransmit.is_empty() || self.unsent < self.end
     }
 
     /// The next range to send, at most `max_len` bytes: lost data first, so
     /// the receiver's reassembly gap closes as soon as possible.
-    pub fn next_range(&self, max_len: u64) -> Option<Range<u64>> {
+    pub(crate) fn next_range(&self, max_len: u64) -> Option<Range<u64>> {
         if let Some(r) = self.retransmit.peek_min() {
             return Some(r.start..r.end.min(r.start + max_len));
         }
@@ -92,7 +92,7 @@ impl SendBuffer {
     }
 
     /// Records that `range` (from [`next_range`](Self::next_range)) went out.
-    pub fn mark_sent(&mut self, range: Range<u64>) {
+    pub(crate) fn mark_sent(&mut self, range: Range<u64>) {
         if range.start < self.unsent {
             self.retransmit.remove(range.clone());
         }
@@ -100,7 +100,7 @@ impl SendBuffer {
     }
 
     /// Copies the bytes of `range` into `out`.
-    pub fn copy_range(&self, range: Range<u64>, out: &mut Vec<u8>) {
+    pub(crate) fn copy_range(&self, range: Range<u64>, out: &mut Vec<u8>) {
         debug_assert!(range.start >= self.base && range.end <= self.end);
         let mut offset = self.base;
         let tail = std::iter::once(&self.tail[..]);
@@ -119,7 +119,7 @@ impl SendBuffer {
     }
 
     /// The peer acknowledged `range`: forget it (and stop retransmitting it).
-    pub fn on_ack(&mut self, range: Range<u64>) {
+    pub(crate) fn on_ack(&mut self, range: Range<u64>) {
         self.retransmit.remove(range.clone());
         // Parts below `base` were acknowledged before (a retransmission and
         // its original can both be acknowledged).
@@ -156,7 +156,7 @@ impl SendBuffer {
 
     /// The packet carrying `range` was lost: queue whatever of it is still
     /// unacknowledged.
-    pub fn on_lost(&mut self, range: Range<u64>) {
+    pub(crate) fn on_lost(&mut self, range: Range<u64>) {
         let start = range.start.max(self.base);
         let end = range.end.min(self.unsent);
         if start >= end {
@@ -173,11 +173,11 @@ impl SendBuffer {
 
     /// Whether every written byte has been acknowledged.
     /// Bytes kept for the peer to acknowledge.
-    pub fn unacked(&self) -> u64 {
+    pub(crate) fn unacked(&self) -> u64 {
         self.end - self.base
     }
 
-    pub fn all_acked(&self) -> bool {
+    pub(crate) fn all_acked(&self) -> bool {
         self.base == self.end
     }
 }
