@@ -196,12 +196,14 @@ fn any_port() -> SocketAddr {
 /// clients measuring it.
 fn start_node(runtime: &Handle, transport: Arc<TransportConfig>) -> Endpoint {
     let _on_node_runtime = runtime.enter();
-    let options = Options {
-        quic_listen: Some(any_port()),
-        ..Options::new(EndpointConfig {
-            transport,
-            ..EndpointConfig::server(Keypair::generate())
-        })
+    let options = {
+        let mut options = Options::new({
+            let mut endpoint_config = EndpointConfig::server(Keypair::generate());
+            endpoint_config.transport = transport;
+            endpoint_config
+        });
+        options.quic_listen = Some(any_port());
+        options
     };
     let node = Endpoint::with_options(any_port(), options).expect("bind the node");
     runtime.spawn(echo::serve(node.clone(), Arc::new(EchoStats::default())));
@@ -210,12 +212,14 @@ fn start_node(runtime: &Handle, transport: Arc<TransportConfig>) -> Endpoint {
 
 /// A client endpoint that uses only `mode`'s carrier.
 fn client(mode: CarrierMode, transport: Arc<TransportConfig>) -> Endpoint {
-    let options = Options {
-        carrier: mode,
-        ..Options::new(EndpointConfig {
-            transport,
-            ..EndpointConfig::client(Keypair::generate())
-        })
+    let options = {
+        let mut options = Options::new({
+            let mut endpoint_config = EndpointConfig::client(Keypair::generate());
+            endpoint_config.transport = transport;
+            endpoint_config
+        });
+        options.carrier = mode;
+        options
     };
     Endpoint::with_options(any_port(), options).expect("bind a client")
 }
@@ -592,9 +596,10 @@ async fn measure(p: &Phases, node_runtime: &Handle) -> (Vec<Row>, Value) {
         Better::Lower,
     )
     .target("≤ 128 MB; ≤ 32 MB");
-    let many = Arc::new(TransportConfig {
-        max_concurrent_uni_streams: p.streams as u64 + 100,
-        ..TransportConfig::default()
+    let many = Arc::new({
+        let mut transport = TransportConfig::default();
+        transport.max_concurrent_uni_streams = p.streams as u64 + 100;
+        transport
     });
     let wide = start_node(node_runtime, many.clone());
     let wide_url = url(wide.local_addr(), wide.quic_addr().unwrap());

@@ -80,6 +80,7 @@ struct Shared {
 
 /// How an admin endpoint is set up beyond its address and node.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct AdminOptions {
     /// Bearer token every request but `/healthz` must carry (see [`serve`]).
     pub token: Option<String>,

@@ -9,6 +9,7 @@ use serde::Serialize;
 /// What carries a connection's packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Carrier {
     /// MXP's own transport.
     Mxp,
@@ -47,6 +48,7 @@ impl FromStr for Carrier {
 
 /// How a client picks the carrier for a new connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum CarrierMode {
     /// MXP only.
     Mxp,
@@ -96,6 +98,14 @@ impl Carriers {
         mxp: false,
         quic: true,
     };
+
+    /// `carrier` alone.
+    pub fn only(carrier: Carrier) -> Carriers {
+        match carrier {
+            Carrier::Mxp => Carriers::MXP,
+            Carrier::Quic => Carriers::QUIC,
+        }
+    }
 
     /// Whether `carrier` accepts new sessions.
     pub fn accepts(self, carrier: Carrier) -> bool {

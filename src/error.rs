@@ -10,6 +10,7 @@ use thiserror::Error;
 
 /// Why a write failed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum WriteError {
     /// The peer asked us to stop sending, with this application code.
     #[error("the peer stopped the stream (code {0})")]
@@ -27,6 +28,7 @@ pub enum WriteError {
 
 /// Why a read failed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum ReadError {
     /// The peer abandoned the stream with this application code.
     #[error("the peer reset the stream (code {0})")]
@@ -69,6 +71,7 @@ impl From<ReadError> for io::Error {
 
 /// Why a call failed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum CallError {
     /// The connection ended.
     #[error(transparent)]
@@ -86,6 +89,7 @@ pub enum CallError {
 
 /// Why a datagram was not sent.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum SendDatagramError {
     /// Too large, or the peer does not take datagrams.
     #[error(transparent)]
@@ -97,6 +101,7 @@ pub enum SendDatagramError {
 
 /// Why a connection could not be made.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// The address is not `mxp://host:port` (or `host:port`).
     #[error("invalid address {0:?}: expected mxp://host:port[?quic=PORT]")]

@@ -24,9 +24,10 @@ fn any_port() -> SocketAddr {
 
 /// A node on both carriers serving the echo application.
 fn node() -> Endpoint {
-    let options = Options {
-        quic_listen: Some(any_port()),
-        ..Options::new(EndpointConfig::server(Keypair::generate()))
+    let options = {
+        let mut options = Options::new(EndpointConfig::server(Keypair::generate()));
+        options.quic_listen = Some(any_port());
+        options
     };
     let node = Endpoint::with_options(any_port(), options).unwrap();
     tokio::spawn(echo::serve(node.clone(), Arc::new(EchoStats::default())));
@@ -83,9 +84,10 @@ async fn refused(
 }
 
 async fn connect(node: &Endpoint, mode: CarrierMode) -> Connection {
-    let options = Options {
-        carrier: mode,
-        ..Options::new(EndpointConfig::client(Keypair::generate()))
+    let options = {
+        let mut options = Options::new(EndpointConfig::client(Keypair::generate()));
+        options.carrier = mode;
+        options
     };
     let client = Endpoint::with_options(any_port(), options).unwrap();
     let quic = node.quic_addr().expect("node has QUIC").port();

@@ -75,9 +75,10 @@ fn node() -> Endpoint {
 }
 
 fn client() -> Endpoint {
-    let options = Options {
-        carrier: CarrierMode::Mxp,
-        ..Options::new(EndpointConfig::client(Keypair::generate()))
+    let options = {
+        let mut options = Options::new(EndpointConfig::client(Keypair::generate()));
+        options.carrier = CarrierMode::Mxp;
+        options
     };
     Endpoint::with_options(any_port(), options).unwrap()
 }
@@ -164,21 +165,20 @@ async fn tshark_counts_exactly_the_datagrams_the_node_sent_and_received() {
 async fn one_capture_holds_both_carriers_of_a_node() {
     let dir = TempDir::new("carriers");
     let file = dir.path("both.pcap");
-    let options = Options {
-        quic_listen: Some(any_port()),
-        ..Options::new(EndpointConfig::server(Keypair::generate()))
+    let options = {
+        let mut options = Options::new(EndpointConfig::server(Keypair::generate()));
+        options.quic_listen = Some(any_port());
+        options
     };
     let node = Endpoint::with_options(any_port(), options).unwrap();
     tokio::spawn(echo::serve(node.clone(), Arc::new(EchoStats::default())));
     let quic_addr = node.quic_addr().expect("a QUIC listener");
     let over_mxp = client();
-    let over_quic = Endpoint::with_options(
-        any_port(),
-        Options {
-            carrier: CarrierMode::Quic,
-            ..Options::new(EndpointConfig::client(Keypair::generate()))
-        },
-    )
+    let over_quic = Endpoint::with_options(any_port(), {
+        let mut options = Options::new(EndpointConfig::client(Keypair::generate()));
+        options.carrier = CarrierMode::Quic;
+        options
+    })
     .unwrap();
     node.start_capture(&file, DEFAULT_MAX_BYTES).unwrap();
 
@@ -299,9 +299,10 @@ async fn ok_json(admin: &admin::AdminServer, method: &str, path: &str) -> Value 
 async fn admin_routes_start_stop_and_refuse_bad_requests_in_one_line() {
     let dir = TempDir::new("admin");
     let node = node();
-    let options = admin::AdminOptions {
-        capture_dir: Some(dir.dir().to_path_buf()),
-        ..Default::default()
+    let options = {
+        let mut admin_options = admin::AdminOptions::default();
+        admin_options.capture_dir = Some(dir.dir().to_path_buf());
+        admin_options
     };
     let server = admin::serve_with(any_port(), node.clone(), options)
         .await

@@ -26,13 +26,15 @@ fn node_with(
     policy: ServerConfig,
     carriers: Carriers,
 ) -> (Endpoint, Arc<EchoStats>) {
-    let options = Options {
-        quic_listen: Some(any_port()),
-        carriers,
-        ..Options::new(EndpointConfig {
-            server: Some(Arc::new(policy)),
-            ..EndpointConfig::server(keys)
-        })
+    let options = {
+        let mut options = Options::new({
+            let mut endpoint_config = EndpointConfig::server(keys);
+            endpoint_config.server = Some(Arc::new(policy));
+            endpoint_config
+        });
+        options.quic_listen = Some(any_port());
+        options.carriers = carriers;
+        options
     };
     let node = Endpoint::with_options(any_port(), options).unwrap();
     let stats = Arc::new(EchoStats::default());
@@ -45,10 +47,11 @@ fn node(carriers: Carriers) -> (Endpoint, Arc<EchoStats>) {
 }
 
 fn client(mode: CarrierMode) -> Endpoint {
-    let options = Options {
-        carrier: mode,
-        mxp_timeout: Duration::from_millis(300),
-        ..Options::new(EndpointConfig::client(Keypair::generate()))
+    let options = {
+        let mut options = Options::new(EndpointConfig::client(Keypair::generate()));
+        options.carrier = mode;
+        options.mxp_timeout = Duration::from_millis(300);
+        options
     };
     Endpoint::with_options(any_port(), options).unwrap()
 }
@@ -145,9 +148,10 @@ async fn a_wrong_server_key_is_refused_on_quic_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_allow_list_applies_on_quic_too() {
     let allowed = Keypair::generate();
-    let policy = ServerConfig {
-        allowed_clients: Some([allowed.public()].into_iter().collect()),
-        ..ServerConfig::default()
+    let policy = {
+        let mut server_config = ServerConfig::default();
+        server_config.allowed_clients = Some([allowed.public()].into_iter().collect());
+        server_config
     };
     let (node, _) = node_with(Keypair::generate(), policy, Carriers::BOTH);
     let stranger = client(CarrierMode::Quic);
@@ -161,9 +165,10 @@ async fn the_allow_list_applies_on_quic_too() {
         ),
         "{result:?}"
     );
-    let options = Options {
-        carrier: CarrierMode::Quic,
-        ..Options::new(EndpointConfig::client(allowed))
+    let options = {
+        let mut options = Options::new(EndpointConfig::client(allowed));
+        options.carrier = CarrierMode::Quic;
+        options
     };
     let friend = Endpoint::with_options(any_port(), options).unwrap();
     let conn = timeout(PATIENCE, friend.connect(&url(&node), node.public_key()))
@@ -239,13 +244,6 @@ async fn auto_falls_back_to_quic_when_nothing_listens_on_the_mxp_port() {
     falls_back_to_quic(&node, closed).await;
 }
 
-fn only(carrier: Carrier) -> Carriers {
-    match carrier {
-        Carrier::Mxp => Carriers::MXP,
-        Carrier::Quic => Carriers::QUIC,
-    }
-}
-
 /// `node`, on which new auto sessions land on `from`, is flipped to accept
 /// only `to` while an auto client has a stream open: calls keep succeeding
 /// and move to `to`, the node drains `from`, and the open stream finishes
@@ -262,7 +260,7 @@ async fn flip_while_a_stream_is_open(
     let (mut send, mut recv) = conn.open_bi(Band::Streaming).await.unwrap();
     send.write_all(b"before the flip, ").await.unwrap();
 
-    node.set_carriers(only(to));
+    node.set_carriers(Carriers::only(to));
     // The client learns it within a round trip; calls keep succeeding
     // throughout, and soon run on the new carrier.
     let mut calls = 1;
@@ -274,7 +272,7 @@ async fn flip_while_a_stream_is_open(
     let reply = conn.call(&call(calls)).await.unwrap();
     assert_eq!(reply.message_id, calls);
     let status = node.status();
-    assert_eq!(status.accepting, only(to));
+    assert_eq!(status.accepting, Carriers::only(to));
     assert_eq!(status.draining.len(), 1, "{status:?}");
     assert_eq!(status.draining[0].carrier, from);
 
@@ -366,11 +364,12 @@ async fn after_mxp_stays_silent_auto_goes_straight_to_quic_until_the_retry_time_
         node.quic_addr().unwrap().port()
     );
     let with_retry = |after: Duration| {
-        let options = Options {
-            carrier: CarrierMode::Auto,
-            mxp_timeout: Duration::from_millis(200),
-            mxp_retry_after: after,
-            ..Options::new(EndpointConfig::client(Keypair::generate()))
+        let options = {
+            let mut options = Options::new(EndpointConfig::client(Keypair::generate()));
+            options.carrier = CarrierMode::Auto;
+            options.mxp_timeout = Duration::from_millis(200);
+            options.mxp_retry_after = after;
+            options
         };
         Endpoint::with_options(any_port(), options).unwrap()
     };

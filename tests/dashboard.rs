@@ -280,9 +280,10 @@ fn any_port() -> SocketAddr {
 }
 
 async fn connect(node: &Endpoint, mode: CarrierMode) -> Connection {
-    let options = Options {
-        carrier: mode,
-        ..Options::new(EndpointConfig::client(Keypair::generate()))
+    let options = {
+        let mut options = Options::new(EndpointConfig::client(Keypair::generate()));
+        options.carrier = mode;
+        options
     };
     let client = Endpoint::with_options(any_port(), options).unwrap();
     let quic = node.quic_addr().expect("node has QUIC").port();
@@ -324,9 +325,10 @@ async fn traffic(conn: &Connection) {
 /// application, after calls, streams and datagrams on each carrier (the
 /// connections stay open while it is scraped).
 async fn live_metrics() -> String {
-    let options = Options {
-        quic_listen: Some(any_port()),
-        ..Options::new(EndpointConfig::server(Keypair::generate()))
+    let options = {
+        let mut options = Options::new(EndpointConfig::server(Keypair::generate()));
+        options.quic_listen = Some(any_port());
+        options
     };
     let node = Endpoint::with_options(any_port(), options).unwrap();
     tokio::spawn(echo::serve(node.clone(), Arc::new(EchoStats::default())));

@@ -72,21 +72,20 @@ fn switch_time(records: &[Record], flip: Instant, until: Instant, to: Carrier) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_and_a_token_stream_survive_flipping_mxp_to_quic_and_back() {
-    let options = Options {
-        quic_listen: Some(any_port()),
-        drain_timeout: Duration::from_secs(30),
-        ..Options::new(EndpointConfig::server(Keypair::generate()))
+    let options = {
+        let mut options = Options::new(EndpointConfig::server(Keypair::generate()));
+        options.quic_listen = Some(any_port());
+        options.drain_timeout = Duration::from_secs(30);
+        options
     };
     let node = Endpoint::with_options(any_port(), options).unwrap();
     let stats = Arc::new(EchoStats::default());
     tokio::spawn(echo::serve(node.clone(), stats.clone()));
-    let client = Endpoint::with_options(
-        any_port(),
-        Options {
-            carrier: CarrierMode::Auto,
-            ..Options::new(EndpointConfig::client(Keypair::generate()))
-        },
-    )
+    let client = Endpoint::with_options(any_port(), {
+        let mut options = Options::new(EndpointConfig::client(Keypair::generate()));
+        options.carrier = CarrierMode::Auto;
+        options
+    })
     .unwrap();
     let url = format!(
         "mxp://{}?quic={}",

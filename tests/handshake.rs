@@ -220,9 +220,10 @@ fn wrong_server_key_is_a_typed_error_on_both_sides_without_waiting_for_a_timeout
 #[test]
 fn allow_list_refuses_unknown_clients_and_admits_listed_ones() {
     let allowed = Keypair::generate();
-    let server_config = ServerConfig {
-        allowed_clients: Some([allowed.public()].into_iter().collect()),
-        ..ServerConfig::default()
+    let server_config = {
+        let mut server_config = ServerConfig::default();
+        server_config.allowed_clients = Some([allowed.public()].into_iter().collect());
+        server_config
     };
     let mut s = Setup::with(3, ideal(), TransportConfig::default(), server_config);
     let (client, server) = (s.client, s.server);
@@ -322,19 +323,17 @@ fn a_replayed_initiation_is_refused_and_never_makes_a_second_connection() {
 
 #[test]
 fn an_initiation_stamped_outside_the_clock_skew_window_is_refused() {
-    let transport = TransportConfig {
-        handshake_timeout: Duration::from_secs(1),
-        ..TransportConfig::default()
+    let transport = {
+        let mut transport = TransportConfig::default();
+        transport.handshake_timeout = Duration::from_secs(1);
+        transport
     };
     let mut s = Setup::with(5, ideal(), transport.clone(), ServerConfig::default());
     let server = s.server;
     // A client whose wall clock is ten minutes behind the server's.
     let skewed_addr: SocketAddr = "10.0.0.9:5000".parse().unwrap();
-    let config = EndpointConfig {
-        keypair: Keypair::generate(),
-        transport: transport.into(),
-        server: None,
-    };
+    let mut config = EndpointConfig::client(Keypair::generate());
+    config.transport = transport.into();
     let endpoint = Endpoint::new(
         config,
         s.net.now(),
@@ -363,9 +362,10 @@ fn an_initiation_stamped_outside_the_clock_skew_window_is_refused() {
 fn a_replay_after_the_clock_skew_window_is_refused_by_its_timestamp() {
     // A one-second window keeps the test short; the node remembers
     // initiations for twice it (plus a second), then only timestamps count.
-    let policy = ServerConfig {
-        max_clock_skew: Duration::from_secs(1),
-        ..ServerConfig::default()
+    let policy = {
+        let mut server_config = ServerConfig::default();
+        server_config.max_clock_skew = Duration::from_secs(1);
+        server_config
     };
     let mut s = Setup::with(6, ideal(), TransportConfig::default(), policy);
     let tap = wiretap(&mut s.net);
@@ -505,9 +505,10 @@ fn a_corrupted_server_answer_makes_the_client_start_over_and_still_connect() {
 
 #[test]
 fn an_unreachable_server_gives_handshake_timed_out_after_the_handshake_timeout() {
-    let transport = TransportConfig {
-        handshake_timeout: Duration::from_secs(2),
-        ..TransportConfig::default()
+    let transport = {
+        let mut transport = TransportConfig::default();
+        transport.handshake_timeout = Duration::from_secs(2);
+        transport
     };
     let mut s = Setup::with(30, ideal(), transport, ServerConfig::default());
     let tap = wiretap(&mut s.net);
@@ -554,9 +555,10 @@ fn an_unreachable_server_gives_handshake_timed_out_after_the_handshake_timeout()
 
 #[test]
 fn retry_always_proves_the_address_first_and_the_connection_works() {
-    let server_config = ServerConfig {
-        retry: RetryPolicy::Always,
-        ..ServerConfig::default()
+    let server_config = {
+        let mut server_config = ServerConfig::default();
+        server_config.retry = RetryPolicy::Always;
+        server_config
     };
     let mut s = Setup::with(40, ideal(), TransportConfig::default(), server_config);
     let tap = wiretap(&mut s.net);
@@ -893,9 +895,10 @@ fn a_flood_that_proves_its_address_cannot_crowd_out_a_newcomer() {
     // they answer retries, so only the queue's fair share stands between
     // them and the whole handshake budget. The queue is shorter than the
     // crowd, so it is always full.
-    let policy = ServerConfig {
-        handshake_queue: 16,
-        ..ServerConfig::default()
+    let policy = {
+        let mut server_config = ServerConfig::default();
+        server_config.handshake_queue = 16;
+        server_config
     };
     let mut s = Setup::with(70, ideal(), TransportConfig::default(), policy);
     s.net.set_handshake_cost(DH_COST);
@@ -1042,10 +1045,11 @@ fn fifty_clients_sharing_one_key_connect_at_the_same_moment_whatever_the_arrival
 fn a_client_set_aside_starts_over_at_once_and_connects() {
     // One worker, room for one waiting initiation, slow jobs: of three
     // clients arriving together, the third finds the queue full.
-    let policy = ServerConfig {
-        handshake_queue: 1,
-        retry: RetryPolicy::Never,
-        ..ServerConfig::default()
+    let policy = {
+        let mut server_config = ServerConfig::default();
+        server_config.handshake_queue = 1;
+        server_config.retry = RetryPolicy::Never;
+        server_config
     };
     let mut s = Setup::with(90, ideal(), TransportConfig::default(), policy);
     s.net.set_handshake_cost(Duration::from_millis(2));
@@ -1096,13 +1100,15 @@ fn a_client_set_aside_starts_over_at_once_and_connects() {
 
 #[test]
 fn a_node_that_keeps_refusing_gives_a_client_the_reason_not_a_timeout() {
-    let policy = ServerConfig {
-        max_connections: 1,
-        ..ServerConfig::default()
+    let policy = {
+        let mut server_config = ServerConfig::default();
+        server_config.max_connections = 1;
+        server_config
     };
-    let transport = TransportConfig {
-        handshake_timeout: Duration::from_millis(500),
-        ..TransportConfig::default()
+    let transport = {
+        let mut transport = TransportConfig::default();
+        transport.handshake_timeout = Duration::from_millis(500);
+        transport
     };
     let mut s = Setup::with(91, ideal(), transport.clone(), policy);
     s.connect();
@@ -1122,14 +1128,16 @@ fn a_node_that_keeps_refusing_gives_a_client_the_reason_not_a_timeout() {
 
 #[test]
 fn one_address_and_one_client_key_get_at_most_their_limit_of_connections() {
-    let policy = ServerConfig {
-        max_connections_per_address: 2,
-        max_connections_per_key: 2,
-        ..ServerConfig::default()
+    let policy = {
+        let mut server_config = ServerConfig::default();
+        server_config.max_connections_per_address = 2;
+        server_config.max_connections_per_key = 2;
+        server_config
     };
-    let transport = TransportConfig {
-        handshake_timeout: Duration::from_millis(300),
-        ..TransportConfig::default()
+    let transport = {
+        let mut transport = TransportConfig::default();
+        transport.handshake_timeout = Duration::from_millis(300);
+        transport
     };
     let busy = Some(ConnectionError::NodeBusy {
         reason: BusyReason::ConnectionLimit,
@@ -1205,9 +1213,10 @@ fn one_address_and_one_client_key_get_at_most_their_limit_of_connections() {
 
 #[test]
 fn a_retry_token_buys_one_handshake() {
-    let policy = ServerConfig {
-        retry: RetryPolicy::Always,
-        ..ServerConfig::default()
+    let policy = {
+        let mut server_config = ServerConfig::default();
+        server_config.retry = RetryPolicy::Always;
+        server_config
     };
     let mut s = Setup::with(92, ideal(), TransportConfig::default(), policy);
     let tap = wiretap(&mut s.net);

@@ -174,9 +174,10 @@ fn empty_datagrams_fill_a_bounded_queue_and_are_refused_where_disabled() {
     assert!(more < 16 * 1024, "{more} more bytes kept");
 
     // Where datagrams are disabled, the first one closes the connection.
-    let (mut s, c, h) = setup(TransportConfig {
-        max_datagram_size: 0,
-        ..TransportConfig::default()
+    let (mut s, c, h) = setup({
+        let mut transport = TransportConfig::default();
+        transport.max_datagram_size = 0;
+        transport
     });
     flood(&mut s, c, h, 1, empty_datagrams);
     assert_eq!(
@@ -326,9 +327,10 @@ fn streams_opened_to_the_limit_cost_a_bounded_amount_each() {
 fn what_a_reader_holds_stays_under_the_connection_window() {
     let _serial = serial();
     const WINDOW: u64 = 256 * 1024;
-    let (mut s, c, h) = setup(TransportConfig {
-        receive_window: WINDOW,
-        ..TransportConfig::default()
+    let (mut s, c, h) = setup({
+        let mut transport = TransportConfig::default();
+        transport.receive_window = WINDOW;
+        transport
     });
     let (client, server) = (s.client, s.server);
     // Many streams, each a message the node's decoder must hold whole.
@@ -379,9 +381,10 @@ fn what_a_reader_holds_stays_under_the_connection_window() {
 fn writes_wait_for_acknowledgements_beyond_the_send_window() {
     let _serial = serial();
     const SEND_WINDOW: u64 = 64 * 1024;
-    let (mut s, c, h) = setup(TransportConfig {
-        send_window: SEND_WINDOW,
-        ..TransportConfig::default()
+    let (mut s, c, h) = setup({
+        let mut transport = TransportConfig::default();
+        transport.send_window = SEND_WINDOW;
+        transport
     });
     let (client, server) = (s.client, s.server);
     conn(&mut s.net, server, h).withhold_acks(true);
@@ -409,9 +412,10 @@ fn writes_wait_for_acknowledgements_beyond_the_send_window() {
 #[test]
 fn forged_packets_close_the_connection_at_the_decryption_budget() {
     let _serial = serial();
-    let (mut s, c, h) = setup(TransportConfig {
-        max_decrypt_failures: 100,
-        ..TransportConfig::default()
+    let (mut s, c, h) = setup({
+        let mut transport = TransportConfig::default();
+        transport.max_decrypt_failures = 100;
+        transport
     });
     let client = s.client;
     // Capture one short packet of the client and keep it from the node.

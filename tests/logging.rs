@@ -90,24 +90,24 @@ fn a_trace_level_log_of_handshakes_rotations_and_a_switch_holds_no_key_material(
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         // Rotate packet keys every few packets, so rotations are logged.
-        let transport = Arc::new(TransportConfig {
-            key_rotation: KeyRotation {
+        let transport = Arc::new({
+            let mut transport = TransportConfig::default();
+            transport.key_rotation = KeyRotation {
                 packets: 16,
                 ..KeyRotation::default()
-            },
-            peer_key_update_rate: 1_000_000,
-            ..TransportConfig::default()
+            };
+            transport.peer_key_update_rate = 1_000_000;
+            transport
         });
-        let node = Endpoint::with_options(
-            "127.0.0.1:0".parse().unwrap(),
-            Options {
-                quic_listen: Some("127.0.0.1:0".parse().unwrap()),
-                ..Options::new(EndpointConfig {
-                    transport: transport.clone(),
-                    ..EndpointConfig::server(node_keys)
-                })
-            },
-        )
+        let node = Endpoint::with_options("127.0.0.1:0".parse().unwrap(), {
+            let mut options = Options::new({
+                let mut endpoint_config = EndpointConfig::server(node_keys);
+                endpoint_config.transport = transport.clone();
+                endpoint_config
+            });
+            options.quic_listen = Some("127.0.0.1:0".parse().unwrap());
+            options
+        })
         .unwrap();
         tokio::spawn(echo::serve(node.clone(), Arc::new(EchoStats::default())));
         let url = format!(
@@ -116,16 +116,15 @@ fn a_trace_level_log_of_handshakes_rotations_and_a_switch_holds_no_key_material(
             node.quic_addr().unwrap().port()
         );
         let client = |mode| {
-            Endpoint::with_options(
-                "127.0.0.1:0".parse().unwrap(),
-                Options {
-                    carrier: mode,
-                    ..Options::new(EndpointConfig {
-                        transport: transport.clone(),
-                        ..EndpointConfig::client(client_keys.clone())
-                    })
-                },
-            )
+            Endpoint::with_options("127.0.0.1:0".parse().unwrap(), {
+                let mut options = Options::new({
+                    let mut endpoint_config = EndpointConfig::client(client_keys.clone());
+                    endpoint_config.transport = transport.clone();
+                    endpoint_config
+                });
+                options.carrier = mode;
+                options
+            })
             .unwrap()
         };
         let on_mxp = timeout(

@@ -355,11 +355,12 @@ fn every_corrupted_or_truncated_copy_of_a_short_packet_is_rejected() {
 
 #[test]
 fn corrupted_and_truncated_long_header_packets_are_refused() {
-    let server_config = ServerConfig {
-        retry: RetryPolicy::Never,
-        handshake_burst: 1_000_000,
-        handshake_rate: 1_000_000,
-        ..ServerConfig::default()
+    let server_config = {
+        let mut server_config = ServerConfig::default();
+        server_config.retry = RetryPolicy::Never;
+        server_config.handshake_burst = 1_000_000;
+        server_config.handshake_rate = 1_000_000;
+        server_config
     };
     let mut s = Setup::with(4, ideal(), TransportConfig::default(), server_config);
     let tap = wiretap(&mut s.net);
@@ -574,10 +575,11 @@ fn replayed_packets_are_dropped_and_the_application_never_sees_data_twice() {
     // round trips, so replays overlap it, and thousands of packets are in
     // flight, so packet numbers travel with two bytes and old ones decode
     // unambiguously.
-    let config = TransportConfig {
-        initial_window: 4 << 20,
-        stream_receive_window: 8 << 20,
-        ..TransportConfig::default()
+    let config = {
+        let mut transport = TransportConfig::default();
+        transport.initial_window = 4 << 20;
+        transport.stream_receive_window = 8 << 20;
+        transport
     };
     let link = LinkConfig::ideal(Duration::from_millis(2));
     let mut s = Setup::with(6, link, config, ServerConfig::default());
@@ -843,9 +845,10 @@ fn handshakes_over_lossy_links_never_exceed_three_times_before_validation() {
 
 #[test]
 fn retry_and_reject_answers_are_at_most_three_times_their_trigger() {
-    let server_config = ServerConfig {
-        retry: RetryPolicy::Always,
-        ..ServerConfig::default()
+    let server_config = {
+        let mut server_config = ServerConfig::default();
+        server_config.retry = RetryPolicy::Always;
+        server_config
     };
     let mut s = Setup::with(8, ideal(), TransportConfig::default(), server_config);
     s.net.record();
@@ -992,12 +995,13 @@ fn dozens_of_small_messages_share_packets() {
 // ---- key rotation ----------------------------------------------------------
 
 fn rotating(packets: u64, interval: Duration) -> TransportConfig {
-    TransportConfig {
-        key_rotation: KeyRotation { packets, interval },
+    {
+        let mut transport = TransportConfig::default();
+        transport.key_rotation = KeyRotation { packets, interval };
         // Rotating every hundred packets at the simulator's rates is far
         // faster than a peer may by default.
-        peer_key_update_rate: 1_000_000,
-        ..TransportConfig::default()
+        transport.peer_key_update_rate = 1_000_000;
+        transport
     }
 }
 

@@ -205,11 +205,12 @@ proptest! {
         mut reads in proptest::collection::vec((any::<bool>(), 1usize..20_000), 16),
     ) {
         reads[0].0 = true; // the reader does read, now and then
-        let transport = TransportConfig {
-            stream_receive_window: stream_window,
-            receive_window: conn_window,
-            ..TransportConfig::default()
-        };
+        let transport = {
+let mut transport = TransportConfig::default();
+transport.stream_receive_window = stream_window;
+transport.receive_window = conn_window;
+transport
+};
         let link = LinkConfig {
             loss: 0.05,
             jitter: Duration::from_micros(30),

@@ -138,10 +138,11 @@ impl Writer {
 #[test]
 fn stream_window_blocks_the_writer_exactly_at_the_limit_and_reopens_after_a_read() {
     const WINDOW: u64 = 32 * 1024;
-    let transport = TransportConfig {
-        stream_receive_window: WINDOW,
-        receive_window: 1 << 20,
-        ..TransportConfig::default()
+    let transport = {
+        let mut transport = TransportConfig::default();
+        transport.stream_receive_window = WINDOW;
+        transport.receive_window = 1 << 20;
+        transport
     };
     let (mut s, ch, sh) = setup(11, transport);
     let (client, server) = (s.client, s.server);
@@ -245,10 +246,11 @@ fn stream_window_blocks_the_writer_exactly_at_the_limit_and_reopens_after_a_read
 #[test]
 fn connection_window_blocks_all_streams_and_one_read_wakes_them_all() {
     const WINDOW: u64 = 64 * 1024;
-    let transport = TransportConfig {
-        stream_receive_window: 1 << 20,
-        receive_window: WINDOW,
-        ..TransportConfig::default()
+    let transport = {
+        let mut transport = TransportConfig::default();
+        transport.stream_receive_window = 1 << 20;
+        transport.receive_window = WINDOW;
+        transport
     };
     let (mut s, ch, sh) = setup(12, transport);
     let (client, server) = (s.client, s.server);
@@ -352,12 +354,13 @@ fn connection_window_blocks_all_streams_and_one_read_wakes_them_all() {
 #[test]
 fn critical_message_leaves_in_the_very_next_packet_behind_megabytes_of_streaming_data() {
     const BULK: usize = 4 << 20;
-    let transport = TransportConfig {
-        initial_window: 256 << 20,
-        pacing: false,
-        stream_receive_window: 16 << 20,
-        receive_window: 64 << 20,
-        ..TransportConfig::default()
+    let transport = {
+        let mut transport = TransportConfig::default();
+        transport.initial_window = 256 << 20;
+        transport.pacing = false;
+        transport.stream_receive_window = 16 << 20;
+        transport.receive_window = 64 << 20;
+        transport
     };
     let (mut s, ch, sh) = setup(13, transport);
     let (client, server) = (s.client, s.server);
@@ -818,9 +821,10 @@ fn five_thousand_streams_recycle_a_small_stream_limit_and_deliver_byte_exact() {
     const STREAMS: u64 = 5_000;
     const LIMIT: u64 = 64;
     const SIZE: usize = 2_000;
-    let transport = TransportConfig {
-        max_concurrent_uni_streams: LIMIT,
-        ..TransportConfig::default()
+    let transport = {
+        let mut transport = TransportConfig::default();
+        transport.max_concurrent_uni_streams = LIMIT;
+        transport
     };
     let (mut s, ch, sh) = setup(15, transport);
     let (client, server) = (s.client, s.server);
@@ -940,10 +944,11 @@ fn a_thousand_concurrent_bidirectional_streams_echo_byte_exact() {
 #[test]
 fn reset_stream_reaches_the_reader_with_its_code_and_returns_the_credit() {
     const WINDOW: u64 = 64 * 1024;
-    let transport = TransportConfig {
-        receive_window: WINDOW,
-        max_concurrent_uni_streams: 1,
-        ..TransportConfig::default()
+    let transport = {
+        let mut transport = TransportConfig::default();
+        transport.receive_window = WINDOW;
+        transport.max_concurrent_uni_streams = 1;
+        transport
     };
     let (mut s, ch, sh) = setup(17, transport);
     let (client, server) = (s.client, s.server);
@@ -1030,10 +1035,11 @@ fn reset_stream_reaches_the_reader_with_its_code_and_returns_the_credit() {
 #[test]
 fn stop_sending_stops_the_writer_with_its_code_and_returns_the_credit() {
     const WINDOW: u64 = 64 * 1024;
-    let transport = TransportConfig {
-        receive_window: WINDOW,
-        max_concurrent_uni_streams: 1,
-        ..TransportConfig::default()
+    let transport = {
+        let mut transport = TransportConfig::default();
+        transport.receive_window = WINDOW;
+        transport.max_concurrent_uni_streams = 1;
+        transport
     };
     let (mut s, ch, sh) = setup(18, transport);
     let (client, server) = (s.client, s.server);
@@ -1153,9 +1159,10 @@ fn datagram_larger_than_the_limit_is_refused_and_the_largest_allowed_arrives() {
 #[test]
 fn datagram_burst_beyond_the_send_buffer_drops_the_oldest_and_counts_them() {
     // Room for eight: each queued datagram is charged for its slot too.
-    let transport = TransportConfig {
-        datagram_send_buffer: 8 * (1000 + DATAGRAM_ENTRY_COST),
-        ..TransportConfig::default()
+    let transport = {
+        let mut transport = TransportConfig::default();
+        transport.datagram_send_buffer = 8 * (1000 + DATAGRAM_ENTRY_COST);
+        transport
     };
     let (mut s, ch, sh) = setup(20, transport);
     let (client, server) = (s.client, s.server);

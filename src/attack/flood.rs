@@ -23,6 +23,7 @@ use crate::Carrier;
 /// What a flood sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum FloodKind {
     /// Copies of one valid Initial (as captured from a real client).
     Replay,

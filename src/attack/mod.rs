@@ -27,6 +27,7 @@ use crate::Carrier;
 /// What `mxp attack --kind` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum AttackKind {
     /// Copies of one valid initiation from many source ports.
     HandshakeFlood,
@@ -163,6 +164,7 @@ pub struct Attack {
 
 /// Why an attack could not run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AttackError {
     /// The target does not resolve, or the witness cannot connect.
     #[error("{0}")]

@@ -172,6 +172,7 @@ pub(crate) fn local_address(local: SocketAddr, ip: Option<IpAddr>) -> SocketAddr
 
 /// Why a capture could not be started.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum CaptureError {
     /// One capture at a time per endpoint: two files of the same traffic
     /// help nobody, and stopping the first returns its summary.
@@ -210,6 +211,7 @@ pub enum CaptureError {
 /// shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum CaptureState {
     /// No capture has run on this endpoint.
     Idle,

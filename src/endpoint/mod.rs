@@ -35,6 +35,7 @@ pub use switch::{ConnectionsPerCarrier, DrainStatus, Status};
 /// Everything an [`Endpoint`] can be configured with beyond the protocol
 /// core's [`EndpointConfig`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Options {
     /// Identity, transport settings and (for a node) admission policy.
     pub config: EndpointConfig,

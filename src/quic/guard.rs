@@ -180,10 +180,11 @@ mod tests {
 
     fn policy() -> Arc<ServerConfig> {
         // A source's share: max(rate / 4, burst) = 4.
-        Arc::new(ServerConfig {
-            handshake_rate: 8,
-            handshake_burst: 4,
-            ..ServerConfig::default()
+        Arc::new({
+            let mut server_config = ServerConfig::default();
+            server_config.handshake_rate = 8;
+            server_config.handshake_burst = 4;
+            server_config
         })
     }
 
@@ -219,10 +220,11 @@ mod tests {
 
     #[test]
     fn unconfirmed_attempts_are_capped() {
-        let g = Guard::new(Arc::new(ServerConfig {
-            handshake_queue: 2,
-            retry: mxp_proto::RetryPolicy::Never,
-            ..ServerConfig::default()
+        let g = Guard::new(Arc::new({
+            let mut server_config = ServerConfig::default();
+            server_config.handshake_queue = 2;
+            server_config.retry = mxp_proto::RetryPolicy::Never;
+            server_config
         }));
         let a: SocketAddr = "10.0.0.1:1".parse().unwrap();
         let held = [g.claim(), g.claim()];

@@ -56,22 +56,17 @@ impl Setup {
         let server_keys = Keypair::generate();
         let client_keys = Keypair::generate();
         let (server_key, client_key) = (server_keys.public(), client_keys.public());
-        let server = net.add_endpoint(
-            SERVER,
-            EndpointConfig {
-                keypair: server_keys,
-                transport: transport.clone(),
-                server: Some(Arc::new(server)),
-            },
-        );
-        let client = net.add_endpoint(
-            CLIENT,
-            EndpointConfig {
-                keypair: client_keys,
-                transport,
-                server: None,
-            },
-        );
+        let server = net.add_endpoint(SERVER, {
+            let mut config = EndpointConfig::client(server_keys);
+            config.transport = transport.clone();
+            config.server = Some(Arc::new(server));
+            config
+        });
+        let client = net.add_endpoint(CLIENT, {
+            let mut config = EndpointConfig::client(client_keys);
+            config.transport = transport;
+            config
+        });
         Setup {
             net,
             server,
@@ -337,14 +332,11 @@ impl Setup {
         keypair: Keypair,
         transport: TransportConfig,
     ) -> NodeId {
-        self.net.add_endpoint(
-            addr,
-            EndpointConfig {
-                keypair,
-                transport: Arc::new(transport),
-                server: None,
-            },
-        )
+        self.net.add_endpoint(addr, {
+            let mut config = EndpointConfig::client(keypair);
+            config.transport = Arc::new(transport);
+            config
+        })
     }
 
     /// Starts connecting `node` to the server (with the right server key)

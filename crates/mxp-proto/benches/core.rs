@@ -159,11 +159,12 @@ fn endpoint_polls(c: &mut Criterion) {
         let mut config = EndpointConfig::server(keys.clone());
         // Every connection is set up at one instant: beyond the default
         // handshake budget's burst, which this benchmark is not about.
-        config.server = Some(Arc::new(ServerConfig {
-            retry: RetryPolicy::Never,
-            handshake_rate: u32::MAX,
-            handshake_burst: u32::MAX,
-            ..ServerConfig::default()
+        config.server = Some(Arc::new({
+            let mut server_config = ServerConfig::default();
+            server_config.retry = RetryPolicy::Never;
+            server_config.handshake_rate = u32::MAX;
+            server_config.handshake_burst = u32::MAX;
+            server_config
         }));
         let mut node = Endpoint::new(config, now, unix);
         let node_addr: SocketAddr = "10.0.0.1:1".parse().expect("literal");

@@ -13,6 +13,7 @@ use crate::packet::keys::KeyRotation;
 /// Per-connection transport settings. Both ends may differ; limits that
 /// bind the peer are exchanged in the handshake.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct TransportConfig {
     /// Largest UDP payload this end sends or accepts. 1452 fits a 1500-byte
     /// Ethernet MTU under IPv6; loopback and jumbo-frame fabrics can go higher.
@@ -121,6 +122,7 @@ impl Default for TransportConfig {
 /// When a server makes clients prove their address before it spends a
 /// Diffie-Hellman operation on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum RetryPolicy {
     /// Never: every initiation is processed (subject to the rate limit).
     Never,
@@ -148,6 +150,7 @@ impl RetryPolicy {
 
 /// Policy for accepting connections.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// Client static keys allowed to connect; `None` admits any client that
     /// completes the handshake.
@@ -208,6 +211,7 @@ impl Default for ServerConfig {
 
 /// Everything an [`Endpoint`](crate::Endpoint) needs.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct EndpointConfig {
     /// This node's static identity: its server key, and its client key when
     /// it connects out.

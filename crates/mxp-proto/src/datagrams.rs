@@ -18,6 +18,7 @@ use crate::frame;
 
 /// Why a datagram was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum DatagramError {
     /// The peer does not accept datagrams.
     #[error("the peer does not accept datagrams")]

@@ -101,6 +101,7 @@ impl TransportError {
 /// Why a connection ended. Every way a connection can end has its own
 /// variant, so callers (and metrics) can tell them apart.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum ConnectionError {
     /// The server does not speak this protocol version.
     #[error(
@@ -198,5 +199,71 @@ impl ConnectionError {
             ConnectionError::TimedOut => "timed_out",
             ConnectionError::LocallyClosed => "locally_closed",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::BusyReason;
+
+    #[test]
+    fn every_connection_error_has_a_distinct_kind_and_message() {
+        let all = [
+            ConnectionError::VersionMismatch,
+            ConnectionError::ServerKeyMismatch,
+            ConnectionError::ClientNotAllowed,
+            ConnectionError::ClockSkew { local_ahead_ms: 5 },
+            ConnectionError::CarrierRefused {
+                quic_port: Some(4434),
+            },
+            ConnectionError::HandshakeTimedOut,
+            ConnectionError::TransportError(TransportError {
+                code: TransportErrorCode::FLOW_CONTROL_ERROR,
+                frame_type: None,
+                reason: "x".into(),
+            }),
+            ConnectionError::ApplicationClosed {
+                code: 1,
+                reason: Bytes::new(),
+            },
+            ConnectionError::NodeBusy {
+                reason: BusyReason::Overloaded,
+            },
+            ConnectionError::Reset,
+            ConnectionError::TimedOut,
+            ConnectionError::LocallyClosed,
+        ];
+        // Exhaustive: a new variant must be added here (and given a kind).
+        for e in &all {
+            match e {
+                ConnectionError::VersionMismatch
+                | ConnectionError::ServerKeyMismatch
+                | ConnectionError::ClientNotAllowed
+                | ConnectionError::ClockSkew { .. }
+                | ConnectionError::CarrierRefused { .. }
+                | ConnectionError::HandshakeTimedOut
+                | ConnectionError::NodeBusy { .. }
+                | ConnectionError::TransportError(_)
+                | ConnectionError::ApplicationClosed { .. }
+                | ConnectionError::Reset
+                | ConnectionError::TimedOut
+                | ConnectionError::LocallyClosed => {}
+            }
+        }
+        let kinds: HashSet<&str> = all.iter().map(ConnectionError::kind).collect();
+        assert_eq!(kinds.len(), all.len(), "kinds collide: {kinds:?}");
+        for k in &kinds {
+            assert!(
+                !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{k:?} is not a metric label"
+            );
+        }
+        let messages: HashSet<String> = all.iter().map(ToString::to_string).collect();
+        assert_eq!(messages.len(), all.len());
     }
 }

@@ -143,6 +143,7 @@ pub fn frame_type_name(ty: u64) -> &'static str {
 /// would; the connection should be closed with a frame-encoding error naming
 /// [`FrameError::frame_type`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The frame type is not one MXP defines. A frame type varint cut off by
     /// the end of the packet is reported here too (with the bits that were

@@ -50,6 +50,7 @@ const OVERHEAD: usize = HEADER_LEN + CHECKSUM_LEN;
 
 /// Why a message could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum MessageError {
     /// The buffer ends before the message does.
     #[error("message truncated: need {needed} bytes, only {available} available")]

@@ -32,6 +32,7 @@ pub struct TransportParams {
 
 /// Announced parameters could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum ParamsError {
     /// The encoding was cut short.
     #[error("transport parameters truncated")]

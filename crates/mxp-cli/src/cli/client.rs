@@ -78,17 +78,20 @@ impl ClientArgs {
             Some(path) => keygen::load_keypair(path)?,
             None => Keypair::generate(),
         };
-        let transport = TransportConfig {
-            handshake_timeout: self.timeout,
-            ..TransportConfig::default()
+        let transport = {
+            let mut transport = TransportConfig::default();
+            transport.handshake_timeout = self.timeout;
+            transport
         };
-        let options = Options {
-            carrier: self.carrier,
-            mxp_timeout: self.mxp_timeout,
-            ..Options::new(EndpointConfig {
-                transport: Arc::new(transport),
-                ..EndpointConfig::client(keypair)
-            })
+        let options = {
+            let mut options = Options::new({
+                let mut endpoint_config = EndpointConfig::client(keypair);
+                endpoint_config.transport = Arc::new(transport);
+                endpoint_config
+            });
+            options.carrier = self.carrier;
+            options.mxp_timeout = self.mxp_timeout;
+            options
         };
         let local = if remote.is_ipv4() {
             "0.0.0.0:0"
@@ -116,7 +119,7 @@ impl ClientArgs {
         match self.carrier {
             // The MXP attempt also ends at the handshake timeout.
             CarrierMode::Auto => self.mxp_timeout.min(self.timeout) + self.timeout,
-            CarrierMode::Mxp | CarrierMode::Quic => self.timeout,
+            _ => self.timeout,
         }
     }
 }

@@ -958,9 +958,10 @@ mod tests {
     fn unset_keys_keep_their_defaults() {
         let c = parse_at("[transport]\nidle_timeout = \"1s\"\nband_weights = { control = 7 }\n")
             .unwrap();
-        let mut expected = TransportConfig {
-            idle_timeout: Duration::from_secs(1),
-            ..TransportConfig::default()
+        let mut expected = {
+            let mut transport = TransportConfig::default();
+            transport.idle_timeout = Duration::from_secs(1);
+            transport
         };
         expected.band_weights[Band::Control.index()] = 7;
         assert!(same(&c.transport, &expected));

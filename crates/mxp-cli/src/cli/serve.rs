@@ -131,17 +131,13 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
         Some(path) => (keygen::load_keypair(path)?, false),
         None => (Keypair::generate(), true),
     };
-    let config = EndpointConfig {
-        keypair,
-        transport: Arc::new(cfg.transport.clone()),
-        server: Some(Arc::new(cfg.server.clone())),
-    };
-    let options = Options {
-        quic_listen,
-        carriers: cfg.carriers,
-        drain_timeout: cfg.drain_timeout,
-        ..Options::new(config)
-    };
+    let mut config = EndpointConfig::client(keypair);
+    config.transport = Arc::new(cfg.transport.clone());
+    config.server = Some(Arc::new(cfg.server.clone()));
+    let mut options = Options::new(config);
+    options.quic_listen = quic_listen;
+    options.carriers = cfg.carriers;
+    options.drain_timeout = cfg.drain_timeout;
     let node = Endpoint::with_options(cfg.listen, options)
         .map_err(|e| CliError::Usage(bind_error(cfg.listen, quic_listen, &e)))?;
     if let Some(path) = &cfg.capture {
@@ -149,11 +145,10 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     }
     let admin = match cfg.admin {
         Some(addr) => {
-            let options = AdminOptions {
-                token: cfg.admin_token.clone(),
-                log: Some(log.clone()),
-                capture_dir: cfg.capture_dir.clone(),
-            };
+            let mut options = AdminOptions::default();
+            options.token = cfg.admin_token.clone();
+            options.log = Some(log.clone());
+            options.capture_dir = cfg.capture_dir.clone();
             let server = admin::serve_with(addr, node.clone(), options)
                 .await
                 .map_err(|e| CliError::Usage(format!("cannot serve admin on {addr}: {e}")))?;

@@ -41,6 +41,7 @@ fn params() -> NoiseParams {
 
 /// Why a handshake message was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum HandshakeError {
     /// The message did not authenticate: it was corrupted, or the initiator
     /// encrypted it to a different server key than ours.

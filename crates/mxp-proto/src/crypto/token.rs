@@ -16,6 +16,7 @@ pub const TOKEN_LEN: usize = 8 + 32;
 
 /// Why a token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum TokenError {
     /// Not a token this server issued for this address and connection.
     #[error("retry token is invalid for this address")]

@@ -78,6 +78,7 @@ pub struct Endpoint {
 
 /// Why a connection could not be started.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// Building the first handshake message failed.
     #[error("cannot start handshake: {0}")]

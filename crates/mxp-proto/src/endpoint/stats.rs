@@ -26,6 +26,7 @@ pub enum Incoming {
 /// Why a datagram did not reach or create a connection. Each has an
 /// [`EndpointStats`] counter.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum Refusal {
     /// Could not be parsed.
     #[error("malformed datagram: {0}")]

@@ -120,6 +120,7 @@ pub enum LongType {
 /// the clear, so a client treats the key and version refusals as hints it
 /// confirms (see the connection's handshake logic), never as proof.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RejectReason {
     /// The server speaks another protocol version.
     VersionMismatch,
@@ -143,6 +144,7 @@ pub enum RejectReason {
 /// says so in its error if the node keeps refusing until its handshake
 /// timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum BusyReason {
     /// Handshakes arrive faster than the node's handshake budget, and this
     /// one did not win a fair share of it.
@@ -276,6 +278,7 @@ pub enum Header<'a> {
 /// Why a datagram could not be parsed or opened. Every variant is counted by
 /// the endpoint; none of them panics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum PacketError {
     /// Shorter than its header claims.
     #[error("packet truncated")]
