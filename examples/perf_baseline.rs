@@ -218,7 +218,7 @@ fn client(mode: CarrierMode, transport: Arc<TransportConfig>) -> Endpoint {
             endpoint_config.transport = transport;
             endpoint_config
         });
-        options.carrier = mode;
+        options.carrier_mode = mode;
         options
     };
     Endpoint::with_options(any_port(), options).expect("bind a client")

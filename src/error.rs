@@ -119,7 +119,7 @@ pub enum ConnectError {
     Handshake(#[from] ConnectionError),
     /// The first handshake message could not be built.
     #[error(transparent)]
-    Start(#[from] mxp_proto::ConnectError),
+    Start(#[from] mxp_proto::HandshakeError),
     /// The QUIC carrier could not be set up.
     #[error("QUIC: {0}")]
     Quic(String),

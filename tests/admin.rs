@@ -86,7 +86,7 @@ async fn refused(
 async fn connect(node: &Endpoint, mode: CarrierMode) -> Connection {
     let options = {
         let mut options = Options::new(EndpointConfig::client(Keypair::generate()));
-        options.carrier = mode;
+        options.carrier_mode = mode;
         options
     };
     let client = Endpoint::with_options(any_port(), options).unwrap();
@@ -445,7 +445,7 @@ async fn a_snapshot_holds_every_metric_and_each_connections_stats() {
         assert!(c["bytes_received"].as_u64().unwrap() > 0, "{c}");
         assert!(c["congestion_window"].as_u64().unwrap() > 0, "{c}");
         assert!(c["loss_ratio"].as_f64().is_some(), "{c}");
-        assert!(c["open_streams"].as_u64().is_some(), "{c}");
+        assert!(c["streams_active"].as_u64().is_some(), "{c}");
         let served = sample(
             &snapshot,
             "mxp_call_duration_seconds",

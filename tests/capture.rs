@@ -77,7 +77,7 @@ fn node() -> Endpoint {
 fn client() -> Endpoint {
     let options = {
         let mut options = Options::new(EndpointConfig::client(Keypair::generate()));
-        options.carrier = CarrierMode::Mxp;
+        options.carrier_mode = CarrierMode::Mxp;
         options
     };
     Endpoint::with_options(any_port(), options).unwrap()
@@ -176,7 +176,7 @@ async fn one_capture_holds_both_carriers_of_a_node() {
     let over_mxp = client();
     let over_quic = Endpoint::with_options(any_port(), {
         let mut options = Options::new(EndpointConfig::client(Keypair::generate()));
-        options.carrier = CarrierMode::Quic;
+        options.carrier_mode = CarrierMode::Quic;
         options
     })
     .unwrap();

@@ -49,7 +49,7 @@ fn node(carriers: Carriers) -> (Endpoint, Arc<EchoStats>) {
 fn client(mode: CarrierMode) -> Endpoint {
     let options = {
         let mut options = Options::new(EndpointConfig::client(Keypair::generate()));
-        options.carrier = mode;
+        options.carrier_mode = mode;
         options.mxp_timeout = Duration::from_millis(300);
         options
     };
@@ -167,7 +167,7 @@ async fn the_allow_list_applies_on_quic_too() {
     );
     let options = {
         let mut options = Options::new(EndpointConfig::client(allowed));
-        options.carrier = CarrierMode::Quic;
+        options.carrier_mode = CarrierMode::Quic;
         options
     };
     let friend = Endpoint::with_options(any_port(), options).unwrap();
@@ -366,7 +366,7 @@ async fn after_mxp_stays_silent_auto_goes_straight_to_quic_until_the_retry_time_
     let with_retry = |after: Duration| {
         let options = {
             let mut options = Options::new(EndpointConfig::client(Keypair::generate()));
-            options.carrier = CarrierMode::Auto;
+            options.carrier_mode = CarrierMode::Auto;
             options.mxp_timeout = Duration::from_millis(200);
             options.mxp_retry_after = after;
             options

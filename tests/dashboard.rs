@@ -282,7 +282,7 @@ fn any_port() -> SocketAddr {
 async fn connect(node: &Endpoint, mode: CarrierMode) -> Connection {
     let options = {
         let mut options = Options::new(EndpointConfig::client(Keypair::generate()));
-        options.carrier = mode;
+        options.carrier_mode = mode;
         options
     };
     let client = Endpoint::with_options(any_port(), options).unwrap();

@@ -83,7 +83,7 @@ async fn calls_and_a_token_stream_survive_flipping_mxp_to_quic_and_back() {
     tokio::spawn(echo::serve(node.clone(), stats.clone()));
     let client = Endpoint::with_options(any_port(), {
         let mut options = Options::new(EndpointConfig::client(Keypair::generate()));
-        options.carrier = CarrierMode::Auto;
+        options.carrier_mode = CarrierMode::Auto;
         options
     })
     .unwrap();

@@ -317,7 +317,7 @@ fn streams_opened_to_the_limit_cost_a_bounded_amount_each() {
         }
         s.net.run_for(Duration::from_millis(20));
     });
-    let open = conn(&mut s.net, s.server, h).stats().open_streams;
+    let open = conn(&mut s.net, s.server, h).stats().streams_active;
     assert_eq!(open, 8192);
     // Both ends' streams, and the packets in between.
     assert!(kept < 8192 * 2 * 1024, "{kept} bytes for {open} streams");

@@ -122,7 +122,7 @@ fn a_trace_level_log_of_handshakes_rotations_and_a_switch_holds_no_key_material(
                     endpoint_config.transport = transport.clone();
                     endpoint_config
                 });
-                options.carrier = mode;
+                options.carrier_mode = mode;
                 options
             })
             .unwrap()

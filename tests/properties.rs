@@ -120,7 +120,7 @@ fn delivers_exactly_and_at_most_once(
         }
         let cs = net.endpoint(client).connection(ch).unwrap().stats();
         rx.finished.len() == ids.len()
-            && cs.open_streams == 0
+            && cs.streams_active == 0
             && cs.datagrams.sent + cs.datagrams.dropped_send == u64::from(datagrams)
     });
     prop_assert!(

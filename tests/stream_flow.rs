@@ -867,8 +867,8 @@ fn five_thousand_streams_recycle_a_small_stream_limit_and_deliver_byte_exact() {
             }
         }
         rx.pump(net, server);
-        peak_open = peak_open.max(conn(net, server, sh).stats().open_streams);
-        rx.finished.len() as u64 == STREAMS && conn(net, client, ch).stats().open_streams == 0
+        peak_open = peak_open.max(conn(net, server, sh).stats().streams_active);
+        rx.finished.len() as u64 == STREAMS && conn(net, client, ch).stats().streams_active == 0
     });
     assert!(ok, "{} of {STREAMS} streams finished", rx.finished.len());
     assert!(
@@ -889,8 +889,8 @@ fn five_thousand_streams_recycle_a_small_stream_limit_and_deliver_byte_exact() {
         );
     }
     let (cs, ss) = (conn(net, client, ch).stats(), conn(net, server, sh).stats());
-    assert_eq!(cs.open_streams, 0);
-    assert_eq!(ss.open_streams, 0);
+    assert_eq!(cs.streams_active, 0);
+    assert_eq!(ss.streams_active, 0);
     assert_eq!(ss.flow.streams_opened, STREAMS);
     assert_eq!(ss.flow.streams_closed, STREAMS);
 }
@@ -911,7 +911,7 @@ fn a_thousand_concurrent_bidirectional_streams_echo_byte_exact() {
         c.finish(id).unwrap();
         sent.insert(id, data);
     }
-    assert_eq!(conn(net, client, ch).stats().open_streams, STREAMS);
+    assert_eq!(conn(net, client, ch).stats().streams_active, STREAMS);
 
     let mut echo = EchoServer::default();
     let mut back: HashMap<StreamId, Vec<u8>> = HashMap::new();
@@ -932,8 +932,8 @@ fn a_thousand_concurrent_bidirectional_streams_echo_byte_exact() {
             }
         }
         ended.len() as u64 == STREAMS
-            && conn(net, client, ch).stats().open_streams == 0
-            && conn(net, server, sh).stats().open_streams == 0
+            && conn(net, client, ch).stats().streams_active == 0
+            && conn(net, server, sh).stats().streams_active == 0
     });
     assert!(ok, "{} of {STREAMS} echoes completed", ended.len());
     assert_eq!(back, sent);
@@ -1026,8 +1026,8 @@ fn reset_stream_reaches_the_reader_with_its_code_and_returns_the_credit() {
     assert!(ok, "the connection is wedged after a reset");
     assert_eq!(received, w.data);
     let settled = net.run_until(Duration::from_secs(1), |net| {
-        conn(net, client, ch).stats().open_streams == 0
-            && conn(net, server, sh).stats().open_streams == 0
+        conn(net, client, ch).stats().streams_active == 0
+            && conn(net, server, sh).stats().streams_active == 0
     });
     assert!(settled, "reset streams were not forgotten");
 }
@@ -1083,8 +1083,8 @@ fn stop_sending_stops_the_writer_with_its_code_and_returns_the_credit() {
 
     // The unread data's credit and the stream slot come back.
     let ok = net.run_until(Duration::from_secs(1), |net| {
-        conn(net, client, ch).stats().open_streams == 0
-            && conn(net, server, sh).stats().open_streams == 0
+        conn(net, client, ch).stats().streams_active == 0
+            && conn(net, server, sh).stats().streams_active == 0
     });
     assert!(ok, "the stopped stream was not closed on both ends");
     let mut b = None;

@@ -40,7 +40,7 @@ pub(crate) struct Witness {
 /// An MXP client endpoint with a fresh key (the attack's peers use them too).
 pub(crate) fn client_endpoint() -> std::io::Result<Endpoint> {
     let options = Options {
-        carrier: CarrierMode::Mxp,
+        carrier_mode: CarrierMode::Mxp,
         ..Options::new(EndpointConfig::client(Keypair::generate()))
     };
     let any = "0.0.0.0:0".parse().expect("literal address");

@@ -75,7 +75,7 @@ impl Endpoint {
     }
 
     pub(super) async fn connect_target(&self, target: Target) -> Result<Connection, ConnectError> {
-        let link = self.establish(&target, self.0.options.carrier).await?;
+        let link = self.establish(&target, self.0.options.carrier_mode).await?;
         let dialer = Arc::new(self.clone());
         Ok(Connection::client_side(
             link,

@@ -44,7 +44,7 @@ pub struct Options {
     /// Which carriers a node accepts new sessions on at start.
     pub carriers: Carriers,
     /// How a client picks the carrier of a new connection.
-    pub carrier: CarrierMode,
+    pub carrier_mode: CarrierMode,
     /// How long `Auto` waits for MXP before trying QUIC.
     pub mxp_timeout: Duration,
     /// After MXP did not answer, how long `Auto` goes straight to QUIC
@@ -63,7 +63,7 @@ impl Options {
             config,
             quic_listen: None,
             carriers: Carriers::BOTH,
-            carrier: CarrierMode::Auto,
+            carrier_mode: CarrierMode::Auto,
             mxp_timeout: Duration::from_secs(1),
             mxp_retry_after: Duration::from_secs(5),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,

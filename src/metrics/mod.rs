@@ -185,7 +185,7 @@ pub(crate) fn collect(endpoint: &Endpoint) -> Vec<Family> {
         }
     }
     f.family(Gauge, "mxp_streams_active", "Open streams")
-        .per_carrier(|c| Value::Real(of(c).open_streams as f64));
+        .per_carrier(|c| Value::Real(of(c).streams_active as f64));
     let handshakes = f.family(Counter, "mxp_handshakes", "Handshake outcomes");
     for carrier in Carrier::ALL {
         for (&result, &n) in &of(carrier).handshakes {

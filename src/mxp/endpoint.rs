@@ -91,11 +91,11 @@ impl MxpEndpoint {
     pub(crate) fn totals(&self) -> (CarrierTotals, EndpointStats) {
         let state = self.shared.lock();
         let door = state.proto.stats();
-        let (counters, open_streams) = state.proto.totals();
+        let (counters, streams_active) = state.proto.totals();
         let totals = CarrierTotals {
             active: state.proto.connection_count() as u64,
             established: door.handshakes_accepted + door.handshakes_completed,
-            open_streams,
+            streams_active,
             counters,
             ended: state.proto.ended_by_kind().collect(),
             handshakes: mxp_handshakes(&door),
@@ -117,7 +117,7 @@ impl MxpEndpoint {
                 Some(ConnectionInfo::new(
                     Carrier::Mxp,
                     c.side(),
-                    (h.0 as u64, c.local_cid().to_string()),
+                    c.local_cid().to_string(),
                     c.remote_address(),
                     c.peer_key(),
                     c.is_established(),
@@ -270,8 +270,8 @@ fn mxp_handshakes(s: &EndpointStats) -> BTreeMap<&'static str, u64> {
         ("accepted", s.handshakes_accepted),
         ("completed", s.handshakes_completed),
         ("mac_failed", s.mac_failures),
-        ("key_mismatch", s.handshake_decrypt_failures),
-        ("client_not_allowed", s.clients_refused),
+        ("server_key_mismatch", s.server_key_mismatches),
+        ("client_not_allowed", s.clients_not_allowed),
         ("replayed", s.replayed_initiations),
         ("duplicate", s.duplicate_initiations),
         ("stale", s.stale_initiations),

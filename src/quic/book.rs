@@ -19,7 +19,7 @@ pub(crate) mod handshake {
     /// A client authenticated the node.
     pub(crate) const COMPLETED: &str = "completed";
     /// The client's Noise message did not decrypt: wrong server key.
-    pub(crate) const KEY_MISMATCH: &str = "key_mismatch";
+    pub(crate) const SERVER_KEY_MISMATCH: &str = "server_key_mismatch";
     /// The client's key is not on the allow-list.
     pub(crate) const CLIENT_NOT_ALLOWED: &str = "client_not_allowed";
     /// The node does not accept QUIC now (the deployment switch).
@@ -36,7 +36,7 @@ pub(crate) mod handshake {
     pub(crate) const ALL: [&str; 9] = [
         ACCEPTED,
         COMPLETED,
-        KEY_MISMATCH,
+        SERVER_KEY_MISMATCH,
         CLIENT_NOT_ALLOWED,
         CARRIER_REFUSED,
         FAILED,
@@ -110,11 +110,11 @@ impl Book {
     pub(super) fn totals(&self) -> CarrierTotals {
         let state = self.lock();
         let mut counters = state.retired;
-        let mut open_streams = 0;
+        let mut streams_active = 0;
         for conn in state.live.values() {
             let stats = conn.stats();
             counters.accumulate(&stats);
-            open_streams += stats.open_streams;
+            streams_active += stats.streams_active;
         }
         let mut handshakes: BTreeMap<_, _> = handshake::ALL.iter().map(|&r| (r, 0)).collect();
         handshakes.extend(state.handshakes.iter().map(|(&k, &v)| (k, v)));
@@ -124,7 +124,7 @@ impl Book {
         CarrierTotals {
             active: state.live.len() as u64,
             established: state.established,
-            open_streams,
+            streams_active,
             counters,
             ended: state.ended.clone(),
             handshakes,

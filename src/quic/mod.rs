@@ -350,7 +350,7 @@ impl QuicConn {
             rtt: s.path.rtt,
             min_rtt: s.path.min_rtt,
             congestion_window: s.path.cwnd,
-            open_streams: self.streams.load(Ordering::Relaxed),
+            streams_active: self.streams.load(Ordering::Relaxed),
             datagrams: mxp_proto::DatagramStats {
                 sent: s.frame_tx.datagram,
                 received: s.frame_rx.datagram,
@@ -549,10 +549,7 @@ impl QuicEndpoint {
                 ConnectionInfo::new(
                     Carrier::Quic,
                     c.side(),
-                    (
-                        c.inner().stable_id() as u64,
-                        c.inner().stable_id().to_string(),
-                    ),
+                    c.inner().stable_id().to_string(),
                     c.remote_address(),
                     Some(c.peer_key()),
                     true,
@@ -655,7 +652,7 @@ async fn accept_loop(
             let auth = match auth {
                 Ok(Ok(a)) => a,
                 Ok(Err(ConnectionError::ServerKeyMismatch)) => {
-                    book.handshake(handshake::KEY_MISMATCH);
+                    book.handshake(handshake::SERVER_KEY_MISMATCH);
                     debug!(target: mxp_proto::HANDSHAKE, carrier = "quic", peer = %conn.remote_address(), "QUIC client used the wrong server key");
                     return conn
                         .close(VarInt::from_u32(code::KEY_MISMATCH), b"server key mismatch");
@@ -684,7 +681,7 @@ async fn accept_loop(
                 send: Mutex::new(Some(auth.control)),
                 ..Control::default()
             };
-            let quic = QuicConn::new(conn, auth.client_key, Side::Server, control);
+            let quic = QuicConn::new(conn, auth.client_key, Side::Node, control);
             book.track(&quic);
             let _ = tx.send(quic).await;
         });
@@ -694,7 +691,7 @@ async fn accept_loop(
 /// How a client's failed attempt counts in `mxp_handshakes_total`.
 fn client_outcome(e: &ConnectionError) -> &'static str {
     match e {
-        ConnectionError::ServerKeyMismatch => handshake::KEY_MISMATCH,
+        ConnectionError::ServerKeyMismatch => handshake::SERVER_KEY_MISMATCH,
         ConnectionError::ClientNotAllowed => handshake::CLIENT_NOT_ALLOWED,
         ConnectionError::TransportError(t) if t.code == TransportErrorCode::CONNECTION_REFUSED => {
             handshake::CARRIER_REFUSED

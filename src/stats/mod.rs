@@ -24,7 +24,8 @@ pub(crate) struct CarrierTotals {
     pub active: u64,
     /// Connections whose handshake completed, ever.
     pub established: u64,
-    pub open_streams: u64,
+    /// Streams open now, over every connection.
+    pub streams_active: u64,
     /// Counters of live connections plus those of closed ones.
     pub counters: ConnectionStats,
     /// How connections ended, by [`mxp_proto::ConnectionError::kind`].
@@ -47,8 +48,6 @@ pub struct ConnectionInfo {
     pub carrier: Carrier,
     /// `client` (this endpoint opened it) or `node` (it accepted it).
     pub side: &'static str,
-    /// An id unique among this endpoint's open connections of the carrier.
-    pub id: u64,
     /// The `conn=` of this connection's log lines: `grep 'conn=VALUE'`
     /// finds its whole life in the node's log.
     pub conn: String,
@@ -79,14 +78,14 @@ pub struct ConnectionInfo {
     /// Bytes received (UDP payload).
     pub bytes_received: u64,
     /// Streams open now.
-    pub open_streams: u64,
+    pub streams_active: u64,
 }
 
 impl ConnectionInfo {
     pub(crate) fn new(
         carrier: Carrier,
         side: Side,
-        (id, conn): (u64, String),
+        conn: String,
         peer: std::net::SocketAddr,
         peer_key: Option<PublicKey>,
         established: bool,
@@ -96,7 +95,6 @@ impl ConnectionInfo {
         ConnectionInfo {
             carrier,
             side: side.as_str(),
-            id,
             conn,
             peer: peer.to_string(),
             peer_key: peer_key.map(|k| k.to_string()),
@@ -115,7 +113,7 @@ impl ConnectionInfo {
             },
             bytes_sent: s.bytes_sent,
             bytes_received: s.bytes_received,
-            open_streams: s.open_streams,
+            streams_active: s.streams_active,
         }
     }
 }

@@ -47,7 +47,7 @@ fn node() -> (Node, SocketAddr, SocketAddr) {
 
 fn client(carrier: CarrierMode) -> Endpoint {
     let mut options = Options::new(EndpointConfig::client(Keypair::generate()));
-    options.carrier = carrier;
+    options.carrier_mode = carrier;
     Endpoint::with_options("127.0.0.1:0".parse().unwrap(), options).unwrap()
 }
 

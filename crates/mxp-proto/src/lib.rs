@@ -57,8 +57,7 @@ pub use connection::{Connection, ConnectionStats, Event, PeerLimitStats, Transmi
 pub use crypto::{HandshakeError, Keypair, PublicKey};
 pub use datagrams::{DATAGRAM_ENTRY_COST, DatagramError, DatagramStats};
 pub use endpoint::{
-    ConnectError, ConnectionHandle, Endpoint, EndpointStats, HandshakeDone, HandshakeJob, Incoming,
-    Refusal,
+    ConnectionHandle, Endpoint, EndpointStats, HandshakeDone, HandshakeJob, Incoming, Refusal,
 };
 pub use error::{ConnectionError, TransportError, TransportErrorCode};
 pub use histogram::LatencyHistogram;

@@ -9,8 +9,9 @@ use std::fmt;
 pub enum Side {
     /// The end that initiated the handshake.
     Client = 0,
-    /// The end that answered it.
-    Server = 1,
+    /// The end that answered it: the node (what operators, logs, metrics
+    /// and snapshots call the server end).
+    Node = 1,
 }
 
 impl Side {
@@ -18,17 +19,16 @@ impl Side {
     #[inline]
     pub fn peer(self) -> Side {
         match self {
-            Side::Client => Side::Server,
-            Side::Server => Side::Client,
+            Side::Client => Side::Node,
+            Side::Node => Side::Client,
         }
     }
 
-    /// The name logs, metrics and snapshots use: `client`, or `node` for
-    /// the server end (what operators call it).
+    /// The name logs, metrics and snapshots use: `client` or `node`.
     pub fn as_str(self) -> &'static str {
         match self {
             Side::Client => "client",
-            Side::Server => "node",
+            Side::Node => "node",
         }
     }
 
@@ -73,7 +73,7 @@ impl StreamId {
         if self.0 & 1 == 0 {
             Side::Client
         } else {
-            Side::Server
+            Side::Node
         }
     }
 
@@ -94,7 +94,7 @@ impl fmt::Debug for StreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let side = match self.initiator() {
             Side::Client => "client",
-            Side::Server => "server",
+            Side::Node => "node",
         };
         let dir = match self.dir() {
             Dir::Bi => "bi",
@@ -116,7 +116,7 @@ mod tests {
 
     #[test]
     fn id_bits_round_trip() {
-        for side in [Side::Client, Side::Server] {
+        for side in [Side::Client, Side::Node] {
             for dir in Dir::ALL {
                 for index in [0, 1, 7, 1 << 40] {
                     let id = StreamId::new(side, dir, index);

@@ -89,7 +89,7 @@ impl ClientArgs {
                 endpoint_config.transport = Arc::new(transport);
                 endpoint_config
             });
-            options.carrier = self.carrier;
+            options.carrier_mode = self.carrier;
             options.mxp_timeout = self.mxp_timeout;
             options
         };

@@ -276,7 +276,7 @@ impl Connection {
         let mut path = Path::new(a.remote, a.address_validated);
         path.received = a.initial_len as u64;
         let mut conn = Connection::new(
-            Side::Server,
+            Side::Node,
             config,
             a.local_cid,
             a.remote_cid,

@@ -346,7 +346,7 @@ impl Connection {
         s.min_rtt = self.recovery.rtt.min();
         s.congestion_window = self.recovery.cc.window();
         s.bytes_in_flight = self.recovery.bytes_in_flight;
-        s.open_streams = self.streams.open_count() as u64;
+        s.streams_active = self.streams.open_count() as u64;
         s.flow = self.streams.stats();
         s.bands = self.scheduler.stats();
         s.datagrams = self.datagrams.stats;
@@ -617,7 +617,7 @@ impl Connection {
             let announce = self.state == State::Established
                 || !matches!(reason, ConnectionError::LocallyClosed);
             self.error = Some(reason.clone());
-            if announce && !(self.side == Side::Server && self.state == State::Handshake) {
+            if announce && !(self.side == Side::Node && self.state == State::Handshake) {
                 self.events.push_back(Event::ConnectionLost { reason });
             }
         }

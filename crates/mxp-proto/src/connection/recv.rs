@@ -206,7 +206,7 @@ impl Connection {
             self.path.validated = true;
             self.on_established(now);
         }
-        if remote != self.path.remote && self.side == crate::Side::Server {
+        if remote != self.path.remote && self.side == crate::Side::Node {
             if self.replay.largest() == Some(pn) {
                 self.migrate(remote, len);
             }

@@ -29,7 +29,7 @@ impl Connection {
                 Some(size) => Some(size),
                 // The server may send early data within its budget; the
                 // client has no keys yet.
-                None if self.side == Side::Server => self.build_short(now, buf),
+                None if self.side == Side::Node => self.build_short(now, buf),
                 None => None,
             },
             State::Established => self.build_short(now, buf),

@@ -60,7 +60,7 @@ pub struct ConnectionStats {
     /// Bytes sent and not yet acknowledged or lost.
     pub bytes_in_flight: u64,
     /// Streams currently open.
-    pub open_streams: u64,
+    pub streams_active: u64,
     /// Flow control.
     pub flow: FlowStats,
     /// Scheduler, per band ([`Band::index`]).

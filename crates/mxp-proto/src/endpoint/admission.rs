@@ -445,7 +445,7 @@ impl Endpoint {
         let (remote, len) = (initiation.remote, initiation.len);
         match done.result {
             JobResult::Failed(e) => {
-                self.stats.handshake_decrypt_failures += 1;
+                self.stats.server_key_mismatches += 1;
                 debug!(target: HANDSHAKE, peer = %remote, error = %e, "initiation did not decrypt");
                 if e == HandshakeError::Decrypt {
                     self.reject(now, remote, ids, RejectReason::ServerKeyMismatch, len);
@@ -464,7 +464,7 @@ impl Endpoint {
             } => {
                 let refusal = match why {
                     Refused::ClientNotAllowed => {
-                        self.stats.clients_refused += 1;
+                        self.stats.clients_not_allowed += 1;
                         debug!(target: HANDSHAKE, peer = %remote, client = %client_key, "client key not on the allow-list");
                         Refusal::ClientNotAllowed
                     }

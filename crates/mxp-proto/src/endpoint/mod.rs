@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use crate::HANDSHAKE;
 use bytes::BytesMut;
 use slab::Slab;
-use thiserror::Error;
 use tracing::{debug, trace};
 
 use crate::config::EndpointConfig;
@@ -74,15 +73,6 @@ pub struct Endpoint {
     /// How connections ended, by [`ConnectionError::kind`] (`closed` for a
     /// connection that ended without an error).
     ended: BTreeMap<&'static str, u64>,
-}
-
-/// Why a connection could not be started.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[non_exhaustive]
-pub enum ConnectError {
-    /// Building the first handshake message failed.
-    #[error("cannot start handshake: {0}")]
-    Handshake(#[from] HandshakeError),
 }
 
 impl Endpoint {
@@ -192,13 +182,14 @@ impl Endpoint {
     }
 
     /// Starts connecting to the node at `remote` whose public key is
-    /// `server_key`.
+    /// `server_key`. Fails only if the first handshake message cannot be
+    /// built.
     pub fn connect(
         &mut self,
         now: Instant,
         remote: SocketAddr,
         server_key: PublicKey,
-    ) -> Result<ConnectionHandle, ConnectError> {
+    ) -> Result<ConnectionHandle, HandshakeError> {
         let local_cid = self.fresh_cid();
         let conn = Connection::connect(
             now,
@@ -451,13 +442,13 @@ impl Endpoint {
     /// now), and the number of streams open now.
     pub fn totals(&self) -> (ConnectionStats, u64) {
         let mut totals = self.retired;
-        let mut open_streams = 0;
+        let mut streams_active = 0;
         for (_, c) in self.connections.iter() {
             let s = c.stats();
             totals.accumulate(&s);
-            open_streams += s.open_streams;
+            streams_active += s.streams_active;
         }
-        (totals, open_streams)
+        (totals, streams_active)
     }
 
     /// How connections ended, by [`ConnectionError::kind`] (`closed` for a
@@ -559,8 +550,8 @@ mod tests {
         assert_eq!(p.server.stats().stateless_resets_sent, 1);
         while p.client.poll_event().is_some() {}
         assert!(p.client.connection(p.conn).is_none(), "forgotten");
-        let (after, open_streams) = p.client.totals();
-        assert_eq!(open_streams, 0);
+        let (after, streams_active) = p.client.totals();
+        assert_eq!(streams_active, 0);
         assert!(after.packets_sent > live.packets_sent, "{after:?}");
         let ended: Vec<_> = p.client.ended_by_kind().collect();
         assert_eq!(ended, vec![(ConnectionError::Reset.kind(), 1)]);

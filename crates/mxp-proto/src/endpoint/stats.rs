@@ -137,7 +137,7 @@ pub struct EndpointStats {
     /// Handshakes completed (client side).
     pub handshakes_completed: u64,
     /// Initiations that did not decrypt (wrong server key or corruption).
-    pub handshake_decrypt_failures: u64,
+    pub server_key_mismatches: u64,
     /// Replayed initiations refused: copies from another address than the
     /// first sender's (before any Diffie-Hellman work), and initiations
     /// older than the replay log remembers.
@@ -157,7 +157,7 @@ pub struct EndpointStats {
     /// their rate limit (a flood would otherwise make the node a reflector).
     pub refusals_suppressed: u64,
     /// Clients refused by the allow-list.
-    pub clients_refused: u64,
+    pub clients_not_allowed: u64,
     /// Bytes of stateless answers (retries, refusals) sent.
     pub stateless_bytes_sent: u64,
     /// Busy answers received (client side): a node set our initiation
@@ -183,10 +183,10 @@ impl EndpointStats {
             + self.connection_limit
             + self.address_limit
             + self.key_limit
-            + self.handshake_decrypt_failures
+            + self.server_key_mismatches
             + self.replayed_initiations
             + self.stale_initiations
-            + self.clients_refused
+            + self.clients_not_allowed
             + self.carrier_refusals
     }
 }
