@@ -712,8 +712,21 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// `path?key=value&…` for [`request`], with every key and value
+/// percent-encoded.
+pub fn with_query(path: &str, pairs: &[(&str, &str)]) -> String {
+    let mut out = path.to_owned();
+    for (i, (key, value)) in pairs.iter().enumerate() {
+        out.push(if i == 0 { '?' } else { '&' });
+        out.push_str(&percent_encode(key));
+        out.push('=');
+        out.push_str(&percent_encode(value));
+    }
+    out
+}
+
 /// Escapes everything but unreserved characters, for query values.
-pub fn percent_encode(s: &str) -> String {
+fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -726,7 +739,10 @@ pub fn percent_encode(s: &str) -> String {
 }
 
 /// Parses durations like `50us`, `2ms`, `1s`, `5m`: the one syntax of the
-/// command line, the config file and the admin endpoint.
+/// command line, the config file and the admin endpoint. Hidden: shared
+/// with the `mxp` command's crate so the syntax cannot drift, not part of
+/// the library's API.
+#[doc(hidden)]
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -869,5 +885,14 @@ mod tests {
             percent_decode(&percent_encode("30s µs &=")),
             Some("30s µs &=".into())
         );
+        let target = with_query(
+            "/capture/start",
+            &[("out", "/tmp/a b&c"), ("max_bytes", "9")],
+        );
+        assert_eq!(target, "/capture/start?out=%2Ftmp%2Fa%20b%26c&max_bytes=9");
+        let (_, query) = target.split_once('?').unwrap();
+        let params = query_params(Some(query), &["out", "max_bytes"]).unwrap();
+        assert_eq!(params[0], ("out".to_owned(), "/tmp/a b&c".to_owned()));
+        assert_eq!(with_query("/drain", &[]), "/drain");
     }
 }

@@ -308,7 +308,7 @@ async fn admin_routes_start_stop_and_refuse_bad_requests_in_one_line() {
         .await
         .unwrap();
     let file = dir.path("admin capture.pcap");
-    let encoded = admin::percent_encode(path_str(&file));
+    let out = path_str(&file);
 
     let idle = ok_json(&server, "GET", "/capture").await;
     assert_eq!(idle["state"], "idle", "{idle}");
@@ -318,7 +318,7 @@ async fn admin_routes_start_stop_and_refuse_bad_requests_in_one_line() {
     refused(
         &server,
         "POST",
-        &format!("/capture/start?out={encoded}&max_bytes=lots"),
+        &admin::with_query("/capture/start", &[("out", out), ("max_bytes", "lots")]),
         400,
         "max_bytes: expected a number of bytes",
     )
@@ -326,7 +326,7 @@ async fn admin_routes_start_stop_and_refuse_bad_requests_in_one_line() {
     refused(
         &server,
         "POST",
-        &format!("/capture/start?out={encoded}&max_bytes=10"),
+        &admin::with_query("/capture/start", &[("out", out), ("max_bytes", "10")]),
         400,
         "max_bytes must be at least 24",
     )
@@ -334,7 +334,7 @@ async fn admin_routes_start_stop_and_refuse_bad_requests_in_one_line() {
     refused(
         &server,
         "POST",
-        &format!("/capture/start?file={encoded}"),
+        &admin::with_query("/capture/start", &[("file", out)]),
         400,
         "unknown parameter \"file\"",
     )
@@ -343,21 +343,18 @@ async fn admin_routes_start_stop_and_refuse_bad_requests_in_one_line() {
     refused(
         &server,
         "POST",
-        &format!(
-            "/capture/start?out={}",
-            admin::percent_encode(path_str(&unwritable))
-        ),
+        &admin::with_query("/capture/start", &[("out", path_str(&unwritable))]),
         400,
         path_str(&unwritable),
     )
     .await;
     // Files stay in the capture directory, whatever the caller names.
     for escape in ["../escape.pcap", "sub/../../escape.pcap"] {
-        let path = format!("/capture/start?out={}", admin::percent_encode(escape));
+        let path = admin::with_query("/capture/start", &[("out", escape)]);
         refused(&server, "POST", &path, 400, "contains \"..\"").await;
     }
     for elsewhere in ["/etc/cron.d/mxp", "/tmp/mxp-outside.pcap"] {
-        let path = format!("/capture/start?out={}", admin::percent_encode(elsewhere));
+        let path = admin::with_query("/capture/start", &[("out", elsewhere)]);
         refused(&server, "POST", &path, 400, "outside the capture directory").await;
     }
     refused(
@@ -373,7 +370,10 @@ async fn admin_routes_start_stop_and_refuse_bad_requests_in_one_line() {
     let started = ok_json(
         &server,
         "POST",
-        &format!("/capture/start?out={encoded}&max_bytes=1_000_000"),
+        &admin::with_query(
+            "/capture/start",
+            &[("out", out), ("max_bytes", "1_000_000")],
+        ),
     )
     .await;
     assert_eq!(started["state"], "recording", "{started}");
@@ -383,10 +383,7 @@ async fn admin_routes_start_stop_and_refuse_bad_requests_in_one_line() {
     refused(
         &server,
         "POST",
-        &format!(
-            "/capture/start?out={}",
-            admin::percent_encode(path_str(&other))
-        ),
+        &admin::with_query("/capture/start", &[("out", path_str(&other))]),
         409,
         "already running",
     )
@@ -407,7 +404,7 @@ async fn admin_routes_start_stop_and_refuse_bad_requests_in_one_line() {
     refused(
         &server,
         "POST",
-        &format!("/capture/start?out={encoded}"),
+        &admin::with_query("/capture/start", &[("out", out)]),
         409,
         "already exists",
     )

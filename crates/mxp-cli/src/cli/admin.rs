@@ -127,7 +127,7 @@ pub(crate) async fn run(args: AdminArgs) -> Result<(), CliError> {
             let path = match timeout {
                 Some(t) => {
                     parse_duration(t).map_err(|e| CliError::Usage(format!("--timeout: {e}")))?;
-                    format!("/drain?timeout={}", admin::percent_encode(t.trim()))
+                    admin::with_query("/drain", &[("timeout", t.trim())])
                 }
                 None => "/drain".to_owned(),
             };
@@ -142,11 +142,16 @@ pub(crate) async fn run(args: AdminArgs) -> Result<(), CliError> {
                 let out = out.to_str().ok_or_else(|| {
                     CliError::Usage(format!("--out {}: not valid UTF-8", out.display()))
                 })?;
-                let mut path = format!("/capture/start?out={}", admin::percent_encode(out));
-                if let Some(n) = max_bytes {
-                    path.push_str(&format!("&max_bytes={n}"));
+                let max_bytes = max_bytes.map(|n| n.to_string());
+                let mut query = vec![("out", out)];
+                if let Some(n) = &max_bytes {
+                    query.push(("max_bytes", n));
                 }
-                ("POST", path, Some(""))
+                (
+                    "POST",
+                    admin::with_query("/capture/start", &query),
+                    Some(""),
+                )
             }
             CaptureAction::Stop => ("POST", "/capture/stop".to_owned(), Some("")),
             CaptureAction::Status => ("GET", "/capture".to_owned(), None),
