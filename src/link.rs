@@ -1,22 +1,36 @@
 //! The one place that knows there are two carriers: the enums that
 //! dispatch between them (statically: a `match`, no `dyn`), for a
 //! connection ([`Link`]) and for each half of a stream ([`LinkSend`],
-//! [`LinkRecv`]). The facade above (streams, connections, the endpoint)
-//! holds these; a third carrier is a third arm here and a folder beside
-//! src/mxp/ and src/quic/.
+//! [`LinkRecv`]). Both carriers implement the contract of
+//! [`crate::carrier::contract`], so every arm is the same call; the facade
+//! above (streams, connections, the endpoint) holds these enums. A third
+//! carrier is a third variant here and a folder beside src/mxp/ and
+//! src/quic/.
 
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use mxp_proto::{Band, ConnectionError, ConnectionStats, Dir, PublicKey};
+use mxp_proto::{Band, ConnectionError, ConnectionStats, PublicKey};
 
 use crate::carrier::Carrier;
+use crate::carrier::contract::{CarrierConn, CarrierRecv, CarrierSend};
 use crate::error::{ReadError, SendDatagramError, WriteError};
 use crate::mxp::conn::MxpConn;
 use crate::mxp::streams::{MxpRecv, MxpSend};
 use crate::quic::QuicConn;
 use crate::quic::streams::{QuicRecv, QuicSend};
+
+/// `$body` on whichever carrier `$value` (an `$enum`) holds, bound as `$c`.
+/// The body is written once and compiled once per carrier.
+macro_rules! on_carrier {
+    ($value:expr, $enum:ident, |$c:ident| $body:expr) => {
+        match $value {
+            $enum::Mxp($c) => $body,
+            $enum::Quic($c) => $body,
+        }
+    };
+}
 
 /// One carrier connection.
 #[derive(Debug, Clone)]
@@ -42,32 +56,20 @@ impl Link {
     }
 
     pub(crate) fn remote_address(&self) -> SocketAddr {
-        match self {
-            Link::Mxp(c) => c.remote_address(),
-            Link::Quic(c) => c.remote_address(),
-        }
+        on_carrier!(self, Link, |c| c.remote_address())
     }
 
     pub(crate) fn peer_key(&self) -> PublicKey {
-        match self {
-            Link::Mxp(c) => c.peer_key(),
-            Link::Quic(c) => c.peer_key(),
-        }
+        on_carrier!(self, Link, |c| c.peer_key())
     }
 
     pub(crate) fn peer_going_away(&self) -> bool {
-        match self {
-            Link::Mxp(c) => c.peer_going_away(),
-            Link::Quic(c) => c.peer_going_away(),
-        }
+        on_carrier!(self, Link, |c| c.peer_going_away())
     }
 
     /// Waits until the peer asks this connection to go away.
     pub(crate) async fn going_away(&self) {
-        match self {
-            Link::Mxp(c) => c.going_away().await,
-            Link::Quic(c) => c.going_away().await,
-        }
+        on_carrier!(self, Link, |c| c.going_away().await)
     }
 
     /// Opens a bidirectional stream sending in `band`.
@@ -75,101 +77,53 @@ impl Link {
         &self,
         band: Band,
     ) -> Result<(LinkSend, LinkRecv), ConnectionError> {
-        match self {
-            Link::Mxp(c) => {
-                let id = c.open(Dir::Bi, band).await?;
-                Ok((
-                    LinkSend::Mxp(MxpSend::new(c.clone(), id)),
-                    LinkRecv::Mxp(MxpRecv::new(c.clone(), id)),
-                ))
-            }
-            Link::Quic(c) => {
-                let (send, recv) = c.open_bi(band).await?;
-                Ok((LinkSend::Quic(send), LinkRecv::Quic(recv)))
-            }
-        }
+        on_carrier!(self, Link, |c| c
+            .open_bi(band)
+            .await
+            .map(|(s, r)| (s.into(), r.into())))
     }
 
     /// Opens a unidirectional stream sending in `band`.
     pub(crate) async fn open_uni(&self, band: Band) -> Result<LinkSend, ConnectionError> {
-        match self {
-            Link::Mxp(c) => {
-                let id = c.open(Dir::Uni, band).await?;
-                Ok(LinkSend::Mxp(MxpSend::new(c.clone(), id)))
-            }
-            Link::Quic(c) => Ok(LinkSend::Quic(c.open_uni(band).await?)),
-        }
+        on_carrier!(self, Link, |c| c.open_uni(band).await.map(Into::into))
     }
 
     /// The next bidirectional stream the peer opened (sending in the
     /// default band until told otherwise).
     pub(crate) async fn accept_bi(&self) -> Result<(LinkSend, LinkRecv), ConnectionError> {
-        match self {
-            Link::Mxp(c) => {
-                let id = c.accept(Dir::Bi).await?;
-                Ok((
-                    LinkSend::Mxp(MxpSend::new(c.clone(), id)),
-                    LinkRecv::Mxp(MxpRecv::new(c.clone(), id)),
-                ))
-            }
-            Link::Quic(c) => {
-                let (send, recv) = c.accept_bi().await?;
-                Ok((LinkSend::Quic(send), LinkRecv::Quic(recv)))
-            }
-        }
+        on_carrier!(self, Link, |c| c
+            .accept_bi()
+            .await
+            .map(|(s, r)| (s.into(), r.into())))
     }
 
     /// The next unidirectional stream the peer opened.
     pub(crate) async fn accept_uni(&self) -> Result<LinkRecv, ConnectionError> {
-        match self {
-            Link::Mxp(c) => {
-                let id = c.accept(Dir::Uni).await?;
-                Ok(LinkRecv::Mxp(MxpRecv::new(c.clone(), id)))
-            }
-            Link::Quic(c) => Ok(LinkRecv::Quic(c.accept_uni().await?)),
-        }
+        on_carrier!(self, Link, |c| c.accept_uni().await.map(Into::into))
     }
 
     pub(crate) fn send_datagram(&self, data: Bytes, band: Band) -> Result<(), SendDatagramError> {
-        match self {
-            Link::Mxp(c) => c.send_datagram(data, band),
-            Link::Quic(c) => c.send_datagram(data),
-        }
+        on_carrier!(self, Link, |c| c.send_datagram(data, band))
     }
 
     pub(crate) fn max_datagram_size(&self) -> usize {
-        match self {
-            Link::Mxp(c) => c.max_datagram_size(),
-            Link::Quic(c) => c.max_datagram_size(),
-        }
+        on_carrier!(self, Link, |c| c.max_datagram_size())
     }
 
     pub(crate) async fn read_datagram(&self) -> Result<Bytes, ConnectionError> {
-        match self {
-            Link::Mxp(c) => c.read_datagram().await,
-            Link::Quic(c) => c.read_datagram().await,
-        }
+        on_carrier!(self, Link, |c| c.read_datagram().await)
     }
 
     pub(crate) fn stats(&self) -> ConnectionStats {
-        match self {
-            Link::Mxp(c) => c.stats(),
-            Link::Quic(c) => c.stats(),
-        }
+        on_carrier!(self, Link, |c| c.stats())
     }
 
     pub(crate) fn close(&self, code: u64, reason: &[u8]) {
-        match self {
-            Link::Mxp(c) => c.close(code, reason),
-            Link::Quic(c) => c.close(code, reason),
-        }
+        on_carrier!(self, Link, |c| c.close(code, reason))
     }
 
     pub(crate) async fn closed(&self) -> ConnectionError {
-        match self {
-            Link::Mxp(c) => c.closed().await,
-            Link::Quic(c) => c.closed().await,
-        }
+        on_carrier!(self, Link, |c| c.closed().await)
     }
 }
 
@@ -178,6 +132,18 @@ impl Link {
 pub(crate) enum LinkSend {
     Mxp(MxpSend),
     Quic(QuicSend),
+}
+
+impl From<MxpSend> for LinkSend {
+    fn from(s: MxpSend) -> LinkSend {
+        LinkSend::Mxp(s)
+    }
+}
+
+impl From<QuicSend> for LinkSend {
+    fn from(s: QuicSend) -> LinkSend {
+        LinkSend::Quic(s)
+    }
 }
 
 impl LinkSend {
@@ -193,38 +159,23 @@ impl LinkSend {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<Result<usize, WriteError>> {
-        match self {
-            LinkSend::Mxp(s) => s.poll_write(cx, data),
-            LinkSend::Quic(s) => s.poll_write(cx, data),
-        }
+        on_carrier!(self, LinkSend, |s| s.poll_write(cx, data))
     }
 
     pub(crate) fn finish(&mut self) -> Result<(), WriteError> {
-        match self {
-            LinkSend::Mxp(s) => s.finish(),
-            LinkSend::Quic(s) => s.finish(),
-        }
+        on_carrier!(self, LinkSend, |s| s.finish())
     }
 
     pub(crate) async fn finished(&mut self) -> Result<(), WriteError> {
-        match self {
-            LinkSend::Mxp(s) => s.finished().await,
-            LinkSend::Quic(s) => s.finished().await,
-        }
+        on_carrier!(self, LinkSend, |s| s.finished().await)
     }
 
     pub(crate) fn reset(&mut self, code: u64) -> Result<(), WriteError> {
-        match self {
-            LinkSend::Mxp(s) => s.reset(code),
-            LinkSend::Quic(s) => s.reset(code),
-        }
+        on_carrier!(self, LinkSend, |s| s.reset(code))
     }
 
     pub(crate) fn set_band(&mut self, band: Band) {
-        match self {
-            LinkSend::Mxp(s) => s.set_band(band),
-            LinkSend::Quic(s) => s.set_band(band),
-        }
+        on_carrier!(self, LinkSend, |s| s.set_band(band))
     }
 }
 
@@ -233,6 +184,18 @@ impl LinkSend {
 pub(crate) enum LinkRecv {
     Mxp(MxpRecv),
     Quic(QuicRecv),
+}
+
+impl From<MxpRecv> for LinkRecv {
+    fn from(r: MxpRecv) -> LinkRecv {
+        LinkRecv::Mxp(r)
+    }
+}
+
+impl From<QuicRecv> for LinkRecv {
+    fn from(r: QuicRecv) -> LinkRecv {
+        LinkRecv::Quic(r)
+    }
 }
 
 impl LinkRecv {
@@ -246,24 +209,15 @@ impl LinkRecv {
         max: usize,
         release: u64,
     ) -> Poll<Result<Option<Bytes>, ReadError>> {
-        match self {
-            LinkRecv::Mxp(r) => r.poll_chunk(cx, max, release),
-            LinkRecv::Quic(r) => r.poll_chunk(cx, max),
-        }
+        on_carrier!(self, LinkRecv, |r| r.poll_chunk(cx, max, release))
     }
 
     /// Gives back the window credit of `n` bytes taken with `poll_chunk`.
     pub(crate) fn release(&self, n: u64) {
-        match self {
-            LinkRecv::Mxp(r) => r.release(n),
-            LinkRecv::Quic(_) => {}
-        }
+        on_carrier!(self, LinkRecv, |r| r.release(n))
     }
 
     pub(crate) fn stop(&mut self, code: u64) -> Result<(), ReadError> {
-        match self {
-            LinkRecv::Mxp(r) => r.stop(code),
-            LinkRecv::Quic(r) => r.stop(code),
-        }
+        on_carrier!(self, LinkRecv, |r| r.stop(code))
     }
 }

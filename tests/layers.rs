@@ -2,14 +2,16 @@
 //! carrier (src/mxp/, src/quic/) names nothing above the carriers (the
 //! facade's connections, streams and endpoint, metrics, admin, the
 //! applications), nor the other carrier. What they share lives below them:
-//! errors (src/error.rs), plain data (src/stats.rs, src/carrier.rs),
+//! errors (src/error.rs), plain data (src/stats/, src/carrier/) and the
+//! carrier contract they implement (src/carrier/contract.rs),
 //! capture, timers and the handshake workers.
 
 use std::fs;
 use std::path::Path;
 
 /// Paths a carrier module may not name: the layers above it.
-const ABOVE: [&str; 9] = [
+const ABOVE: [&str; 10] = [
+    "crate::link",
     "crate::connection",
     "crate::endpoint",
     "crate::streams",

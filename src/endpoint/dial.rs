@@ -14,6 +14,7 @@ use tracing::info;
 
 use super::Endpoint;
 use super::address::{default_quic_addrs, resolve_target};
+use crate::carrier::contract::CarrierEndpoint;
 use crate::carrier::{CarrierMode, Target};
 use crate::connection::{Connection, Dial};
 use crate::error::ConnectError;
@@ -92,9 +93,7 @@ impl Endpoint {
         mode: CarrierMode,
     ) -> Result<Link, ConnectError> {
         match mode {
-            CarrierMode::Mxp => Ok(Link::Mxp(
-                self.0.mxp.connect_to(target.mxp, target.key).await?,
-            )),
+            CarrierMode::Mxp => Ok(Link::Mxp(self.0.mxp.connect(target.mxp, target.key).await?)),
             CarrierMode::Quic => self.connect_quic(&target.quic, target.key).await,
             CarrierMode::Auto => self.connect_auto(target).await,
         }
@@ -106,7 +105,7 @@ impl Endpoint {
         let why = if silent {
             "MXP did not answer recently"
         } else {
-            let attempt = self.0.mxp.connect_to(target.mxp, target.key);
+            let attempt = self.0.mxp.connect(target.mxp, target.key);
             match tokio::time::timeout(self.0.options.mxp_timeout, attempt).await {
                 Ok(Ok(c)) => return Ok(Link::Mxp(c)),
                 Ok(Err(ConnectError::Handshake(ConnectionError::CarrierRefused { quic_port }))) => {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use mxp_proto::{EndpointConfig, EndpointStats, PublicKey};
 use tokio::sync::mpsc;
 
+use crate::carrier::contract::CarrierEndpoint;
 use crate::carrier::{CarrierMode, Carriers};
 use crate::connection::Connection;
 use crate::handshake_workers::HandshakeWorkers;

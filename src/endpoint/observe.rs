@@ -7,6 +7,7 @@ use mxp_proto::EndpointStats;
 
 use super::Endpoint;
 use crate::capture::{CaptureError, CaptureStatus, CaptureSummary};
+use crate::carrier::contract::CarrierEndpoint;
 use crate::connection::FromEndpoint;
 use crate::quic::{self, QuicEndpoint};
 use crate::stats::{CallDurations, CarrierTotals, ConnectionInfo, MessageErrors};

@@ -8,6 +8,7 @@ use serde::Serialize;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::Endpoint;
+use crate::carrier::contract::CarrierEndpoint;
 use crate::carrier::{Carrier, Carriers};
 use crate::lock;
 use crate::quic::QuicEndpoint;

@@ -14,6 +14,8 @@ use mxp_proto::{
 };
 
 use super::driver::{ConnState, Shared, add_waiter, dir_index};
+use super::streams::{MxpRecv, MxpSend};
+use crate::carrier::contract::CarrierConn;
 use crate::error::SendDatagramError;
 
 /// A handle to one MXP connection. Clones share it; the connection closes
@@ -69,18 +71,6 @@ impl MxpConn {
         })))
     }
 
-    pub(crate) fn remote_address(&self) -> SocketAddr {
-        self.0.remote
-    }
-
-    pub(crate) fn peer_key(&self) -> PublicKey {
-        self.0.peer_key
-    }
-
-    pub(crate) fn stats(&self) -> ConnectionStats {
-        self.with(|c, _| c.stats()).unwrap_or_default()
-    }
-
     /// Runs `f` on the core connection and this connection's runtime
     /// state, or fails with why the connection is gone.
     pub(crate) fn with<R>(
@@ -108,51 +98,6 @@ impl MxpConn {
         self.0.shared.transmit_now(self.0.handle);
     }
 
-    /// Waits until the node asks this connection to go away (never, once
-    /// the connection has ended: its other waits report that).
-    pub(crate) async fn going_away(&self) {
-        poll_fn(|cx| {
-            let result = self.with(|_, cs| {
-                if cs.going_away {
-                    return Poll::Ready(());
-                }
-                add_waiter(&mut cs.wakers.going_away, cx.waker());
-                Poll::Pending
-            });
-            result.unwrap_or(Poll::Pending)
-        })
-        .await
-    }
-
-    /// Whether the node asked us to take new work elsewhere (remembered
-    /// after the connection closes, so a session still moves on).
-    pub(crate) fn peer_going_away(&self) -> bool {
-        let state = self.0.shared.lock();
-        state
-            .conns
-            .get(&self.0.handle)
-            .is_some_and(|cs| cs.going_away)
-    }
-
-    pub(crate) fn close(&self, code: u64, reason: &[u8]) {
-        let _ = self.with(|c, _| c.close(Instant::now(), code, Bytes::copy_from_slice(reason)));
-        self.wake_driver();
-    }
-
-    pub(crate) async fn closed(&self) -> ConnectionError {
-        poll_fn(|cx| {
-            let result = self.with(|c, cs| match c.error() {
-                Some(e) => Poll::Ready(e.clone()),
-                None => {
-                    add_waiter(&mut cs.wakers.closed, cx.waker());
-                    Poll::Pending
-                }
-            });
-            result.unwrap_or_else(Poll::Ready)
-        })
-        .await
-    }
-
     fn poll_open(
         &self,
         cx: &mut Context<'_>,
@@ -176,12 +121,16 @@ impl MxpConn {
 
     /// Opens a stream whose data is sent in `band`, waiting if the peer's
     /// stream limit is reached.
-    pub(crate) async fn open(&self, dir: Dir, band: Band) -> Result<StreamId, ConnectionError> {
+    pub(crate) async fn open_stream(
+        &self,
+        dir: Dir,
+        band: Band,
+    ) -> Result<StreamId, ConnectionError> {
         poll_fn(|cx| self.poll_open(cx, dir, band)).await
     }
 
     /// Waits for the peer to open a stream.
-    pub(crate) async fn accept(&self, dir: Dir) -> Result<StreamId, ConnectionError> {
+    async fn accept_stream(&self, dir: Dir) -> Result<StreamId, ConnectionError> {
         poll_fn(|cx| {
             let result = self.with(|c, cs| {
                 if let Some(id) = c.accept(dir) {
@@ -197,19 +146,84 @@ impl MxpConn {
         })
         .await
     }
+}
 
-    pub(crate) fn send_datagram(&self, data: Bytes, band: Band) -> Result<(), SendDatagramError> {
+impl CarrierConn for MxpConn {
+    type Send = MxpSend;
+    type Recv = MxpRecv;
+
+    fn remote_address(&self) -> SocketAddr {
+        self.0.remote
+    }
+
+    fn peer_key(&self) -> PublicKey {
+        self.0.peer_key
+    }
+
+    /// Whether the node asked us to take new work elsewhere (remembered
+    /// after the connection closes, so a session still moves on).
+    fn peer_going_away(&self) -> bool {
+        let state = self.0.shared.lock();
+        state
+            .conns
+            .get(&self.0.handle)
+            .is_some_and(|cs| cs.going_away)
+    }
+
+    /// Waits until the node asks this connection to go away (never, once
+    /// the connection has ended: its other waits report that).
+    async fn going_away(&self) {
+        poll_fn(|cx| {
+            let result = self.with(|_, cs| {
+                if cs.going_away {
+                    return Poll::Ready(());
+                }
+                add_waiter(&mut cs.wakers.going_away, cx.waker());
+                Poll::Pending
+            });
+            result.unwrap_or(Poll::Pending)
+        })
+        .await
+    }
+
+    async fn open_bi(&self, band: Band) -> Result<(MxpSend, MxpRecv), ConnectionError> {
+        let id = self.open_stream(Dir::Bi, band).await?;
+        Ok((
+            MxpSend::new(self.clone(), id),
+            MxpRecv::new(self.clone(), id),
+        ))
+    }
+
+    async fn open_uni(&self, band: Band) -> Result<MxpSend, ConnectionError> {
+        let id = self.open_stream(Dir::Uni, band).await?;
+        Ok(MxpSend::new(self.clone(), id))
+    }
+
+    async fn accept_bi(&self) -> Result<(MxpSend, MxpRecv), ConnectionError> {
+        let id = self.accept_stream(Dir::Bi).await?;
+        Ok((
+            MxpSend::new(self.clone(), id),
+            MxpRecv::new(self.clone(), id),
+        ))
+    }
+
+    async fn accept_uni(&self) -> Result<MxpRecv, ConnectionError> {
+        let id = self.accept_stream(Dir::Uni).await?;
+        Ok(MxpRecv::new(self.clone(), id))
+    }
+
+    fn send_datagram(&self, data: Bytes, band: Band) -> Result<(), SendDatagramError> {
         let result: Result<(), DatagramError> = self.with(|c, _| c.send_datagram(data, band))?;
         result?;
         self.wake_driver();
         Ok(())
     }
 
-    pub(crate) fn max_datagram_size(&self) -> usize {
+    fn max_datagram_size(&self) -> usize {
         self.with(|c, _| c.max_datagram_size()).unwrap_or(0)
     }
 
-    pub(crate) async fn read_datagram(&self) -> Result<Bytes, ConnectionError> {
+    async fn read_datagram(&self) -> Result<Bytes, ConnectionError> {
         poll_fn(|cx| {
             let result = self.with(|c, cs| {
                 if let Some(d) = c.recv_datagram() {
@@ -222,6 +236,29 @@ impl MxpConn {
                 Poll::Pending
             });
             result.unwrap_or_else(|e| Poll::Ready(Err(e)))
+        })
+        .await
+    }
+
+    fn stats(&self) -> ConnectionStats {
+        self.with(|c, _| c.stats()).unwrap_or_default()
+    }
+
+    fn close(&self, code: u64, reason: &[u8]) {
+        let _ = self.with(|c, _| c.close(Instant::now(), code, Bytes::copy_from_slice(reason)));
+        self.wake_driver();
+    }
+
+    async fn closed(&self) -> ConnectionError {
+        poll_fn(|cx| {
+            let result = self.with(|c, cs| match c.error() {
+                Some(e) => Poll::Ready(e.clone()),
+                None => {
+                    add_waiter(&mut cs.wakers.closed, cx.waker());
+                    Poll::Pending
+                }
+            });
+            result.unwrap_or_else(Poll::Ready)
         })
         .await
     }

@@ -17,6 +17,7 @@ use super::driver::{self, ConnState, Shared};
 use super::udp::Socket;
 use crate::capture::Capture;
 use crate::carrier::Carrier;
+use crate::carrier::contract::CarrierEndpoint;
 use crate::error::ConnectError;
 use crate::handshake_workers::HandshakeWorkers;
 use crate::stats::{CarrierTotals, ConnectionInfo};
@@ -106,8 +107,32 @@ impl MxpEndpoint {
         (totals, door)
     }
 
+    /// Whether new connections are accepted; refused initiations are told
+    /// where the QUIC listener is.
+    pub(crate) fn set_accepting(&self, accepting: bool, quic_port: Option<u16>) {
+        self.shared.lock().proto.set_accepting(accepting, quic_port);
+    }
+
+    /// Applies `f` to every live connection.
+    fn for_each_connection(&self, mut f: impl FnMut(&mut mxp_proto::Connection, Instant)) {
+        let mut state = self.shared.lock();
+        let handles: Vec<_> = state.proto.connection_handles().collect();
+        let now = Instant::now();
+        for h in handles {
+            if let Some(c) = state.proto.connection(h) {
+                f(c, now);
+            }
+        }
+        drop(state);
+        self.shared.wake_driver();
+    }
+}
+
+impl CarrierEndpoint for MxpEndpoint {
+    type Conn = MxpConn;
+
     /// Each connection's stats, for a snapshot.
-    pub(crate) fn connection_infos(&self) -> Vec<ConnectionInfo> {
+    fn connection_infos(&self) -> Vec<ConnectionInfo> {
         let state = self.shared.lock();
         state
             .proto
@@ -128,11 +153,11 @@ impl MxpEndpoint {
     }
 
     /// Connections on this endpoint (in any state).
-    pub(crate) fn connection_count(&self) -> usize {
+    fn connection_count(&self) -> usize {
         self.shared.lock().proto.connection_count()
     }
 
-    pub(crate) async fn connect_to(
+    async fn connect(
         &self,
         remote: SocketAddr,
         server_key: PublicKey,
@@ -174,7 +199,7 @@ impl MxpEndpoint {
 
     /// The next connection a client opened; `None` once the endpoint is
     /// closed.
-    pub(crate) async fn accept(&self) -> Option<MxpConn> {
+    async fn accept(&self) -> Option<MxpConn> {
         loop {
             let handle = poll_fn(|cx| {
                 let mut state = self.shared.lock();
@@ -195,38 +220,18 @@ impl MxpEndpoint {
         }
     }
 
-    /// Whether new connections are accepted; refused initiations are told
-    /// where the QUIC listener is.
-    pub(crate) fn set_accepting(&self, accepting: bool, quic_port: Option<u16>) {
-        self.shared.lock().proto.set_accepting(accepting, quic_port);
-    }
-
-    /// Applies `f` to every live connection.
-    fn for_each_connection(&self, mut f: impl FnMut(&mut mxp_proto::Connection, Instant)) {
-        let mut state = self.shared.lock();
-        let handles: Vec<_> = state.proto.connection_handles().collect();
-        let now = Instant::now();
-        for h in handles {
-            if let Some(c) = state.proto.connection(h) {
-                f(c, now);
-            }
-        }
-        drop(state);
-        self.shared.wake_driver();
-    }
-
     /// Tells every connection to take new work elsewhere (a drain).
-    pub(crate) fn go_away_all(&self) {
+    fn go_away_all(&self) {
         self.for_each_connection(|c, _| c.go_away());
     }
 
     /// Closes every connection with `code` and `reason`.
-    pub(crate) fn close_all(&self, code: u64, reason: &[u8]) {
+    fn close_all(&self, code: u64, reason: &[u8]) {
         self.for_each_connection(|c, now| c.close(now, code, Bytes::copy_from_slice(reason)));
     }
 
     /// Stops accepting for good and closes every connection.
-    pub(crate) fn close(&self, code: u64, reason: &[u8]) {
+    fn close(&self, code: u64, reason: &[u8]) {
         {
             let mut state = self.shared.lock();
             state.accepting = false;
@@ -236,7 +241,7 @@ impl MxpEndpoint {
     }
 
     /// Waits until every connection has finished closing.
-    pub(crate) async fn wait_idle(&self) {
+    async fn wait_idle(&self) {
         poll_fn(|cx| {
             let mut state = self.shared.lock();
             if state.proto.connection_count() == 0 {

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use mxp_proto::{Band, StreamId};
 
 use super::conn::MxpConn;
+use crate::carrier::contract::{CarrierRecv, CarrierSend};
 use crate::error::{ReadError, WriteError};
 
 /// The sending half of an MXP stream.
@@ -21,14 +22,12 @@ impl MxpSend {
     pub(crate) fn new(conn: MxpConn, id: StreamId) -> MxpSend {
         MxpSend { conn, id }
     }
+}
 
+impl CarrierSend for MxpSend {
     /// Writes as much of `data` as flow control takes now, or registers the
     /// task to be woken when credit arrives.
-    pub(crate) fn poll_write(
-        &self,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<Result<usize, WriteError>> {
+    fn poll_write(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<Result<usize, WriteError>> {
         let id = self.id;
         let result = self.conn.with(|c, cs| match c.write_slice(id, data) {
             Ok(n) => Poll::Ready(Ok(n)),
@@ -51,7 +50,7 @@ impl MxpSend {
         poll
     }
 
-    pub(crate) fn finish(&self) -> Result<(), WriteError> {
+    fn finish(&mut self) -> Result<(), WriteError> {
         let id = self.id;
         let result = self.conn.with(|c, _| c.finish(id))?;
         result.map_err(|e| match e {
@@ -64,7 +63,7 @@ impl MxpSend {
         Ok(())
     }
 
-    pub(crate) fn reset(&self, code: u64) -> Result<(), WriteError> {
+    fn reset(&mut self, code: u64) -> Result<(), WriteError> {
         let id = self.id;
         let result = self.conn.with(|c, _| c.reset(id, code))?;
         result.map_err(|_| WriteError::ClosedStream)?;
@@ -72,13 +71,13 @@ impl MxpSend {
         Ok(())
     }
 
-    pub(crate) fn set_band(&self, band: Band) {
+    fn set_band(&mut self, band: Band) {
         let id = self.id;
         let _ = self.conn.with(|c, _| c.set_band(id, band));
     }
 
     /// Waits until the peer has acknowledged everything and the end.
-    pub(crate) async fn finished(&self) -> Result<(), WriteError> {
+    async fn finished(&mut self) -> Result<(), WriteError> {
         let id = self.id;
         poll_fn(|cx| {
             let result = self.conn.with(|c, cs| {
@@ -108,12 +107,14 @@ impl MxpRecv {
     pub(crate) fn new(conn: MxpConn, id: StreamId) -> MxpRecv {
         MxpRecv { conn, id }
     }
+}
 
+impl CarrierRecv for MxpRecv {
     /// The next in-order bytes (at most `max`), `None` at the end. What it
     /// returns stays charged to the connection window until handed back
     /// as `release` (with a later call) or by [`release`](Self::release).
-    pub(crate) fn poll_chunk(
-        &self,
+    fn poll_chunk(
+        &mut self,
         cx: &mut Context<'_>,
         max: usize,
         release: u64,
@@ -140,13 +141,13 @@ impl MxpRecv {
     }
 
     /// Hands back the window credit of `n` bytes taken with `poll_chunk`.
-    pub(crate) fn release(&self, n: u64) {
+    fn release(&self, n: u64) {
         if n > 0 && self.conn.with(|c, _| c.release_held(n)).is_ok() {
             self.conn.wake_driver();
         }
     }
 
-    pub(crate) fn stop(&self, code: u64) -> Result<(), ReadError> {
+    fn stop(&mut self, code: u64) -> Result<(), ReadError> {
         let id = self.id;
         let result = self.conn.with(|c, _| c.stop(id, code))?;
         result.map_err(|_| ReadError::ClosedStream)?;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use mxp_proto::ConnectionStats;
 
 use super::QuicConn;
+use crate::carrier::contract::CarrierConn;
 use crate::stats::CarrierTotals;
 
 /// Handshake outcomes of the QUIC carrier, as `mxp_handshakes_total`

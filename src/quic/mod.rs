@@ -26,6 +26,7 @@ use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info};
 
 use crate::carrier::Carrier;
+use crate::carrier::contract::{CarrierConn, CarrierEndpoint};
 use crate::error::ConnectError;
 use crate::error::{ReadError, WriteError};
 use crate::handshake_workers::HandshakeWorkers;
@@ -201,14 +202,6 @@ struct Control {
 }
 
 impl QuicConn {
-    pub(crate) fn remote_address(&self) -> SocketAddr {
-        self.conn.remote_address()
-    }
-
-    pub(crate) fn peer_key(&self) -> PublicKey {
-        self.peer_key
-    }
-
     pub(crate) fn inner(&self) -> &quinn::Connection {
         &self.conn
     }
@@ -241,30 +234,6 @@ impl QuicConn {
         }
     }
 
-    /// Opens a bidirectional stream: one `open_bi` on quinn's connection.
-    pub(crate) async fn open_bi(
-        &self,
-        band: Band,
-    ) -> Result<(QuicSend, QuicRecv), ConnectionError> {
-        let (send, recv) = self.conn.open_bi().await.map_err(connection_error)?;
-        Ok(self.bi(send, recv, band))
-    }
-
-    pub(crate) async fn open_uni(&self, band: Band) -> Result<QuicSend, ConnectionError> {
-        let send = self.conn.open_uni().await.map_err(connection_error)?;
-        Ok(QuicSend::new(send, OpenStream::new(&self.streams), band))
-    }
-
-    pub(crate) async fn accept_bi(&self) -> Result<(QuicSend, QuicRecv), ConnectionError> {
-        let (send, recv) = self.conn.accept_bi().await.map_err(connection_error)?;
-        Ok(self.bi(send, recv, Band::default()))
-    }
-
-    pub(crate) async fn accept_uni(&self) -> Result<QuicRecv, ConnectionError> {
-        let recv = self.conn.accept_uni().await.map_err(connection_error)?;
-        Ok(QuicRecv::new(recv, OpenStream::new(&self.streams)))
-    }
-
     fn bi(
         &self,
         send: quinn::SendStream,
@@ -278,23 +247,6 @@ impl QuicConn {
         )
     }
 
-    /// Waits until the node asks this connection to go away.
-    pub(crate) async fn going_away(&self) {
-        loop {
-            let changed = self.control.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.peer_going_away() {
-                return;
-            }
-            changed.await;
-        }
-    }
-
-    pub(crate) fn peer_going_away(&self) -> bool {
-        self.control.going_away.load(Ordering::Relaxed)
-    }
-
     /// Node side: tells the client to take new work elsewhere.
     pub(crate) fn go_away(&self) {
         let send = crate::lock(&self.control.send).take();
@@ -306,16 +258,86 @@ impl QuicConn {
         }
     }
 
-    pub(crate) fn close(&self, code: u64, reason: &[u8]) {
+    /// Client side: watches the control stream for GOAWAY.
+    fn watch_control(&self, mut recv: quinn::RecvStream) {
+        let control = self.control.clone();
+        tokio::spawn(async move {
+            let mut byte = [0u8; 1];
+            if let Ok(()) = recv.read_exact(&mut byte).await {
+                if byte[0] == auth::GOAWAY {
+                    control.going_away.store(true, Ordering::Relaxed);
+                    control.changed.notify_waiters();
+                }
+            }
+        });
+    }
+}
+
+impl CarrierConn for QuicConn {
+    type Send = QuicSend;
+    type Recv = QuicRecv;
+
+    fn remote_address(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+
+    fn peer_key(&self) -> PublicKey {
+        self.peer_key
+    }
+
+    /// Opens a bidirectional stream: one `open_bi` on quinn's connection.
+    async fn open_bi(&self, band: Band) -> Result<(QuicSend, QuicRecv), ConnectionError> {
+        let (send, recv) = self.conn.open_bi().await.map_err(connection_error)?;
+        Ok(self.bi(send, recv, band))
+    }
+
+    async fn open_uni(&self, band: Band) -> Result<QuicSend, ConnectionError> {
+        let send = self.conn.open_uni().await.map_err(connection_error)?;
+        Ok(QuicSend::new(send, OpenStream::new(&self.streams), band))
+    }
+
+    async fn accept_bi(&self) -> Result<(QuicSend, QuicRecv), ConnectionError> {
+        let (send, recv) = self.conn.accept_bi().await.map_err(connection_error)?;
+        Ok(self.bi(send, recv, Band::default()))
+    }
+
+    async fn accept_uni(&self) -> Result<QuicRecv, ConnectionError> {
+        let recv = self.conn.accept_uni().await.map_err(connection_error)?;
+        Ok(QuicRecv::new(recv, OpenStream::new(&self.streams)))
+    }
+
+    /// Waits until the node asks this connection to go away.
+    async fn going_away(&self) {
+        loop {
+            let changed = self.control.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.peer_going_away() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    fn peer_going_away(&self) -> bool {
+        self.control.going_away.load(Ordering::Relaxed)
+    }
+
+    fn close(&self, code: u64, reason: &[u8]) {
         let code = VarInt::from_u64(code).unwrap_or(VarInt::from_u32(code::CLOSED));
         self.conn.close(code, reason);
     }
 
-    pub(crate) async fn closed(&self) -> ConnectionError {
+    async fn closed(&self) -> ConnectionError {
         connection_error(self.conn.closed().await)
     }
 
-    pub(crate) fn send_datagram(&self, data: Bytes) -> Result<(), crate::error::SendDatagramError> {
+    /// QUIC datagrams have one band: `band` is ignored.
+    fn send_datagram(
+        &self,
+        data: Bytes,
+        _band: Band,
+    ) -> Result<(), crate::error::SendDatagramError> {
         use mxp_proto::DatagramError;
         self.conn.send_datagram(data.clone()).map_err(|e| match e {
             quinn::SendDatagramError::ConnectionLost(e) => connection_error(e).into(),
@@ -328,16 +350,16 @@ impl QuicConn {
         })
     }
 
-    pub(crate) fn max_datagram_size(&self) -> usize {
+    fn max_datagram_size(&self) -> usize {
         self.conn.max_datagram_size().unwrap_or(0)
     }
 
-    pub(crate) async fn read_datagram(&self) -> Result<Bytes, ConnectionError> {
+    async fn read_datagram(&self) -> Result<Bytes, ConnectionError> {
         self.conn.read_datagram().await.map_err(connection_error)
     }
 
     /// quinn's counters, in MXP's shape (what QUIC does not count stays 0).
-    pub(crate) fn stats(&self) -> ConnectionStats {
+    fn stats(&self) -> ConnectionStats {
         let s = self.conn.stats();
         ConnectionStats {
             packets_sent: s.path.sent_packets,
@@ -358,20 +380,6 @@ impl QuicConn {
             },
             ..ConnectionStats::default()
         }
-    }
-
-    /// Client side: watches the control stream for GOAWAY.
-    fn watch_control(&self, mut recv: quinn::RecvStream) {
-        let control = self.control.clone();
-        tokio::spawn(async move {
-            let mut byte = [0u8; 1];
-            if let Ok(()) = recv.read_exact(&mut byte).await {
-                if byte[0] == auth::GOAWAY {
-                    control.going_away.store(true, Ordering::Relaxed);
-                    control.changed.notify_waiters();
-                }
-            }
-        });
     }
 }
 
@@ -476,8 +484,34 @@ impl QuicEndpoint {
         self.endpoint.local_addr()
     }
 
+    /// Whether new QUIC sessions are accepted (node side).
+    pub(crate) fn set_accepting(&self, accepting: bool) {
+        if let Some(node) = &self.node {
+            node.accepting.store(accepting, Ordering::Relaxed);
+        }
+    }
+
+    /// Live connections, either side.
+    pub(crate) fn connections(&self) -> Vec<QuicConn> {
+        self.book.live()
+    }
+
+    /// Counters over every connection so far.
+    pub(crate) fn totals(&self) -> CarrierTotals {
+        let mut totals = self.book.totals();
+        if let Some(node) = &self.node {
+            totals.handshake_jobs = node.guard.jobs.load(Ordering::Relaxed);
+            totals.handshake_queue = node.guard.unconfirmed() as u64;
+        }
+        totals
+    }
+}
+
+impl CarrierEndpoint for QuicEndpoint {
+    type Conn = QuicConn;
+
     /// Connects to the node at `addr` and proves it holds `server_key`.
-    pub(crate) async fn connect(
+    async fn connect(
         &self,
         addr: SocketAddr,
         server_key: PublicKey,
@@ -509,39 +543,17 @@ impl QuicEndpoint {
     }
 
     /// The next authenticated connection (node side); `None` when closed.
-    pub(crate) async fn accept(&self) -> Option<QuicConn> {
+    async fn accept(&self) -> Option<QuicConn> {
         self.node.as_ref()?.incoming.lock().await.recv().await
     }
 
-    /// Whether new QUIC sessions are accepted (node side).
-    pub(crate) fn set_accepting(&self, accepting: bool) {
-        if let Some(node) = &self.node {
-            node.accepting.store(accepting, Ordering::Relaxed);
-        }
-    }
-
     /// Live connections, either side.
-    pub(crate) fn connections(&self) -> Vec<QuicConn> {
-        self.book.live()
-    }
-
-    /// Live connections, either side.
-    pub(crate) fn connection_count(&self) -> usize {
+    fn connection_count(&self) -> usize {
         self.book.live_count()
     }
 
-    /// Counters over every connection so far.
-    pub(crate) fn totals(&self) -> CarrierTotals {
-        let mut totals = self.book.totals();
-        if let Some(node) = &self.node {
-            totals.handshake_jobs = node.guard.jobs.load(Ordering::Relaxed);
-            totals.handshake_queue = node.guard.unconfirmed() as u64;
-        }
-        totals
-    }
-
     /// Each connection's stats, for a snapshot.
-    pub(crate) fn connection_infos(&self) -> Vec<ConnectionInfo> {
+    fn connection_infos(&self) -> Vec<ConnectionInfo> {
         self.book
             .live()
             .iter()
@@ -560,26 +572,26 @@ impl QuicEndpoint {
     }
 
     /// Tells every live connection to take new work elsewhere.
-    pub(crate) fn go_away_all(&self) {
+    fn go_away_all(&self) {
         self.connections().iter().for_each(QuicConn::go_away);
     }
 
     /// Closes every live connection.
-    pub(crate) fn close_all(&self, code: u64, reason: &[u8]) {
+    fn close_all(&self, code: u64, reason: &[u8]) {
         self.connections()
             .iter()
             .for_each(|c| c.close(code, reason));
     }
 
     /// Stops the endpoint.
-    pub(crate) fn close(&self, code: u64, reason: &[u8]) {
+    fn close(&self, code: u64, reason: &[u8]) {
         self.set_accepting(false);
         let code = VarInt::from_u64(code).unwrap_or(VarInt::from_u32(code::CLOSED));
         self.endpoint.close(code, reason);
     }
 
     /// Waits until every connection has closed.
-    pub(crate) async fn wait_idle(&self) {
+    async fn wait_idle(&self) {
         self.endpoint.wait_idle().await;
     }
 }

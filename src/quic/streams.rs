@@ -11,6 +11,7 @@ use bytes::Bytes;
 use mxp_proto::Band;
 
 use super::{OpenStream, connection_error, priority, read_error, write_error};
+use crate::carrier::contract::{CarrierRecv, CarrierSend};
 use crate::error::{ReadError, WriteError};
 
 /// A stream code as quinn takes it (codes beyond its range saturate).
@@ -34,23 +35,21 @@ impl QuicSend {
             _open: open,
         }
     }
+}
 
-    pub(crate) fn poll_write(
-        &mut self,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<Result<usize, WriteError>> {
+impl CarrierSend for QuicSend {
+    fn poll_write(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<Result<usize, WriteError>> {
         Pin::new(&mut self.stream)
             .poll_write(cx, data)
             .map_err(write_error)
     }
 
-    pub(crate) fn finish(&mut self) -> Result<(), WriteError> {
+    fn finish(&mut self) -> Result<(), WriteError> {
         self.stream.finish().map_err(|_| WriteError::ClosedStream)
     }
 
     /// Waits until the peer has acknowledged everything and the end.
-    pub(crate) async fn finished(&mut self) -> Result<(), WriteError> {
+    async fn finished(&mut self) -> Result<(), WriteError> {
         match self.stream.stopped().await {
             Ok(None) => Ok(()),
             Ok(Some(code)) => Err(WriteError::Stopped(code.into_inner())),
@@ -61,13 +60,13 @@ impl QuicSend {
         }
     }
 
-    pub(crate) fn reset(&mut self, code: u64) -> Result<(), WriteError> {
+    fn reset(&mut self, code: u64) -> Result<(), WriteError> {
         self.stream
             .reset(var(code))
             .map_err(|_| WriteError::ClosedStream)
     }
 
-    pub(crate) fn set_band(&mut self, band: Band) {
+    fn set_band(&mut self, band: Band) {
         let _ = self.stream.set_priority(priority(band));
     }
 }
@@ -86,13 +85,16 @@ impl QuicRecv {
             _open: open,
         }
     }
+}
 
+impl CarrierRecv for QuicRecv {
     /// The next in-order bytes (at most `max`), `None` at the end. quinn
-    /// credits them to the peer as they are read.
-    pub(crate) fn poll_chunk(
+    /// credits them to the peer as they are read: nothing to release.
+    fn poll_chunk(
         &mut self,
         cx: &mut Context<'_>,
         max: usize,
+        _release: u64,
     ) -> Poll<Result<Option<Bytes>, ReadError>> {
         let chunk = std::pin::pin!(self.stream.read_chunk(max, true));
         chunk.poll(cx).map(|r| match r {
@@ -101,7 +103,7 @@ impl QuicRecv {
         })
     }
 
-    pub(crate) fn stop(&mut self, code: u64) -> Result<(), ReadError> {
+    fn stop(&mut self, code: u64) -> Result<(), ReadError> {
         self.stream
             .stop(var(code))
             .map_err(|_| ReadError::ClosedStream)

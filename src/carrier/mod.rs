@@ -1,10 +1,13 @@
-//! The two carriers a connection can ride on, and the switch between them.
+//! The two carriers a connection can ride on, the switch between them,
+//! and ([`contract`]) what a carrier implements.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
 use serde::Serialize;
+
+pub(crate) mod contract;
 
 /// What carries a connection's packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
