@@ -23,6 +23,7 @@ pub mod metrics;
 mod mxp;
 mod quic;
 pub mod relay;
+mod session;
 mod stats;
 mod streams;
 mod timer;

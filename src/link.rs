@@ -1,7 +1,7 @@
 //! The one place that knows there are two carriers: the enums that
 //! dispatch between them (statically: a `match`, no `dyn`), for a
 //! connection ([`Link`]) and for each half of a stream ([`LinkSend`],
-//! [`LinkRecv`]). Both carriers implement the contract of
+//! [`LinkRecv`]), and for a carrier's endpoint ([`LinkEndpoint`]). Both carriers implement the contract of
 //! [`crate::carrier::contract`], so every arm is the same call; the facade
 //! above (streams, connections, the endpoint) holds these enums. A third
 //! carrier is a third variant here and a folder beside src/mxp/ and
@@ -14,12 +14,14 @@ use bytes::Bytes;
 use mxp_proto::{Band, ConnectionError, ConnectionStats, PublicKey};
 
 use crate::carrier::Carrier;
-use crate::carrier::contract::{CarrierConn, CarrierRecv, CarrierSend};
+use crate::carrier::contract::{CarrierConn, CarrierEndpoint, CarrierRecv, CarrierSend};
 use crate::error::{ReadError, SendDatagramError, WriteError};
 use crate::mxp::conn::MxpConn;
+use crate::mxp::endpoint::MxpEndpoint;
 use crate::mxp::streams::{MxpRecv, MxpSend};
-use crate::quic::QuicConn;
 use crate::quic::streams::{QuicRecv, QuicSend};
+use crate::quic::{QuicConn, QuicEndpoint};
+use crate::stats::ConnectionInfo;
 
 /// `$body` on whichever carrier `$value` (an `$enum`) holds, bound as `$c`.
 /// The body is written once and compiled once per carrier.
@@ -32,11 +34,71 @@ macro_rules! on_carrier {
     };
 }
 
+/// One carrier's endpoint (its socket and connections), borrowed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LinkEndpoint<'a> {
+    Mxp(&'a MxpEndpoint),
+    Quic(&'a QuicEndpoint),
+}
+
+impl LinkEndpoint<'_> {
+    pub(crate) fn connection_count(self) -> usize {
+        on_carrier!(self, LinkEndpoint, |e| e.connection_count())
+    }
+
+    pub(crate) fn connection_infos(self) -> Vec<ConnectionInfo> {
+        on_carrier!(self, LinkEndpoint, |e| e.connection_infos())
+    }
+
+    pub(crate) fn go_away_all(self) {
+        on_carrier!(self, LinkEndpoint, |e| e.go_away_all())
+    }
+
+    pub(crate) fn close_all(self, code: u64, reason: &[u8]) {
+        on_carrier!(self, LinkEndpoint, |e| e.close_all(code, reason))
+    }
+
+    pub(crate) fn close(self, code: u64, reason: &[u8]) {
+        on_carrier!(self, LinkEndpoint, |e| e.close(code, reason))
+    }
+
+    pub(crate) async fn wait_idle(self) {
+        on_carrier!(self, LinkEndpoint, |e| e.wait_idle().await)
+    }
+
+    /// Feeds the connections clients open on this carrier into `tx`, from a
+    /// task of its own, until the endpoint or the receiver closes.
+    pub(crate) fn forward_incoming(self, tx: tokio::sync::mpsc::Sender<Link>) {
+        on_carrier!(self, LinkEndpoint, |e| {
+            let e = e.clone();
+            tokio::spawn(async move {
+                while let Some(c) = e.accept().await {
+                    if tx.send(c.into()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        })
+    }
+}
+
 /// One carrier connection.
 #[derive(Debug, Clone)]
 pub(crate) enum Link {
     Mxp(MxpConn),
     Quic(QuicConn),
+}
+
+impl From<MxpConn> for Link {
+    fn from(c: MxpConn) -> Link {
+        Link::Mxp(c)
+    }
+}
+
+impl From<QuicConn> for Link {
+    fn from(c: QuicConn) -> Link {
+        Link::Quic(c)
+    }
 }
 
 impl Link {

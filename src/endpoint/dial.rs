@@ -16,11 +16,12 @@ use super::Endpoint;
 use super::address::{default_quic_addrs, resolve_target};
 use crate::carrier::contract::CarrierEndpoint;
 use crate::carrier::{CarrierMode, Target};
-use crate::connection::{Connection, Dial};
+use crate::connection::Connection;
 use crate::error::ConnectError;
 use crate::link::Link;
 use crate::lock;
 use crate::quic::QuicEndpoint;
+use crate::session::Dial;
 
 /// Whether a failed QUIC attempt was answered by the node itself (a
 /// refusal, or an identity problem), rather than lost in the network.

@@ -15,11 +15,10 @@ use std::time::{Duration, Instant};
 use mxp_proto::{EndpointConfig, EndpointStats, PublicKey};
 use tokio::sync::mpsc;
 
-use crate::carrier::contract::CarrierEndpoint;
-use crate::carrier::{CarrierMode, Carriers};
+use crate::carrier::{Carrier, CarrierMode, Carriers};
 use crate::connection::Connection;
 use crate::handshake_workers::HandshakeWorkers;
-use crate::link::Link;
+use crate::link::{Link, LinkEndpoint};
 use crate::mxp::endpoint::MxpEndpoint;
 use crate::quic::QuicEndpoint;
 use crate::stats::{CallDurations, MessageErrors};
@@ -190,24 +189,25 @@ impl Endpoint {
 
     /// Feeds accepted connections of both carriers into one queue.
     fn forward_incoming(&self, tx: mpsc::Sender<Link>) {
-        let mxp = self.0.mxp.clone();
-        let mxp_tx = tx.clone();
-        tokio::spawn(async move {
-            while let Some(c) = mxp.accept().await {
-                if mxp_tx.send(Link::Mxp(c)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        if let Some(quic) = self.0.quic.get().cloned() {
-            tokio::spawn(async move {
-                while let Some(c) = quic.accept().await {
-                    if tx.send(Link::Quic(c)).await.is_err() {
-                        break;
-                    }
-                }
-            });
+        for e in self.carrier_endpoints() {
+            e.forward_incoming(tx.clone());
         }
+    }
+
+    /// `carrier`'s endpoint, if this endpoint has one (QUIC starts on
+    /// first use at a client): the one place here that names each carrier.
+    pub(super) fn carrier_endpoint(&self, carrier: Carrier) -> Option<LinkEndpoint<'_>> {
+        match carrier {
+            Carrier::Mxp => Some(LinkEndpoint::Mxp(&self.0.mxp)),
+            Carrier::Quic => self.0.quic.get().map(LinkEndpoint::Quic),
+        }
+    }
+
+    /// Every carrier endpoint this endpoint has.
+    pub(super) fn carrier_endpoints(&self) -> impl Iterator<Item = LinkEndpoint<'_>> {
+        Carrier::ALL
+            .into_iter()
+            .filter_map(|c| self.carrier_endpoint(c))
     }
 
     /// The MXP socket's address.
@@ -243,17 +243,13 @@ impl Endpoint {
 
     /// Stops accepting and closes every connection on both carriers.
     pub fn close(&self, code: u64, reason: &[u8]) {
-        self.0.mxp.close(code, reason);
-        if let Some(q) = self.0.quic.get() {
-            q.close(code, reason);
-        }
+        self.carrier_endpoints().for_each(|e| e.close(code, reason));
     }
 
     /// Waits until every connection has finished closing.
     pub async fn wait_idle(&self) {
-        self.0.mxp.wait_idle().await;
-        if let Some(q) = self.0.quic.get() {
-            q.wait_idle().await;
+        for e in self.carrier_endpoints() {
+            e.wait_idle().await;
         }
     }
 }

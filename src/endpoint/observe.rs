@@ -7,9 +7,8 @@ use mxp_proto::EndpointStats;
 
 use super::Endpoint;
 use crate::capture::{CaptureError, CaptureStatus, CaptureSummary};
-use crate::carrier::contract::CarrierEndpoint;
-use crate::connection::FromEndpoint;
 use crate::quic::{self, QuicEndpoint};
+use crate::session::FromEndpoint;
 use crate::stats::{CallDurations, CarrierTotals, ConnectionInfo, MessageErrors};
 
 impl Endpoint {
@@ -45,11 +44,9 @@ impl Endpoint {
 
     /// Every open connection's stats, both carriers.
     pub(crate) fn connection_infos(&self) -> Vec<ConnectionInfo> {
-        let mut infos = self.0.mxp.connection_infos();
-        if let Some(q) = self.0.quic.get() {
-            infos.extend(q.connection_infos());
-        }
-        infos
+        self.carrier_endpoints()
+            .flat_map(|e| e.connection_infos())
+            .collect()
     }
 
     /// Starts recording what this endpoint's sockets send and receive

@@ -8,10 +8,9 @@ use serde::Serialize;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::Endpoint;
-use crate::carrier::contract::CarrierEndpoint;
 use crate::carrier::{Carrier, Carriers};
+use crate::link::LinkEndpoint;
 use crate::lock;
-use crate::quic::QuicEndpoint;
 
 /// A carrier being drained.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -74,7 +73,7 @@ impl Endpoint {
         info!("carrier switch");
         self.apply_carriers(carriers);
         let timeout = self.drain_timeout();
-        for carrier in [Carrier::Mxp, Carrier::Quic] {
+        for carrier in Carrier::ALL {
             if before.accepts(carrier) && !carriers.accepts(carrier) {
                 self.drain(carrier, timeout);
             }
@@ -119,13 +118,8 @@ impl Endpoint {
         );
         let _in = span.enter();
         info!("drain: connections are told to take new work elsewhere");
-        match carrier {
-            Carrier::Mxp => self.0.mxp.go_away_all(),
-            Carrier::Quic => {
-                if let Some(q) = self.0.quic.get() {
-                    q.go_away_all();
-                }
-            }
+        if let Some(e) = self.carrier_endpoint(carrier) {
+            e.go_away_all();
         }
         let this = self.clone();
         let task = tokio::spawn(
@@ -157,7 +151,7 @@ impl Endpoint {
     /// Drains every carrier that is not accepting, with a new deadline.
     pub fn drain_all(&self, timeout: Duration) -> Vec<Carrier> {
         let carriers = self.carriers();
-        [Carrier::Mxp, Carrier::Quic]
+        Carrier::ALL
             .into_iter()
             .filter(|&c| !carriers.accepts(c))
             .inspect(|&c| self.drain(c, timeout))
@@ -165,21 +159,14 @@ impl Endpoint {
     }
 
     pub(super) fn close_carrier(&self, carrier: Carrier, code: u64, reason: &[u8]) {
-        match carrier {
-            Carrier::Mxp => self.0.mxp.close_all(code, reason),
-            Carrier::Quic => {
-                if let Some(q) = self.0.quic.get() {
-                    q.close_all(code, reason);
-                }
-            }
+        if let Some(e) = self.carrier_endpoint(carrier) {
+            e.close_all(code, reason);
         }
     }
 
     pub(super) fn connections(&self, carrier: Carrier) -> usize {
-        match carrier {
-            Carrier::Mxp => self.0.mxp.connection_count(),
-            Carrier::Quic => self.0.quic.get().map_or(0, QuicEndpoint::connection_count),
-        }
+        self.carrier_endpoint(carrier)
+            .map_or(0, LinkEndpoint::connection_count)
     }
 
     /// What `mxp admin status` shows.

@@ -2,6 +2,7 @@
 //! task per endpoint.
 
 pub(crate) mod conn;
+mod contract;
 pub(crate) mod driver;
 pub(crate) mod endpoint;
 pub(crate) mod streams;
