@@ -59,10 +59,20 @@ impl Connection {
         Connection(Session::new(link, Some(Reconnect { dialer, target }), from))
     }
 
-    /// The MXP carrier connection under this one, while that is the
-    /// carrier (for `mxp attack`'s hostile peer).
-    pub(crate) fn mxp_link(&self) -> Option<crate::mxp::conn::MxpConn> {
-        self.0.snapshot().link.as_mxp().cloned()
+    /// Runs `f` on the protocol core's connection under this one, then
+    /// wakes its driver; `None` unless the carrier is MXP. Hidden: how
+    /// `mxp attack` makes an authenticated connection misbehave (through
+    /// the core's hidden hooks), not part of the library's API.
+    #[doc(hidden)]
+    pub fn on_core<R>(
+        &self,
+        f: impl FnOnce(&mut mxp_proto::Connection) -> R,
+    ) -> Option<Result<R, ConnectionError>> {
+        let cur = self.0.snapshot();
+        let mxp = cur.link.as_mxp()?;
+        let result = mxp.with(|c, _| f(c));
+        mxp.wake_driver();
+        Some(result)
     }
 
     /// A receiving half that keeps to the endpoint's message size limit

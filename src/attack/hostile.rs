@@ -10,7 +10,7 @@ use mxp_proto::message::{MAX_PAYLOAD_LEN, Message, MessageType};
 use mxp_proto::{Band, ConnectionError, Dir, INJECT_MAX, Side, StreamId};
 
 use super::AttackKind;
-use crate::mxp::conn::MxpConn;
+use crate::Connection;
 
 /// Batches of injected frames allowed to wait at once: the attacker's own
 /// memory stays small when its sending is held back.
@@ -45,11 +45,21 @@ struct Attack {
 /// What the stream attacks write after a stream's first bytes.
 static ZEROS: [u8; WRITE_STEP] = [0; WRITE_STEP];
 
+/// Runs `f` on `conn`'s core connection (an MXP connection: the caller
+/// checked), or says why it is gone.
+fn on_core<R>(
+    conn: &Connection,
+    f: impl FnOnce(&mut mxp_proto::Connection) -> R,
+) -> Result<R, ConnectionError> {
+    conn.on_core(f)
+        .unwrap_or(Err(ConnectionError::LocallyClosed))
+}
+
 /// Runs `kind` on `link` at `rate` packets a second until `until` or until
 /// the node closes the connection.
 pub(crate) async fn misbehave(
     kind: AttackKind,
-    link: &MxpConn,
+    link: &Connection,
     rate: u64,
     until: Instant,
 ) -> Outcome {
@@ -61,14 +71,14 @@ pub(crate) async fn misbehave(
     let mut outcome = Outcome::default();
     let started = Instant::now();
     let mut batches = 0u64;
-    let setup = link.with(|c, _| attack.setup(c));
+    let setup = on_core(link, |c| attack.setup(c));
     if let Err(e) = setup {
         outcome.closed = Some(e);
         return outcome;
     }
     while Instant::now() < until {
         let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
-        let step = link.with(|c, _| {
+        let step = on_core(link, |c| {
             if let Some(e) = c.error() {
                 return Err(e.clone());
             }
@@ -88,7 +98,6 @@ pub(crate) async fn misbehave(
                 break;
             }
         }
-        link.wake_driver();
         tokio::time::sleep(TICK).await;
     }
     if kind == AttackKind::StreamFlood && outcome.closed.is_none() {
@@ -190,7 +199,7 @@ impl Attack {
 
     /// Sends data on the first bidirectional stream beyond the node's
     /// limit, and waits briefly for the node to close the connection.
-    async fn one_stream_too_many(&self, link: &MxpConn) -> Option<ConnectionError> {
+    async fn one_stream_too_many(&self, link: &Connection) -> Option<ConnectionError> {
         let beyond = self
             .streams
             .iter()
@@ -204,11 +213,10 @@ impl Attack {
             data: Bytes::from_static(b"x"),
         })
         .encode(&mut out);
-        let _ = link.with(|c, _| c.inject_frames(Bytes::from(out)));
-        link.wake_driver();
+        let _ = on_core(link, |c| c.inject_frames(Bytes::from(out)));
         for _ in 0..200 {
             tokio::time::sleep(TICK).await;
-            match link.with(|c, _| c.error().cloned()) {
+            match on_core(link, |c| c.error().cloned()) {
                 Ok(None) => {}
                 Ok(Some(e)) | Err(e) => return Some(e),
             }

@@ -243,10 +243,10 @@ impl Attack {
                 }
             };
             report.connections += 1;
-            let Some(link) = conn.mxp_link() else {
+            if conn.carrier() != Carrier::Mxp {
                 return Err(AttackError::Target("the node answered over QUIC".into()));
-            };
-            let outcome = hostile::misbehave(self.kind, &link, self.rate, until).await;
+            }
+            let outcome = hostile::misbehave(self.kind, &conn, self.rate, until).await;
             report.sent += outcome.sent;
             if let Some(reason) = outcome.closed {
                 *report.closed_by_node.entry(reason.to_string()).or_default() += 1;
