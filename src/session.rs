@@ -73,7 +73,8 @@ pub(crate) struct Session {
     /// (work in flight, a waiting receiver); weak, so it closes when that
     /// work is done, as before the switch.
     pub(crate) previous: Mutex<Weak<Current>>,
-    /// Woken by every switch, so receivers start listening on the new one.
+    /// Woken when a switch ends, so receivers listen on the new connection,
+    /// or, when it found no carrier, wait out the retry pause and try again.
     switched: tokio::sync::Notify,
     /// A switch started from sync code (a datagram) is under way.
     switch_spawned: AtomicBool,
@@ -166,6 +167,7 @@ impl Session {
                 // The old connection still works until the drain deadline.
                 warn!(from = %from, error = %e, "node is draining the connection, and no other carrier answered");
                 *lock(&self.switch_failed_at) = Some(Instant::now());
+                self.switched.notify_waiters();
                 cur
             }
         }
